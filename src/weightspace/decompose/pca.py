@@ -1,0 +1,307 @@
+"""Model-axis PCA of one unit: the paper's main method, streamed and in float64.
+
+Per unit, ``X`` is N × D (row i = model i's weight, flattened) and ``X_c = X − 1μᵀ``. Two passes:
+
+1. *Spectrum* (:func:`pca_spectrum`): ``G = X_c X_cᵀ`` streamed over row chunks (or built from LoRA factors),
+   ``eigh(G) = U diag(σ²) Uᵀ``. If a requested component is ill-conditioned on this route
+   (``σ_k/σ_1 < 1e-7``, where squaring has eaten the float64 precision) the spectrum is recomputed from a
+   streamed tall-skinny QR of ``X_cᵀ`` instead (``svd_solver="auto"``; force with ``"gram"`` / ``"tsqr"``).
+2. *Components* (:func:`pca_components`): ``V_k = diag(1/σ_k) U_kᵀ X_c``, streamed again; the mean and each
+   basis chunk go to a ``sink`` (e.g. straight into an archive file) or are assembled in memory.
+
+Coefficients of model i are row i of ``U_k Σ_k``. Signs are fixed so the largest-magnitude entry of each
+column of ``U_k`` is positive. Memory is ``O(N² + N · chunk)`` plus whatever the sink keeps.
+
+References
+----------
+Kaushik et al., "The Universal Weight Subspace Hypothesis", arXiv:2512.05117.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from weightspace.decompose._gram import GramResult, Tick, centered_chunk, centered_gram, factored_gram, tsqr_r
+from weightspace.decompose.rank import choose_rank, explained_variance_ratio, sign_fix, zero_tolerance
+from weightspace.errors import ParameterError
+from weightspace.units import UnitStack
+
+__all__ = [
+    "DEFAULT_CHUNK_BYTES",
+    "ILL_CONDITIONED",
+    "PCASpectrum",
+    "PCAUnitFit",
+    "pca_basis",
+    "pca_components",
+    "pca_spectrum",
+]
+
+DEFAULT_CHUNK_BYTES = 32 * 1024 * 1024
+ILL_CONDITIONED = 1e-7
+SvdSolver = Literal["auto", "gram", "tsqr"]
+Sink = Callable[[int, int, torch.Tensor, torch.Tensor], None]
+
+
+@dataclass
+class PCASpectrum:
+    """Phase-1 result for one unit.
+
+    Attributes
+    ----------
+    n_models, n_features : int
+        N and D.
+    singular_values : Tensor of shape (n_models,)
+        Full spectrum of ``X_c``, decreasing; values within the zero tolerance are set to 0.
+    left : Tensor of shape (n_models, k)
+        Sign-fixed left singular vectors ``U_k``.
+    k : int
+        Components kept.
+    solver : str
+        ``"gram"``, ``"factored-gram"`` or ``"tsqr"``: the route that produced the spectrum.
+    gram : GramResult
+        The centered Gram matrix and mean inner products the spectrum came from (``Rᵀ R`` on the TSQR route);
+        enough to evaluate leave-one-out fits without touching the data again.
+    """
+
+    n_models: int
+    n_features: int
+    center: bool
+    singular_values: torch.Tensor
+    left: torch.Tensor
+    k: int
+    solver: str
+    gram: GramResult
+
+    @property
+    def raw_sq_norm(self) -> float:
+        """``‖X‖_F²``."""
+        return self.gram.raw_sq_norm
+
+    @property
+    def mean_sq_norm(self) -> float:
+        """``‖μ‖²``."""
+        return self.gram.mean_sq_norm
+
+    @property
+    def explained_variance_ratio(self) -> torch.Tensor:
+        """Tensor of shape (n_models,): ``σ_j² / Σ σ²`` against the full spectrum."""
+        return explained_variance_ratio(self.singular_values)
+
+    @property
+    def total_variance(self) -> float:
+        """``‖X_c‖_F²``."""
+        return float((self.singular_values**2).sum())
+
+    @property
+    def coefficients(self) -> torch.Tensor:
+        """Tensor of shape (n_models, k): ``U_k Σ_k``."""
+        return self.left * self.singular_values[: self.k]
+
+    @property
+    def mean_energy_fraction(self) -> float:
+        """``‖μ‖² / (‖μ‖² + mean_i ‖x_i − μ‖²)``: 1 when all models are the mean, 0 for a zero mean."""
+        spread = self.total_variance / self.n_models
+        denom = self.mean_sq_norm + spread
+        return self.mean_sq_norm / denom if denom > 0 else 0.0
+
+
+@dataclass
+class PCAUnitFit(PCASpectrum):
+    """A fitted unit held in memory.
+
+    Attributes
+    ----------
+    mean : Tensor of shape (rows, cols), float64
+    basis : Tensor of shape (k, rows * cols), float64, orthonormal rows
+    """
+
+    mean: torch.Tensor | None = None
+    basis: torch.Tensor | None = None
+
+
+def _complement_of_ones(n: int) -> torch.Tensor:
+    """Orthonormal basis (n × n−1) of the vectors orthogonal to 1, from a Householder reflector."""
+    v = torch.full((n,), 1.0 / n**0.5, dtype=torch.float64)
+    v[0] -= 1.0
+    h = torch.eye(n, dtype=torch.float64) - 2.0 * torch.outer(v, v) / float(v @ v)
+    return h[:, 1:]
+
+
+def _spectrum_from_gram(gram: torch.Tensor, center: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    n = gram.shape[0]
+    if center and n > 1:
+        # Centering makes 1 an exact null vector; deflating it keeps Gram rounding noise (~√eps·σ_1) from
+        # showing up as a spurious N-th singular value.
+        q = _complement_of_ones(n)  # (n, n - 1)
+        evals, evecs = torch.linalg.eigh(q.T @ gram @ q)
+        evals = torch.cat([evals, torch.zeros(1, dtype=torch.float64)])
+        evecs = torch.cat([q @ evecs, torch.full((n, 1), 1.0 / n**0.5, dtype=torch.float64)], dim=1)
+    else:
+        evals, evecs = torch.linalg.eigh(gram)
+    order = torch.argsort(evals, descending=True, stable=True)
+    return evals[order].clamp_min(0).sqrt(), evecs[:, order]
+
+
+def _spectrum_from_r(r: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    if r.shape[0] == 0:
+        return torch.zeros(n, dtype=torch.float64), torch.eye(n, dtype=torch.float64)
+    _, s, vh = torch.linalg.svd(r, full_matrices=True)
+    sv = torch.zeros(n, dtype=torch.float64)
+    sv[: s.numel()] = s
+    return sv, vh.T  # columns: left singular vectors of X_c
+
+
+def pca_spectrum(
+    stack: UnitStack,
+    n_components: int | float,
+    *,
+    center: bool = True,
+    svd_solver: SvdSolver = "auto",
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    tick: Tick | None = None,
+) -> PCASpectrum:
+    """Phase 1: spectrum, rank and left singular vectors of one unit.
+
+    Parameters
+    ----------
+    stack : UnitStack
+        N members of shape (rows, cols).
+    n_components : int or float
+        Count, or variance fraction in (0, 1).
+    center : bool, default True
+        Subtract the mean model first.
+    svd_solver : {"auto", "gram", "tsqr"}
+        ``auto`` uses the Gram route and falls back to TSQR when a kept component is ill-conditioned.
+    chunk_bytes : int
+        Budget of one float64 chunk across all members.
+    tick : callable, optional
+        Called after each chunk (progress).
+
+    Returns
+    -------
+    PCASpectrum
+    """
+    if svd_solver not in ("auto", "gram", "tsqr"):
+        raise ParameterError(
+            f"The 'svd_solver' parameter must be one of 'auto', 'gram', 'tsqr'. Got {svd_solver!r} instead."
+        )
+    n, d = stack.n, stack.spec.numel
+    if svd_solver != "tsqr" and stack.all_factored():
+        res = factored_gram(stack, center=center)
+        solver = "factored-gram"
+    elif svd_solver != "tsqr":
+        res = centered_gram(stack, center=center, chunk_bytes=chunk_bytes, tick=tick)
+        solver = "gram"
+    else:
+        res = None
+        solver = "tsqr"
+    if res is not None:
+        sv, u = _spectrum_from_gram(res.gram, center)
+        tol = zero_tolerance(sv, n, d, res.raw_sq_norm**0.5)
+        k = choose_rank(sv, n_components, tol)
+        needs_qr = k > 0 and float(sv[k - 1]) < ILL_CONDITIONED * float(sv[0])
+        if svd_solver == "auto" and needs_qr:
+            res = None
+            solver = "tsqr"
+    if res is None:
+        r, res = tsqr_r(stack, center=center, chunk_bytes=chunk_bytes, tick=tick)
+        sv, u = _spectrum_from_r(r, n)
+        tol = zero_tolerance(sv, n, d, res.raw_sq_norm**0.5)
+        k = choose_rank(sv, n_components, tol)
+    sv = torch.where(sv > tol, sv, torch.zeros_like(sv))
+    left = sign_fix(u[:, :k].contiguous())
+    return PCASpectrum(n, d, center, sv, left, k, solver, res)
+
+
+def pca_components(
+    stack: UnitStack,
+    spectrum: PCASpectrum,
+    *,
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    sink: Sink | None = None,
+    tick: Tick | None = None,
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Phase 2: stream the mean and the basis ``V_k = diag(1/σ_k) U_kᵀ X_c``.
+
+    Parameters
+    ----------
+    stack : UnitStack
+    spectrum : PCASpectrum
+        From :func:`pca_spectrum` on the same stack.
+    sink : callable, optional
+        ``sink(r0, r1, mean_chunk, basis_chunk)`` with ``mean_chunk`` of shape ``((r1 - r0) * cols,)`` and
+        ``basis_chunk`` of shape ``(k, (r1 - r0) * cols)``. When given, nothing is kept in memory.
+
+    Returns
+    -------
+    mean : Tensor of shape (rows, cols) or None
+        None when a sink was given.
+    basis : Tensor of shape (k, rows * cols) or None
+    """
+    spec, k = stack.spec, spectrum.k
+    scale = 1.0 / spectrum.singular_values[:k] if k else torch.zeros(0, dtype=torch.float64)
+    keep = sink is None
+    mean = torch.empty(spec.rows * spec.cols, dtype=torch.float64) if keep else None
+    basis = torch.empty(k, spec.rows * spec.cols, dtype=torch.float64) if keep else None
+    cols = spec.cols
+    for r0, r1 in stack.row_chunks(chunk_bytes):
+        xc, mean_c = centered_chunk(stack.chunk(r0, r1), spectrum.center)  # (n_models, c), (c,)
+        basis_c = (spectrum.left.T @ xc) * scale[:, None]  # (k, c)
+        if keep:
+            assert mean is not None
+            assert basis is not None
+            mean[r0 * cols : r1 * cols] = mean_c
+            basis[:, r0 * cols : r1 * cols] = basis_c
+        else:
+            assert sink is not None
+            sink(r0, r1, mean_c, basis_c)
+        if tick is not None:
+            tick()
+    if keep:
+        assert mean is not None
+        return mean.reshape(spec.rows, spec.cols), basis
+    return None, None
+
+
+def pca_basis(
+    stack: UnitStack | Sequence[torch.Tensor],
+    n_components: int | float,
+    *,
+    center: bool = True,
+    svd_solver: SvdSolver = "auto",
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+) -> PCAUnitFit:
+    """Model-axis PCA of one unit, in memory: the functional core behind :class:`SharedSubspace`.
+
+    Parameters
+    ----------
+    stack : UnitStack or sequence of Tensor
+        N members of one shape.
+    n_components : int or float
+        Count or variance fraction in (0, 1).
+
+    Returns
+    -------
+    PCAUnitFit
+        With ``mean`` (rows, cols), ``basis`` (k, rows * cols), ``coefficients`` (N, k).
+
+    Examples
+    --------
+    >>> g = torch.Generator().manual_seed(0)
+    >>> ws = [torch.randn(3, 4, generator=g) for _ in range(5)]
+    >>> fit = pca_basis(ws, 4)
+    >>> fit.k, tuple(fit.basis.shape), tuple(fit.coefficients.shape)
+    (4, (4, 12), (5, 4))
+    >>> recon = fit.mean.reshape(-1) + fit.coefficients[0] @ fit.basis
+    >>> bool(torch.allclose(recon, ws[0].reshape(-1).double()))
+    True
+    """
+    if not isinstance(stack, UnitStack):
+        stack = UnitStack.from_tensors(list(stack))
+    spectrum = pca_spectrum(stack, n_components, center=center, svd_solver=svd_solver, chunk_bytes=chunk_bytes)
+    mean, basis = pca_components(stack, spectrum, chunk_bytes=chunk_bytes)
+    return PCAUnitFit(**vars(spectrum), mean=mean, basis=basis)

@@ -1,0 +1,125 @@
+"""Turn the MODELS arguments of the CLI (files, directories, globs, ``@list.txt``) into checkpoint paths."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+from weightspace.errors import InputError
+from weightspace.io._pickle import PICKLE_SUFFIXES
+from weightspace.io._sources import is_model_dir
+
+__all__ = ["expand_models", "natural_key"]
+
+_GLOB_CHARS = re.compile(r"[*?\[]")
+_MAX_LIST_DEPTH = 4
+
+
+def natural_key(text: str) -> list[object]:
+    """Sort key that orders ``layer.2`` before ``layer.10``.
+
+    Examples
+    --------
+    >>> sorted(["l.10", "l.2", "l.1"], key=natural_key)
+    ['l.1', 'l.2', 'l.10']
+    """
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
+
+
+def _children(directory: Path) -> list[Path]:
+    zoo = directory / "zoo.json"
+    if zoo.is_file():
+        try:
+            info = json.loads(zoo.read_text(encoding="utf-8"))
+            return [directory / m["path"] for m in info["models"]]
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise InputError(
+                f"cannot read the model list of this zoo ({type(err).__name__}: {err})", path=zoo
+            ) from None
+    found = []
+    for child in directory.iterdir():
+        if child.name.startswith("."):
+            continue
+        if (child.is_dir() and is_model_dir(child)) or (
+            child.is_file() and child.suffix.lower() in (".safetensors", *PICKLE_SUFFIXES)
+        ):
+            found.append(child)
+    return sorted(found, key=lambda p: natural_key(p.name))
+
+
+def _expand_one(spec: str, base_dir: Path, depth: int) -> list[Path]:
+    if spec.startswith("@"):
+        list_path = (base_dir / spec[1:]).expanduser()
+        if depth >= _MAX_LIST_DEPTH:
+            raise InputError(f"@-lists nest deeper than {_MAX_LIST_DEPTH} levels", path=list_path)
+        try:
+            lines = list_path.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as err:
+            raise InputError(f"cannot read model list ({err})", path=list_path) from None
+        out: list[Path] = []
+        for line in lines:
+            line = line.strip()
+            if line and not line.startswith("#"):
+                out.extend(_expand_one(line, list_path.parent, depth + 1))
+        if not out:
+            raise InputError("model list names no models", path=list_path)
+        return out
+    path = Path(spec).expanduser()
+    if not path.is_absolute():
+        path = base_dir / path
+    if _GLOB_CHARS.search(spec) and not path.exists():
+        matches = sorted(glob.glob(str(path)), key=natural_key)
+        if not matches:
+            raise InputError("glob pattern matched no files", path=spec)
+        return [p for m in matches for p in _expand_path(Path(m))]
+    return _expand_path(path)
+
+
+def _expand_path(path: Path) -> list[Path]:
+    if path.is_dir() and not is_model_dir(path):
+        kids = _children(path)
+        if not kids:
+            raise InputError(
+                "directory holds no checkpoints (.safetensors files, model or adapter directories)", path=path
+            )
+        return kids
+    if not path.exists() and not path.is_symlink():
+        raise InputError("no such file or directory", path=path)
+    return [path]
+
+
+def expand_models(specs: Sequence[str | os.PathLike[str]], *, cwd: Path | None = None) -> list[Path]:
+    """Expand MODELS arguments into checkpoint paths, in the order given (globs and folders sorted naturally).
+
+    Parameters
+    ----------
+    specs : sequence of str or Path
+        Files, model directories, folders of checkpoints (or a zoo folder with ``zoo.json``), glob patterns, and
+        ``@list.txt`` files (one entry per line, relative to the list's folder, ``#`` comments).
+    cwd : Path, optional
+        Base for relative paths (default: the current directory).
+
+    Returns
+    -------
+    list of Path
+
+    Raises
+    ------
+    InputError
+        If nothing matches, a path does not exist, or the same checkpoint is named twice.
+    """
+    base = cwd or Path.cwd()
+    out: list[Path] = []
+    seen: dict[Path, str] = {}
+    for spec in specs:
+        for p in _expand_one(os.fspath(spec), base, 0):
+            key = p.resolve()
+            if key in seen:
+                raise InputError(f"this checkpoint is named twice (also via {seen[key]!r})", path=p)
+            seen[key] = os.fspath(spec)
+            out.append(p)
+    return out

@@ -1,1 +1,48 @@
-"""weightspace.cli."""
+"""The ``weightspace`` command line: thin typer commands over the library.
+
+Exit codes: 0 ok, 2 bad input or usage (the message names the file and tensor), 1 internal error.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from collections.abc import Sequence
+
+import click
+import typer
+
+from weightspace.cli import _core_cmds  # noqa: F401  (registers commands)
+from weightspace.cli._common import app, err_console
+from weightspace.errors import WeightspaceError
+
+__all__ = ["app", "main"]
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point: run the CLI and map errors to exit codes (never returns)."""
+    # Offline by default: a hub miss in transformers would otherwise retry for ~46 s.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    command = typer.main.get_command(app)
+    try:
+        rv = command.main(
+            args=list(argv) if argv is not None else None, prog_name="weightspace", standalone_mode=False
+        )
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:  # usage errors: exit 2
+        exc.show(file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        err_console.print("aborted")
+        sys.exit(130)
+    except WeightspaceError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}", markup=True, soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except Exception:
+        err_console.print("[bold red]internal error[/] (please report):", markup=True)
+        traceback.print_exc(file=sys.stderr)
+        sys.exit(1)
+    sys.exit(rv if isinstance(rv, int) else 0)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol
 
 import torch
 
@@ -217,9 +217,18 @@ def pca_spectrum(
     return PCASpectrum(n, d, center, sv, left, k, solver, res)
 
 
+class SpectrumLike(Protocol):
+    """What phase 2 needs from phase 1 (a :class:`PCASpectrum` or any record with these attributes)."""
+
+    center: bool
+    singular_values: torch.Tensor
+    left: torch.Tensor
+    k: int
+
+
 def pca_components(
     stack: UnitStack,
-    spectrum: PCASpectrum,
+    spectrum: SpectrumLike,
     *,
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
     sink: Sink | None = None,
@@ -230,8 +239,8 @@ def pca_components(
     Parameters
     ----------
     stack : UnitStack
-    spectrum : PCASpectrum
-        From :func:`pca_spectrum` on the same stack.
+    spectrum : PCASpectrum or SpectrumLike
+        From :func:`pca_spectrum` on the same stack (only ``center``, ``singular_values``, ``left``, ``k`` are used).
     sink : callable, optional
         ``sink(r0, r1, mean_chunk, basis_chunk)`` with ``mean_chunk`` of shape ``((r1 - r0) * cols,)`` and
         ``basis_chunk`` of shape ``(k, (r1 - r0) * cols)``. When given, nothing is kept in memory.

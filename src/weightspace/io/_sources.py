@@ -354,6 +354,21 @@ class PeftSource(ModelSource):
     def adapter_config(self) -> dict:
         return self.config.raw
 
+    @property
+    def extra_keys(self) -> dict[str, str]:
+        """Unit-style key → file key of the adapter's full (non-LoRA) tensors."""
+        return dict(self._extras)
+
+    def file_keys(self) -> list[str]:
+        """Tensor keys of the adapter file, in file order."""
+        return self._st.keys() if self._st is not None else list(self._tensors or {})
+
+    def raw_shape(self, file_key: str) -> tuple[int, ...]:
+        """Shape of a tensor of the adapter file, by its file key."""
+        if self._st is not None:
+            return self._st.info(file_key).shape
+        return tuple((self._tensors or {})[file_key].shape)
+
     def files(self) -> list[Path]:
         return sorted([self._weight_file, self.path / "adapter_config.json"])
 

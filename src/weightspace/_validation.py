@@ -19,7 +19,7 @@ from typing import Any
 
 from weightspace.errors import ParameterError
 
-__all__ = ["Interval", "Options", "validate_params"]
+__all__ = ["Interval", "Kind", "Options", "PairOf", "validate_params"]
 
 
 @dataclass(frozen=True)
@@ -89,6 +89,23 @@ class Kind:
 
     def describe(self) -> str:
         return self.label
+
+
+@dataclass(frozen=True)
+class PairOf:
+    """A 2-tuple whose items each pass one of ``rules`` (e.g. HOSVD ranks ``(k1, k2)``)."""
+
+    rules: tuple[Any, ...]
+
+    def accepts(self, value: Any) -> bool:
+        return (
+            isinstance(value, tuple)
+            and len(value) == 2
+            and all(any(r.accepts(v) for r in self.rules) for v in value)
+        )
+
+    def describe(self) -> str:
+        return "a pair of (" + " or ".join(r.describe() for r in self.rules) + ")"
 
 
 def validate_params(owner: str, constraints: Mapping[str, Sequence[Any]], values: Mapping[str, Any]) -> None:

@@ -74,6 +74,11 @@ def model_names(paths: Sequence[Path]) -> list[str]:
                     grew = True
         if not grew:
             break
+    # Paths whose folders cannot tell them apart keep their plain stem and get a numeric suffix.
+    counts: dict[str, int] = {}
+    for n in names:
+        counts[n] = counts.get(n, 0) + 1
+    names = [parts[i][0] if counts[n] > 1 else n for i, n in enumerate(names)]
     seen: dict[str, int] = {}
     out = []
     for n in names:

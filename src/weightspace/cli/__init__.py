@@ -30,14 +30,18 @@ def main(argv: Sequence[str] | None = None) -> None:
         rv = command.main(
             args=list(argv) if argv is not None else None, prog_name="weightspace", standalone_mode=False
         )
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
-    except click.ClickException as exc:  # usage errors: exit 2
-        exc.show(file=sys.stderr)
-        sys.exit(exc.exit_code)
-    except (click.exceptions.Abort, KeyboardInterrupt):
+    except (click.exceptions.Exit, typer.Exit) as exc:
+        sys.exit(getattr(exc, "exit_code", 0))
+    except (click.exceptions.Abort, typer.Abort, KeyboardInterrupt):
         err_console.print("aborted")
         sys.exit(130)
+    except (click.ClickException, typer.TyperException) as exc:  # usage errors: exit 2
+        show = getattr(exc, "show", None)
+        if show is not None:
+            show(file=sys.stderr)
+        else:
+            err_console.print(f"error: {exc}")
+        sys.exit(getattr(exc, "exit_code", 2))
     except WeightspaceError as exc:
         err_console.print(f"[bold red]error:[/] {exc}", markup=True, soft_wrap=True)
         sys.exit(exc.exit_code)

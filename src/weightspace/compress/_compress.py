@@ -27,7 +27,7 @@ from weightspace.compress._archive import FORMAT, MEMBERS, VERSION, member_diges
 from weightspace.decompose.hosvd import HOSVDUnitFit, hosvd_cores, hosvd_factors
 from weightspace.decompose.pca import DEFAULT_CHUNK_BYTES, pca_components, pca_spectrum
 from weightspace.decompose.rank import explained_variance_ratio
-from weightspace.decompose.subspace import SharedSubspace
+from weightspace.decompose.subspace import SharedSubspace, _scalar_rank
 from weightspace.io import ModelSource, SafetensorsWriter, save_safetensors
 from weightspace.io._safetensors import DTYPES
 from weightspace.io._sources import PeftSource
@@ -123,19 +123,15 @@ def compress(
         Summary: sizes on disk (measured), ratio, per-unit k and explained variance, wall time.
     """
     t0 = time.perf_counter()
-    validate_params(
-        "compress",
-        {**SharedSubspace._parameter_constraints, "storage_dtype": [Options(tuple(_STORAGE))]},
-        {
-            "method": method,
-            "n_components": n_components,
-            "center": center,
-            "svd_solver": svd_solver,
-            "modes": modes,
-            "storage_dtype": storage_dtype,
-            "chunk_bytes": chunk_bytes,
-        },
-    )
+    SharedSubspace(
+        n_components=n_components,
+        method=method,
+        center=center,
+        svd_solver=svd_solver,
+        modes=modes,
+        chunk_bytes=chunk_bytes,
+    )._validate()
+    validate_params("compress", {"storage_dtype": [Options(tuple(_STORAGE))]}, {"storage_dtype": storage_dtype})
     dtype = _STORAGE[storage_dtype]
     units = collection.units
     n = collection.n_models
@@ -145,7 +141,7 @@ def compress(
         if method == "hosvd" and spec.kind == "matrix":
             plans[spec.name] = hosvd_factors(stack, n_components, center=center, modes=modes)
         else:
-            sp = pca_spectrum(stack, n_components, center=center, svd_solver=svd_solver, chunk_bytes=chunk_bytes)
+            sp = pca_spectrum(stack, _scalar_rank(n_components), center=center, svd_solver=svd_solver, chunk_bytes=chunk_bytes)
             plans[spec.name] = _PCAPlan(
                 center, sp.singular_values, sp.left, sp.k, sp.solver, sp.mean_energy_fraction
             )

@@ -213,6 +213,8 @@ def pca_spectrum(
         tol = zero_tolerance(sv, n, d, res.raw_sq_norm**0.5)
         k = choose_rank(sv, n_components, tol)
     sv = torch.where(sv > tol, sv, torch.zeros_like(sv))
+    sv[max(0, min(n - int(center), d)) :] = 0.0  # rank cannot exceed min(N − 1, D); beyond it is rounding noise
+    k = min(k, max(0, min(n - int(center), d)))
     left = sign_fix(u[:, :k].contiguous())
     return PCASpectrum(n, d, center, sv, left, k, solver, res)
 

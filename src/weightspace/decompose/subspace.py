@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from weightspace._validation import Interval, Kind, Options, validate_params
+from weightspace._validation import Interval, Kind, Options, PairOf, validate_params
 from weightspace.collection import Collection
 from weightspace.decompose.hosvd import hosvd
 from weightspace.decompose.pca import DEFAULT_CHUNK_BYTES, pca_basis
@@ -32,9 +32,9 @@ class SharedSubspace:
 
     Parameters
     ----------
-    n_components : int or float, default 16
+    n_components : int, float or pair, default 16
         Components per unit: an int count (capped by the unit's numerical rank), or a float in (0, 1) read as
-        the fraction of centered variance to keep.
+        the fraction of centered variance to keep. For ``hosvd`` a pair ``(k1, k2)`` sets the modes separately.
     method : {"pca", "hosvd"}, default "pca"
         ``pca``: model-axis PCA (basis of flattened weights). ``hosvd``: zero-centered Tucker on the weight axes
         (``μ + U C_i Vᵀ``); 1-D units fall back to PCA.
@@ -117,7 +117,13 @@ class SharedSubspace:
         return {name: getattr(self, name) for name in self._parameter_constraints}
 
     def _validate(self) -> None:
-        validate_params("SharedSubspace", self._parameter_constraints, self.get_params())
+        params = self.get_params()
+        if self.method == "hosvd" and isinstance(self.n_components, tuple):
+            # HOSVD may take (k1, k2); each entry obeys the scalar rule.
+            rules = self._parameter_constraints["n_components"]
+            validate_params("SharedSubspace", {"n_components": [PairOf(tuple(rules))]}, params)
+            params = {k: v for k, v in params.items() if k != "n_components"}
+        validate_params("SharedSubspace", self._parameter_constraints, params)
 
     # -- fitting -----------------------------------------------------------------------------------
     def fit(
@@ -176,7 +182,7 @@ class SharedSubspace:
             self.method_[name] = "hosvd"
             return
         pfit = pca_basis(
-            stack, self.n_components, center=self.center, svd_solver=self.svd_solver, chunk_bytes=self.chunk_bytes
+            stack, _scalar_rank(self.n_components), center=self.center, svd_solver=self.svd_solver, chunk_bytes=self.chunk_bytes
         )
         assert pfit.mean is not None
         assert pfit.basis is not None
@@ -316,6 +322,11 @@ class SharedSubspace:
         """Fitted model ``i``'s members from its stored coefficients."""
         self._check_fitted()
         return self.inverse_transform({k: v[i] for k, v in self.coefficients_.items()})
+
+
+def _scalar_rank(n_components: int | float | tuple[int | float, int | float]) -> int | float:
+    """PCA rank from a possibly per-mode HOSVD rank (vector units under ``hosvd`` use the mode-1 value)."""
+    return n_components[0] if isinstance(n_components, tuple) else n_components
 
 
 @dataclass

@@ -44,9 +44,9 @@ def _children(directory: Path) -> list[Path]:
     for child in directory.iterdir():
         if child.name.startswith("."):
             continue
-        if (child.is_dir() and is_model_dir(child)) or (
-            child.is_file() and child.suffix.lower() in (".safetensors", *PICKLE_SUFFIXES)
-        ):
+        # Non-regular files (FIFOs, devices) with a checkpoint suffix are listed too, so reading them fails loudly.
+        is_checkpoint = not child.is_dir() and child.suffix.lower() in (".safetensors", *PICKLE_SUFFIXES)
+        if is_checkpoint or (child.is_dir() and is_model_dir(child)):
             found.append(child)
     return sorted(found, key=lambda p: natural_key(p.name))
 

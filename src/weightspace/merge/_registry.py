@@ -1,0 +1,459 @@
+"""Merge-method registry: declared parameters, their validation, and the :func:`merge_deltas` entry point.
+
+A merge method is a pure function ``fn(deltas, **params) -> Tensor`` that turns the N task vectors of one unit
+(one tensor key) into one merged task vector. :func:`merge_method` registers such a function in
+:data:`MERGE_METHODS` together with a :class:`Param` declaration per keyword, so that callers (the CLI, config
+files) can pass raw strings such as ``"0.3"`` and get scikit-learn-style errors for bad values.
+
+Examples
+--------
+>>> p = Param(float, 0.2, interval="(0, 1]", doc="fraction kept")
+>>> p.describe()
+'a float in (0, 1]'
+>>> p.validate("0.5", name="density", method="ties")
+0.5
+>>> from weightspace.errors import ParameterError
+>>> try:
+...     p.validate(1.5, name="density", method="ties")
+... except ParameterError as err:
+...     print(err)
+The 'density' parameter of merge method 'ties' must be a float in (0, 1]. Got 1.5 instead.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import math
+import numbers
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from weightspace._registry import Registry
+from weightspace.errors import NonFiniteError, ParameterError, ShapeMismatchError
+
+__all__ = ["MERGE_METHODS", "MergeMethod", "Param", "merge_deltas", "merge_method"]
+
+MethodFn = Callable[..., Tensor]
+
+_TRUE = frozenset({"true", "1", "yes", "on"})
+_FALSE = frozenset({"false", "0", "no", "off"})
+_NONE = frozenset({"none", "null"})
+_INTERVAL_RE = re.compile(r"^\s*([\[(])\s*([^,\s]+)\s*,\s*([^,\s\])]+)\s*([\])])\s*$")
+
+
+def _fmt_bound(x: float) -> str:
+    if math.isinf(x):
+        return "inf" if x > 0 else "-inf"
+    return str(int(x)) if float(x).is_integer() else repr(float(x))
+
+
+@dataclass(frozen=True)
+class _Interval:
+    """A real interval written in the usual bracket notation, e.g. ``"(0, 1]"`` or ``"[1, inf)"``."""
+
+    low: float
+    high: float
+    low_closed: bool
+    high_closed: bool
+
+    @classmethod
+    def parse(cls, text: str) -> _Interval:
+        match = _INTERVAL_RE.match(text)
+        if match is None:
+            raise ValueError(f"cannot parse interval {text!r}; write it like '(0, 1]' or '[1, inf)'")
+        left, low, high, right = match.groups()
+        return cls(float(low), float(high), left == "[", right == "]")
+
+    def __contains__(self, value: object) -> bool:
+        if not isinstance(value, numbers.Real):
+            return False
+        v = float(value)
+        # Comparisons with NaN are all False, so NaN is rejected by every interval.
+        above = self.low <= v if self.low_closed else self.low < v
+        below = v <= self.high if self.high_closed else v < self.high
+        return above and below
+
+    def __str__(self) -> str:
+        left = "[" if self.low_closed else "("
+        right = "]" if self.high_closed else ")"
+        return f"{left}{_fmt_bound(self.low)}, {_fmt_bound(self.high)}{right}"
+
+
+def _coerce(raw: Any, kind: type) -> tuple[bool, Any]:
+    """Convert ``raw`` (a Python value or a CLI string) to ``kind``; return ``(ok, value)``."""
+    if kind is bool:
+        if isinstance(raw, bool):
+            return True, raw
+        if isinstance(raw, str) and raw.strip().lower() in _TRUE | _FALSE:
+            return True, raw.strip().lower() in _TRUE
+        return False, raw
+    if isinstance(raw, bool):
+        # bool is an int subclass; a flag passed where a number is expected is a mistake, not 0 or 1.
+        return False, raw
+    if kind is int:
+        if isinstance(raw, numbers.Integral):
+            return True, int(raw)
+        if isinstance(raw, str):
+            try:
+                return True, int(raw.strip())
+            except ValueError:
+                return False, raw
+        return False, raw
+    if kind is float:
+        if not isinstance(raw, (numbers.Real, str)):
+            return False, raw
+        try:
+            return True, float(raw.strip() if isinstance(raw, str) else raw)
+        except (ValueError, OverflowError):  # "abc", or an int too large for a float
+            return False, raw
+    return isinstance(raw, kind), raw
+
+
+def _type_phrase(kind: type) -> str:
+    if kind is torch.Tensor:
+        return "a torch.Tensor"
+    name = kind.__name__
+    return f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
+
+
+@dataclass(frozen=True)
+class Param:
+    """Declaration of one keyword parameter of a merge method.
+
+    Parameters
+    ----------
+    type : type or tuple of type
+        Accepted type(s): ``float``, ``int``, ``bool``, ``str`` or ``torch.Tensor``. A tuple declares a union
+        tried in order (``(int, float)`` reads ``"16"`` as an int and ``"0.9"`` as a float).
+    default : object
+        Value used when the caller does not pass the parameter.
+    interval : str or tuple of (str or None), optional
+        Allowed range of a numeric type in bracket notation, ``"(0, 1]"``, ``"[1, inf)"``; ``"(-inf, inf)"``
+        means any finite number. With a tuple ``type`` give one entry per type (``None`` for no range).
+    choices : tuple, optional
+        Allowed values of a ``str`` parameter.
+    nullable : bool, default False
+        Whether ``None`` (or the CLI strings ``"none"``/``"null"``) is accepted.
+    doc : str
+        One line for ``--help`` output and the docs.
+    cli : bool, default True
+        False for parameters that cannot be given as text (tensors such as an external basis).
+    """
+
+    type: type | tuple[type, ...]
+    default: Any = None
+    interval: str | tuple[str | None, ...] | None = None
+    choices: tuple[Any, ...] | None = None
+    nullable: bool = False
+    doc: str = ""
+    cli: bool = True
+    _rules: tuple[tuple[type, _Interval | None], ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        types = self.type if isinstance(self.type, tuple) else (self.type,)
+        if isinstance(self.interval, tuple):
+            if len(self.interval) != len(types):
+                raise ValueError("give one interval per type")
+            intervals: tuple[str | None, ...] = self.interval
+        else:
+            intervals = (self.interval,) * len(types)
+        rules = tuple(
+            (t, None if iv is None else _Interval.parse(iv)) for t, iv in zip(types, intervals, strict=True)
+        )
+        object.__setattr__(self, "_rules", rules)
+        if not (self.default is None and self.nullable):
+            ok, _ = self._check(self.default)
+            if not ok:
+                raise ValueError(f"default {self.default!r} breaks its own constraint: {self.describe()}")
+
+    def describe(self) -> str:
+        """The constraint in words, as used in error messages: ``'a float in (0, 1]'``."""
+        parts = []
+        for kind, interval in self._rules:
+            phrase = _type_phrase(kind)
+            if interval is not None:
+                phrase += f" in {interval}"
+            if kind is str and self.choices is not None:
+                phrase += " among {" + ", ".join(repr(c) for c in sorted(self.choices)) + "}"
+            parts.append(phrase)
+        if self.nullable:
+            parts.append("None")
+        return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " or " + parts[-1]
+
+    def _check(self, raw: Any) -> tuple[bool, Any]:
+        """Return ``(True, value)`` for an accepted value, else ``(False, what_to_report)``."""
+        if self.nullable and (raw is None or (isinstance(raw, str) and raw.strip().lower() in _NONE)):
+            return True, None
+        reported = raw
+        for kind, interval in self._rules:
+            ok, value = _coerce(raw, kind)
+            if not ok:
+                continue
+            if isinstance(raw, str) and reported is raw:
+                # Report "Got 1.5", not "Got '1.5'", when a CLI string parsed fine but is out of range.
+                reported = value
+            if kind is float and not math.isfinite(value) and interval is None:
+                continue
+            if interval is not None and value not in interval:
+                continue
+            if self.choices is not None and value not in self.choices:
+                continue
+            return True, value
+        return False, reported
+
+    def validate(self, raw: Any, *, name: str, method: str) -> Any:
+        """Coerce and check ``raw``; raise :class:`ParameterError` in scikit-learn wording when it is invalid."""
+        ok, value = self._check(raw)
+        if not ok:
+            raise ParameterError(
+                f"The {name!r} parameter of merge method {method!r} must be {self.describe()}. "
+                f"Got {value!r} instead."
+            )
+        return value
+
+
+@dataclass(frozen=True)
+class MergeMethod:
+    """A registered merge method.
+
+    Attributes
+    ----------
+    name : str
+        Registry name, e.g. ``"ties"``.
+    fn : callable
+        The raw implementation ``fn(deltas, **params) -> Tensor``; it trusts its inputs. Call the method through
+        :func:`merge_deltas` (or the public function of the same name, or this object) to get validation.
+    params : mapping of str to Param
+        Declared keyword parameters, in signature order (read-only).
+    reference_url : str
+        The paper the method follows.
+    doc : str
+        First line of the implementation's docstring.
+    """
+
+    name: str
+    fn: MethodFn
+    params: Mapping[str, Param] = field(default_factory=dict, hash=False)
+    reference_url: str = ""
+    doc: str = ""
+
+    def resolve_params(self, raw: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Coerce raw values (CLI strings allowed), fill in defaults and reject unknown or invalid parameters.
+
+        Parameters
+        ----------
+        raw : mapping of str to object, optional
+            Parameter values as given by the caller, e.g. ``{"density": "0.3"}``.
+
+        Returns
+        -------
+        dict
+            Every declared parameter, in declaration order.
+
+        Raises
+        ------
+        ParameterError
+            For an unknown name (the message lists the valid ones) or a value outside its constraint.
+        """
+        raw = {} if raw is None else raw
+        unknown = sorted(set(raw) - set(self.params))
+        if unknown:
+            valid = ", ".join(repr(n) for n in sorted(self.params)) or "none"
+            raise ParameterError(
+                f"Unknown parameter {unknown[0]!r} for merge method {self.name!r}. Valid parameters: {valid}."
+            )
+        return {
+            name: param.validate(raw[name], name=name, method=self.name) if name in raw else param.default
+            for name, param in self.params.items()
+        }
+
+    def __call__(self, deltas: Sequence[Tensor], **params: Any) -> Tensor:
+        """Same as ``merge_deltas(self, deltas, **params)``."""
+        return merge_deltas(self, deltas, **params)
+
+
+MERGE_METHODS: Registry[MergeMethod] = Registry("merge method")
+"""Every built-in merge method by name; filled when :mod:`weightspace.merge` is imported."""
+
+
+def merge_method(
+    name: str, *, reference_url: str, params: Mapping[str, Param] | None = None
+) -> Callable[[MethodFn], MethodFn]:
+    """Register a merge-method implementation under ``name`` (decorator).
+
+    The decorated implementation must take the deltas positionally and exactly the declared parameters as
+    keyword-only arguments with the declared defaults; a mismatch raises ``TypeError`` at import time, so the
+    declarations cannot drift from the code. The decorator returns a validating wrapper: calling it is the same as
+    :func:`merge_deltas` with this method.
+
+    Parameters
+    ----------
+    name : str
+        Registry name; registering a name twice raises ``ValueError``.
+    reference_url : str
+        The paper (arXiv abstract page) the implementation follows.
+    params : mapping of str to Param, optional
+        Declared keyword parameters.
+
+    Returns
+    -------
+    callable
+        Decorator returning the validating public function; the :class:`MergeMethod` is attached to it as
+        ``.merge_method``.
+    """
+    declared = dict(params or {})
+
+    def wrap(fn: MethodFn) -> MethodFn:
+        signature = inspect.signature(fn)
+        keywords = {
+            p.name: p.default for p in signature.parameters.values() if p.kind is inspect.Parameter.KEYWORD_ONLY
+        }
+        if list(keywords) != list(declared):
+            raise TypeError(f"{fn.__name__}: keyword-only arguments {list(keywords)} != declared {list(declared)}")
+        for key, param in declared.items():
+            if keywords[key] is not param.default and keywords[key] != param.default:
+                raise TypeError(f"{fn.__name__}: default of {key!r} differs from its Param declaration")
+        doc = inspect.getdoc(fn)
+        if not doc:
+            raise TypeError(f"{fn.__name__}: a merge method needs a docstring")
+        method = MergeMethod(
+            name=name,
+            fn=fn,
+            params=MappingProxyType(declared),
+            reference_url=reference_url,
+            doc=doc.splitlines()[0],
+        )
+        MERGE_METHODS.register(name, method)
+
+        @functools.wraps(fn)
+        def public(deltas: Sequence[Tensor], **kwargs: Any) -> Tensor:
+            return merge_deltas(method, deltas, **kwargs)
+
+        public.merge_method = method  # type: ignore[attr-defined]
+        return public
+
+    return wrap
+
+
+def _lookup(method: str | MergeMethod | MethodFn) -> MergeMethod | None:
+    """The registered method behind ``method``, or None for a plain (unregistered) callable."""
+    if isinstance(method, str):
+        return MERGE_METHODS.get(method)
+    if isinstance(method, MergeMethod):
+        return method
+    attached = getattr(method, "merge_method", None)
+    if isinstance(attached, MergeMethod):
+        return attached
+    if callable(method):
+        return None
+    raise ParameterError(f"method must be a merge-method name or a callable; got {type(method).__name__}.")
+
+
+def _shape_str(shape: Sequence[int]) -> str:
+    return str(tuple(shape))
+
+
+def _checked_deltas(deltas: Sequence[Tensor]) -> list[Tensor]:
+    if isinstance(deltas, Tensor):
+        raise ParameterError(
+            "deltas must be a sequence of tensors, one per model; got a single tensor. "
+            "Pass list(stacked) for a stacked (n_models, ...) tensor or [delta] for one model."
+        )
+    try:
+        deltas = list(deltas)
+    except TypeError:
+        raise ParameterError(f"deltas must be a sequence of tensors; got {type(deltas).__name__}.") from None
+    if len(deltas) == 0:
+        raise ParameterError("merging needs at least one delta; got 0.")
+    first = deltas[0]
+    for i, delta in enumerate(deltas):
+        if not isinstance(delta, Tensor):
+            raise ParameterError(f"delta {i} is a {type(delta).__name__}, not a torch.Tensor.")
+        if not delta.is_floating_point():
+            raise ParameterError(f"delta {i} has dtype {delta.dtype}; task vectors must be floating point.")
+        if delta.shape != first.shape:
+            raise ShapeMismatchError(
+                f"delta {i} has shape {_shape_str(delta.shape)} but delta 0 has shape {_shape_str(first.shape)}; "
+                "all deltas of one unit must have the same shape."
+            )
+        if delta.device != first.device:
+            raise ParameterError(f"delta {i} is on {delta.device} but delta 0 is on {first.device}.")
+        if not bool(torch.isfinite(delta).all()):
+            raise NonFiniteError(f"delta {i} contains NaN or infinity.")
+    return deltas
+
+
+def merge_deltas(method: str | MergeMethod | MethodFn, deltas: Sequence[Tensor], **params: Any) -> Tensor:
+    """Merge the N task vectors of one unit with a registered method or a plain callable.
+
+    Parameters
+    ----------
+    method : str, MergeMethod or callable
+        A name in :data:`MERGE_METHODS` (``"ties"``), a registered method (or its public function), or any
+        callable ``fn(deltas, **params) -> Tensor``. A plain callable receives the deltas already converted to
+        float64 and the ``params`` unchanged.
+    deltas : sequence of Tensor
+        N ≥ 1 task vectors (fine-tuned minus base) of one unit, each of the same shape and any floating dtype:
+        1-D (bias, norm) or 2-D ``(d_out, d_in)`` (conv weights reshaped to 2-D by the caller).
+    **params
+        Method parameters; for registered methods, raw CLI strings are coerced (``density="0.3"``) and missing
+        ones take their defaults.
+
+    Returns
+    -------
+    Tensor
+        The merged delta, float64, same shape as one delta. The caller adds it to the base weight and casts.
+
+    Raises
+    ------
+    ParameterError
+        Unknown method or parameter, invalid parameter value, no deltas, or non-float deltas.
+    ShapeMismatchError
+        Deltas of different shapes (the message names the index), or a callable returning the wrong shape.
+    NonFiniteError
+        A delta or the merged result holds NaN or infinity.
+
+    Examples
+    --------
+    >>> import torch
+    >>> a, b = torch.tensor([1.0, -2.0]), torch.tensor([3.0, 2.0])
+    >>> merge_deltas("mean", [a, b])
+    tensor([2., 0.], dtype=torch.float64)
+    >>> merge_deltas("task_arithmetic", [a, b], lam="0.5")
+    tensor([2., 0.], dtype=torch.float64)
+    >>> merge_deltas(lambda ds, scale: scale * torch.stack(ds).amax(0), [a, b], scale=2.0)
+    tensor([6., 4.], dtype=torch.float64)
+    """
+    registered = _lookup(method)
+    deltas = _checked_deltas(deltas)
+    first = deltas[0]
+    if registered is not None:
+        kwargs = registered.resolve_params(params)
+        fn: MethodFn = registered.fn
+        label = f"merge method {registered.name!r}"
+        # Registered methods stack straight into float64, which saves one full copy of the inputs.
+        inputs = deltas
+    else:
+        kwargs = params
+        fn = method  # type: ignore[assignment]
+        label = f"merge function {getattr(method, '__name__', repr(method))!r}"
+        inputs = [d.to(torch.float64) for d in deltas]
+    if first.numel() == 0:
+        return torch.zeros(first.shape, dtype=torch.float64, device=first.device)
+    out = fn(inputs, **kwargs)
+    if not isinstance(out, Tensor):
+        raise ParameterError(f"{label} returned a {type(out).__name__}, not a torch.Tensor.")
+    if out.shape != first.shape:
+        raise ShapeMismatchError(
+            f"{label} returned shape {_shape_str(out.shape)}; expected {_shape_str(first.shape)}."
+        )
+    if not bool(torch.isfinite(out).all()):
+        raise NonFiniteError(f"{label} produced NaN or infinity (inputs were finite; check the parameters).")
+    return out.to(torch.float64)

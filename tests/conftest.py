@@ -1,0 +1,26 @@
+"""Shared pytest fixtures; builders live in ``helpers.py``."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+from helpers import mlp_like, write_models
+
+
+@pytest.fixture
+def gen() -> torch.Generator:
+    return torch.Generator().manual_seed(1234)
+
+
+@pytest.fixture
+def model_dir(tmp_path: Path, gen: torch.Generator) -> Path:
+    """Eight random MLP-shaped checkpoints under tmp_path/models."""
+    write_models(tmp_path / "models", [mlp_like(gen) for _ in range(8)])
+    return tmp_path / "models"

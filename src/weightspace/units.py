@@ -130,18 +130,25 @@ class UnitMember:
 
     def rows(self, r0: int, r1: int) -> torch.Tensor:
         """Rows ``[r0, r1)`` of the member's 2-D view, float64, shape ``(r1 - r0, cols)``."""
+        out = torch.empty(r1 - r0, self.spec.cols, dtype=torch.float64)
+        self.rows_into(r0, r1, out)
+        return out
+
+    def rows_into(self, r0: int, r1: int, out: torch.Tensor) -> None:
+        """Write rows ``[r0, r1)`` into ``out`` (float64, shape ``(r1 - r0, cols)``) with no extra copy."""
         fac = self.factors()
         if fac is not None:
-            return fac[0][r0:r1] @ fac[1]
-        full = self.spec.rows == r1 - r0
-        raw = self.source.read(self.spec.name, None if full else (r0, r1))
+            torch.matmul(fac[0][r0:r1], fac[1], out=out)
+            return
+        whole = self.spec.rows == r1 - r0
+        raw = self.source.read(self.spec.name, None if whole else (r0, r1))
         _check_finite(raw, self.source.path, self.spec.name)
-        out = raw.to(torch.float64).reshape(r1 - r0, self.spec.cols)
+        out.copy_(raw.reshape(r1 - r0, self.spec.cols))  # converts to float64 while copying
+        del raw
         if self.base is not None:
-            b = self.base.read(self.base_key, None if full else (r0, r1))
+            b = self.base.read(self.base_key, None if whole else (r0, r1))
             _check_finite(b, self.base.path, self.base_key)
-            out -= b.to(torch.float64).reshape(r1 - r0, self.spec.cols)
-        return out
+            out.sub_(b.reshape(r1 - r0, self.spec.cols))
 
     def full(self) -> torch.Tensor:
         """The whole member, float64, shape ``(rows, cols)``."""
@@ -194,13 +201,14 @@ class TensorMember(UnitMember):
     def factors(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         return self._mem_factors
 
-    def rows(self, r0: int, r1: int) -> torch.Tensor:
+    def rows_into(self, r0: int, r1: int, out: torch.Tensor) -> None:
         if self._mem_factors is not None:
-            return self._mem_factors[0][r0:r1] @ self._mem_factors[1]
+            torch.matmul(self._mem_factors[0][r0:r1], self._mem_factors[1], out=out)
+            return
         assert self._tensor is not None
-        t = self._tensor.reshape(self.spec.rows, self.spec.cols)[r0:r1].to(torch.float64)
+        t = self._tensor.reshape(self.spec.rows, self.spec.cols)[r0:r1]
         _check_finite(t, "<memory>", self.spec.name)
-        return t
+        out.copy_(t)
 
 
 class UnitStack:
@@ -255,7 +263,10 @@ class UnitStack:
 
     def chunk(self, r0: int, r1: int) -> torch.Tensor:
         """Rows ``[r0, r1)`` of every member, flattened: float64 of shape ``(n_models, (r1 - r0) * cols)``."""
-        return torch.stack([m.rows(r0, r1).reshape(-1) for m in self.members])  # (n_models, chunk)
+        out = torch.empty(self.n, (r1 - r0) * self.spec.cols, dtype=torch.float64)  # (n_models, chunk)
+        for i, m in enumerate(self.members):
+            m.rows_into(r0, r1, out[i].view(r1 - r0, self.spec.cols))
+        return out
 
     def all_factored(self) -> bool:
         return all(m.is_lora for m in self.members)

@@ -47,16 +47,18 @@ class GramResult:
 
 
 def centered_chunk(x: torch.Tensor, center: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Center a chunk ``x`` (n_models, c) by its column mean; returns ``(x_c, mean)``.
+    """Center a chunk ``x`` (n_models, c) by its column mean, **in place**; returns ``(x_c, mean)``.
 
     The mean is ``x_0 + mean_i(x_i − x_0)``: exact when all rows are equal, and free of cancellation when the
-    mean dominates the spread.
+    mean dominates the spread. ``x`` itself becomes ``x_c`` (no N × c temporary).
     """
     if not center:
         return x, torch.zeros(x.shape[1], dtype=x.dtype)
-    shift = x[0]
-    mean = shift + (x - shift).mean(dim=0)  # (c,)
-    return x - mean, mean
+    shift = x[0].clone()  # (c,)
+    x.sub_(shift)
+    offset = x.mean(dim=0)  # (c,)
+    x.sub_(offset)
+    return x, shift.add_(offset)
 
 
 def centered_gram(stack: UnitStack, *, center: bool, chunk_bytes: int, tick: Tick | None = None) -> GramResult:
@@ -68,7 +70,7 @@ def centered_gram(stack: UnitStack, *, center: bool, chunk_bytes: int, tick: Tic
     mean_sq = 0.0
     for r0, r1 in stack.row_chunks(chunk_bytes):
         x = stack.chunk(r0, r1)  # (n_models, (r1 - r0) * cols)
-        raw_sq += float((x * x).sum())
+        raw_sq += float(torch.linalg.vector_norm(x)) ** 2
         xc, mean = centered_chunk(x, center)
         mean_sq += float(mean @ mean)
         cross += xc @ mean
@@ -127,7 +129,7 @@ def tsqr_r(
     raw_sq = mean_sq = 0.0
     for r0, r1 in stack.row_chunks(chunk_bytes):
         x = stack.chunk(r0, r1)  # (n_models, (r1 - r0) * cols)
-        raw_sq += float((x * x).sum())
+        raw_sq += float(torch.linalg.vector_norm(x)) ** 2
         xc, mean = centered_chunk(x, center)
         mean_sq += float(mean @ mean)
         cross += xc @ mean

@@ -182,7 +182,11 @@ class SharedSubspace:
             self.method_[name] = "hosvd"
             return
         pfit = pca_basis(
-            stack, _scalar_rank(self.n_components), center=self.center, svd_solver=self.svd_solver, chunk_bytes=self.chunk_bytes
+            stack,
+            _scalar_rank(self.n_components),
+            center=self.center,
+            svd_solver=self.svd_solver,
+            chunk_bytes=self.chunk_bytes,
         )
         assert pfit.mean is not None
         assert pfit.basis is not None

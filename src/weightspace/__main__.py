@@ -1,0 +1,5 @@
+"""``python -m weightspace`` runs the CLI."""
+
+from weightspace.cli import main
+
+main()

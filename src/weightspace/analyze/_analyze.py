@@ -1,0 +1,512 @@
+"""``analyze``: per-unit evidence for (or against) a shared weight subspace, beside honest controls.
+
+For every unit of a collection (see :mod:`weightspace.analyze` for the statistics) and summarised by unit type
+and by matrix/vector kind. Everything random comes from explicit ``torch.Generator`` objects derived from
+``seed``: the folds and the stability split from ``seed`` itself (shared by all units), each unit's null draws
+from ``sha256(seed, unit name)`` (so excluding one unit does not change another's null).
+
+References
+----------
+Kaushik et al., "The Universal Weight Subspace Hypothesis", arXiv:2512.05117.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import math
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import weightspace
+from weightspace._progress import Progress, report
+from weightspace._validation import Interval, Kind, Options, validate_params
+from weightspace.analyze._groups import unit_groups
+from weightspace.analyze._hosvd_unit import analyze_hosvd_unit
+from weightspace.analyze._loo import make_folds
+from weightspace.analyze._pca_unit import Plan, analyze_pca_unit
+from weightspace.analyze._stability import split_halves
+from weightspace.analyze._verdict import VERDICTS, Thresholds
+from weightspace.collection import Collection
+from weightspace.decompose.pca import DEFAULT_CHUNK_BYTES
+from weightspace.errors import ParameterError
+from weightspace.units import UnitStack
+
+__all__ = [
+    "DEFAULT_KS",
+    "HOSVD_LOO_MAX_MODELS",
+    "KFOLD_DEFAULT",
+    "LOO_MAX_MODELS",
+    "REPORT_VERSION",
+    "AnalysisReport",
+    "analyze",
+    "analyze_unit",
+]
+
+DEFAULT_KS = (1, 2, 4, 8, 16, 32)
+# Leave-one-out costs one N×N eigendecomposition per model: N⁴ in all, trivial up to N = 64; above, K-fold.
+LOO_MAX_MODELS = 64
+KFOLD_DEFAULT = 10
+# HOSVD folds cost two reads of the fold and two (rows², cols²) eigendecompositions each: K-fold sooner.
+HOSVD_LOO_MAX_MODELS = 10
+REPORT_VERSION = 1
+
+_KS_RULE = [Kind((list, tuple), "a non-empty sequence of ints >= 1")]
+
+
+def _clean(obj: Any) -> Any:
+    """JSON-safe copy: NaN → None, ±inf → "inf"/"-inf", tuples → lists, tensors → lists."""
+    if isinstance(obj, float):
+        if math.isnan(obj):
+            return None
+        if math.isinf(obj):
+            return "inf" if obj > 0 else "-inf"
+        return obj
+    if isinstance(obj, torch.Tensor):
+        return _clean(obj.tolist())
+    if isinstance(obj, dict):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_clean(v) for v in obj]
+    return obj
+
+
+def _unit_seed(seed: int, name: str) -> int:
+    digest = hashlib.sha256(f"{seed}\0{name}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+def _check_ks(ks: Sequence[int]) -> tuple[int, ...]:
+    validate_params("analyze", {"ks": _KS_RULE}, {"ks": ks})
+    if not ks or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in ks):
+        raise ParameterError(
+            f"The 'ks' parameter of analyze must be a non-empty sequence of ints >= 1. Got {ks!r}."
+        )
+    return tuple(sorted(set(int(k) for k in ks)))
+
+
+def _plan(
+    n: int, method: str, seed: int, n_null: int, ks: tuple[int, ...], folds: int | None, thresholds: Thresholds
+) -> Plan:
+    if folds is not None and not 2 <= folds <= n:
+        raise ParameterError(
+            f"The 'folds' parameter of analyze must be an int in [2, {n}] (n_models). Got {folds}."
+        )
+    loo_max = HOSVD_LOO_MAX_MODELS if method == "hosvd" else LOO_MAX_MODELS
+    n_folds = folds if folds is not None else (n if n <= loo_max else min(KFOLD_DEFAULT, n))
+    g = torch.Generator().manual_seed(seed)
+    fold_sets = make_folds(n, n_folds, generator=g)
+    scheme = "leave-one-out" if n_folds == n else f"{n_folds}-fold"
+    return Plan(ks, fold_sets, scheme, split_halves(n, generator=g), n_null, thresholds)
+
+
+def _validate(method: str, seed: int, n_null: int, folds: int | None, chunk_bytes: int) -> None:
+    validate_params(
+        "analyze",
+        {
+            "method": [Options(("pca", "hosvd"))],
+            "seed": [Interval(int, 0, None)],
+            "n_null": [Interval(int, 1, None)],
+            "folds": [Options((None,)), Interval(int, 2, None)],
+            "chunk_bytes": [Interval(int, 1, None)],
+        },
+        {"method": method, "seed": seed, "n_null": n_null, "folds": folds, "chunk_bytes": chunk_bytes},
+    )
+
+
+def _at(rec: dict[str, Any]) -> dict[str, Any]:
+    """The unit's headline numbers at its k_ref (all measured; looked up, never interpolated)."""
+    k = rec["k_ref"]
+    loo, stab = rec["loo"], rec["stability"]
+    lora = rec.get("lora_null") if rec.get("lora_null") and "evr" in rec["lora_null"] else None
+    nan = float("nan")
+    k_stab = max((j for j in stab["k"] if j <= k), default=None)
+
+    def pick(ks: list[int], values: list[float]) -> float:
+        return values[ks.index(k)] if k in ks and values else nan
+
+    return {
+        "k": k,
+        "evr": pick(rec["ks"], rec["evr"]),
+        "null_evr": pick(rec["ks"], rec["null_evr"]),
+        "null_evr_hi": pick(rec["ks"], rec["null_evr_hi"]),
+        "heldout_evr": pick(loo["k"], loo["heldout_evr"]),
+        "null_heldout_evr": pick(loo["k"], loo["null_heldout_evr"]),
+        "null_heldout_evr_hi": pick(loo["k"], loo["null_heldout_evr_hi"]),
+        "mean_only": loo["mean_only"],
+        "basis_only": pick(loo["k"], loo["basis_only"]),
+        "mean_plus_basis": pick(loo["k"], loo["mean_plus_basis"]),
+        # The halves are half as large, so their k stops lower: the largest stability k ≤ k_ref.
+        "overlap_k": k_stab,
+        "overlap": stab["overlap"][stab["k"].index(k_stab)] if k_stab is not None else nan,
+        "null_overlap": stab["null_overlap"][stab["k"].index(k_stab)] if k_stab is not None else nan,
+        "spectrum_excess": rec["spectrum_excess"] if rec["spectrum_excess"] is not None else nan,
+        "spectrum_excess_k": rec["spectrum_excess_k"],
+        "lora_null_evr": pick(rec["ks"], lora["evr"]) if lora else nan,
+        "lora_null_evr_hi": pick(rec["ks"], lora["evr_hi"]) if lora else nan,
+    }
+
+
+def analyze_unit(
+    stack: UnitStack | Sequence[torch.Tensor],
+    *,
+    method: str = "pca",
+    seed: int = 0,
+    n_null: int = 5,
+    ks: Sequence[int] = DEFAULT_KS,
+    folds: int | None = None,
+    thresholds: Thresholds | None = None,
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+) -> dict[str, Any]:
+    """Evidence and verdict for one unit (the functional core behind :func:`analyze`).
+
+    Parameters
+    ----------
+    stack : UnitStack or sequence of Tensor
+        N ≥ 2 members of one shape.
+    method : {"pca", "hosvd"}
+        ``hosvd`` applies to 2-D members; vectors always use PCA.
+    seed, n_null, ks, folds, thresholds, chunk_bytes
+        As in :func:`analyze`.
+
+    Returns
+    -------
+    dict
+        The unit's record with the keys of ``report.json``'s ``units[...]`` (floats may be NaN here; the
+        report turns them into null).
+
+    Examples
+    --------
+    >>> g = torch.Generator().manual_seed(0)
+    >>> rec = analyze_unit([torch.randn(8, 8, generator=g) for _ in range(6)], n_null=2)
+    >>> rec["verdict"], rec["ks"], rec["loo"]["scheme"]
+    ('null-like', [1, 2, 4, 5], 'leave-one-out')
+    """
+    if not isinstance(stack, UnitStack):
+        stack = UnitStack.from_tensors(list(stack))
+    _validate(method, seed, n_null, folds, chunk_bytes)
+    if stack.n < 2:
+        raise ParameterError(f"analyze_unit needs at least 2 members. Got {stack.n}.")
+    t = thresholds or Thresholds()
+    plan = _plan(stack.n, method, seed, n_null, _check_ks(ks), folds, t)
+    gen = torch.Generator().manual_seed(_unit_seed(seed, stack.spec.name))
+    if method == "hosvd" and stack.spec.kind == "matrix":
+        rec = analyze_hosvd_unit(stack, plan, generator=gen)
+    else:
+        rec = analyze_pca_unit(stack, plan, generator=gen, chunk_bytes=chunk_bytes)
+    rec["at_k_ref"] = _at(rec)
+    return rec
+
+
+def _counts(units: Sequence[dict[str, Any]]) -> dict[str, int]:
+    out = dict.fromkeys(VERDICTS, 0)
+    for u in units:
+        out[u["verdict"]] += 1
+    return out
+
+
+def _mean(values: Sequence[float | None]) -> float:
+    ok = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    return sum(ok) / len(ok) if ok else float("nan")
+
+
+def _summary(units: list[dict[str, Any]]) -> dict[str, Any]:
+    by_kind: dict[str, Any] = {}
+    for kind in ("matrix", "vector"):
+        sel = [u for u in units if u["kind"] == kind]
+        params = sum(math.prod(u["shape"]) for u in sel)
+        share = dict.fromkeys(VERDICTS, 0.0)
+        for u in sel:
+            share[u["verdict"]] += math.prod(u["shape"]) / params if params else 0.0
+        by_kind[kind] = {
+            "n_units": len(sel),
+            "n_params": params,
+            "verdict_counts": _counts(sel),
+            "param_share": share,
+        }
+    main = "matrix" if by_kind["matrix"]["n_units"] else "vector"
+    share = by_kind[main]["param_share"]
+    # On a tie the more conservative verdict heads the report (null-like, then mean-dominated).
+    top = max(VERDICTS, key=lambda v: (share[v], VERDICTS.index(v)))
+    cnt = by_kind[main]["verdict_counts"]
+
+    def listing(kind: str) -> str:
+        c = by_kind[kind]["verdict_counts"]
+        return ", ".join(f"{c[v]} {v}" for v in VERDICTS)
+
+    text = (
+        f"{share[top]:.0%} of {main} parameters ({cnt[top]} of {by_kind[main]['n_units']} {main} units) are {top}. "
+        f"{main.capitalize()} units: {listing(main)}."
+    )
+    if main == "matrix" and by_kind["vector"]["n_units"]:
+        text += f" Vector units (reported separately): {listing('vector')}."
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for u in units:
+        groups.setdefault((u["kind"], u["type"]), []).append(u)
+    group_rows = []
+    for (kind, typ), sel in sorted(groups.items(), key=lambda kv: (kv[0][0] != "matrix",)):
+        at = [u["at_k_ref"] for u in sel]
+        group_rows.append(
+            {
+                "type": typ,
+                "kind": kind,
+                "n_units": len(sel),
+                "units": [u["name"] for u in sel],
+                "depths": [u["depth"] for u in sel],
+                "verdict_counts": _counts(sel),
+                "k_ref": sorted({a["k"] for a in at}),
+                "evr_at_k_ref": _mean([a["evr"] for a in at]),
+                "null_evr_at_k_ref": _mean([a["null_evr"] for a in at]),
+                "heldout_evr_at_k_ref": _mean([a["heldout_evr"] for a in at]),
+                "null_heldout_evr_at_k_ref": _mean([a["null_heldout_evr"] for a in at]),
+                "mean_energy_fraction": _mean([u["mean_energy_fraction"] for u in sel]),
+                "loo_mean_only": _mean([a["mean_only"] for a in at]),
+                "loo_basis_only_at_k_ref": _mean([a["basis_only"] for a in at]),
+                "loo_mean_plus_basis_at_k_ref": _mean([a["mean_plus_basis"] for a in at]),
+                "k90": _mean([u["k90"] for u in sel]),
+                "null_k90": _mean([u["null_k90"] for u in sel]),
+                "stability_k": sorted({a["overlap_k"] for a in at if a["overlap_k"] is not None}),
+                "overlap": _mean([a["overlap"] for a in at]),
+                "null_overlap": _mean([a["null_overlap"] for a in at]),
+                "spectrum_excess_max": max(
+                    (a["spectrum_excess"] for a in at if math.isfinite(a["spectrum_excess"])), default=math.nan
+                ),
+            }
+        )
+    return {
+        "verdict_counts": _counts(units),
+        "n_units": len(units),
+        "headline": {"kind": main, "verdict": top, "param_share": share[top], "text": text},
+        "by_kind": by_kind,
+        "groups": group_rows,
+    }
+
+
+def _notes(plan: Plan, method: str, n: int, is_peft: bool) -> list[str]:
+    t = plan.thresholds
+    notes = [
+        "Every model is a row x_i (flattened unit; a task vector W_i − W_base with --base, ΔW = s·B·A for LoRA); "
+        "μ is their mean. EVR = σ_j² / Σσ² of the centered stack (against the full spectrum); 'evr' lists the "
+        "cumulative EVR at each k in 'ks' (capped by N − 1), 'spectrum.evr' the per-component values.",
+        f"Null: {plan.n_null} draws of a matched Gaussian null per unit — N iid N(0, I_D) rows rescaled to the "
+        "collection's centered norms ‖x_i − μ‖ (the spread, not the mean), then centered again. Its N × N Gram "
+        "is drawn directly as Wishart(D, I_N) by the Bartlett decomposition (never N × D samples). Bands are the "
+        "min/max over draws; 'null_k90' is the median over draws.",
+        "Marchenko–Pastur: 'mp.edge_evr' = (1 + sqrt(p/q))² / p with p = min(N − 1, D), q = max(N − 1, D): the "
+        "share of variance a single component of isotropic noise can reach at the bulk edge (large-N/D limit); "
+        "'mp.n_above_edge' counts components above it.",
+        "Mean energy fraction = ‖μ‖² / (‖μ‖² + mean_i ‖x_i − μ‖²); pure noise gives about 1/N.",
+        f"Held-out evaluation: {plan.scheme} ({len(plan.folds)} folds; leave-one-out up to "
+        f"{HOSVD_LOO_MAX_MODELS if method == 'hosvd' else LOO_MAX_MODELS} models, else {KFOLD_DEFAULT}-fold, "
+        "seeded). Per held-out model h, with μ_S and basis V_k fitted without it: mean-only ‖x_h − μ_S‖/‖x_h‖, "
+        "basis-only ‖x_h − V_kᵀV_k x_h‖/‖x_h‖, mean+basis ‖x_h − μ_S − V_kᵀV_k(x_h − μ_S)‖/‖x_h‖, averaged over "
+        "models. Held-out EVR = 1 − Σ_h‖mean+basis residual‖² / Σ_h‖mean-only residual‖²: the share of a new "
+        "model's deviation from the mean the basis captures; compared with the same statistic on the nulls.",
+        "PCA units are evaluated from one data pass: the centered Gram, X_c μ and ‖μ‖² give every fold's PCA and "
+        "projections as N × N algebra (no basis is formed).",
+        "Stability: the models are split once at random (seeded) into two halves; 'overlap' = ‖V_A V_Bᵀ‖_F² / k, "
+        "the mean squared cosine of the principal angles between the halves' top-k subspaces (1 = identical, "
+        "≈ k/D for random subspaces), beside the same statistic on the null.",
+        f"Verdict thresholds (k_ref = {t.k_ref}, capped per unit by the folds): "
+        + " | ".join(t.to_dict()["rule"]),
+    ]
+    if is_peft:
+        notes.append(
+            "LoRA units also get a rank-r Gaussian ΔW null: ΔW_i = B_i A_i with Gaussian factors at each model's "
+            "rank, matched centered norms; its Gram needs only R × R Wishart draws (R = Σ r_i). The verdict must "
+            "beat the higher of the two null bands."
+        )
+    if method == "hosvd":
+        notes.append(
+            "HOSVD: 'evr'/'null_evr'/'k90' refer to mode 1 (rows); 'modes' holds both. Mode-1 null = "
+            "Wishart((N_eff − 1)·cols, I_rows) with Kish's effective count N_eff matching the per-model norms "
+            "(mode 2 alike). Held-out: k1 = k2 = k, per-fold training scatters = totals − fold (3 reads per model); "
+            "held-out null = k²/(rows·cols), stability null = k/dim (isotropic expectations). Vectors use PCA; the "
+            "rank-r LoRA null is computed for PCA units only."
+        )
+    if n < 4:
+        notes.append(f"Only {n} models: held-out and stability tests have little or no power.")
+    return notes
+
+
+@dataclass
+class AnalysisReport:
+    """The result of :func:`analyze`: a JSON-able dict with the stable keys of ``report.json``.
+
+    Attributes
+    ----------
+    data : dict
+        ``{"version", "n_models", "models", "method", "units": [...], "summary": {...}, ...}``.
+    """
+
+    data: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        """A deep copy of the report as plain JSON types."""
+        return copy.deepcopy(self.data)
+
+    @property
+    def units(self) -> list[dict[str, Any]]:
+        """Per-unit records, in the collection's unit order."""
+        return self.data["units"]
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        return self.data["summary"]
+
+    @property
+    def verdicts(self) -> dict[str, str]:
+        """Unit name → verdict."""
+        return {u["name"]: u["verdict"] for u in self.units}
+
+    def save(self, report_dir: str | os.PathLike[str], *, plots: bool = True) -> Path:
+        """Write ``report.json``, the PNGs and ``report.html`` into ``report_dir`` atomically.
+
+        Parameters
+        ----------
+        report_dir : path
+            Created (or replaced as a whole) only once every file is complete.
+        plots : bool, default True
+            Without plots no matplotlib is needed; with plots a missing matplotlib raises
+            :class:`~weightspace.errors.DependencyError` before anything is written.
+
+        Returns
+        -------
+        Path
+        """
+        from weightspace.report import write_report
+
+        return write_report(self.data, report_dir, plots=plots)
+
+    def print_summary(self, console: Any = None) -> None:
+        """A short rich summary on ``console`` (default: stderr)."""
+        from weightspace.report import print_summary
+
+        print_summary(self.data, console=console)
+
+
+def analyze(
+    collection: Collection,
+    *,
+    method: str = "pca",
+    seed: int = 0,
+    n_null: int = 5,
+    ks: Sequence[int] = DEFAULT_KS,
+    folds: int | None = None,
+    thresholds: Thresholds | None = None,
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    progress: Progress | None = None,
+) -> AnalysisReport:
+    """Spectra vs matched nulls, mean energy, held-out reconstruction and stability for every unit.
+
+    Parameters
+    ----------
+    collection : Collection
+        N ≥ 2 models.
+    method : {"pca", "hosvd"}, default "pca"
+        Model-axis PCA (one streamed pass per unit), or HOSVD of order 2 for matrix units (three reads).
+    seed : int, default 0
+        Seeds the folds, the stability split and (with the unit name) each unit's null draws.
+    n_null : int, default 5
+        Null draws per unit.
+    ks : sequence of int, default (1, 2, 4, 8, 16, 32)
+        Components at which EVR, held-out errors and stability are reported (capped per unit).
+    folds : int, optional
+        K of a K-fold held-out evaluation; default leave-one-out up to 64 models (10 for HOSVD), else 10.
+    thresholds : Thresholds, optional
+        Verdict thresholds (defaults documented in :class:`Thresholds`).
+    chunk_bytes : int
+        Budget of one streamed float64 chunk across all models.
+    progress : callable, optional
+        ``progress(stage, done, total)``.
+
+    Returns
+    -------
+    AnalysisReport
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> from safetensors.torch import save_file
+    >>> d = pathlib.Path(tempfile.mkdtemp())
+    >>> g = torch.Generator().manual_seed(0)
+    >>> for i in range(6):
+    ...     save_file({"w": torch.randn(8, 16, generator=g)}, d / f"m{i}.safetensors")
+    >>> rep = analyze(Collection.from_paths([d]), n_null=2)
+    >>> rep.verdicts, rep.data["n_models"]
+    ({'w': 'null-like'}, 6)
+    """
+    t0 = time.perf_counter()
+    _validate(method, seed, n_null, folds, chunk_bytes)
+    ks_t = _check_ks(ks)
+    t = thresholds or Thresholds()
+    n = collection.n_models
+    if n < 2:
+        raise ParameterError(f"analyze needs at least 2 models. Got {n}.")
+    plan = _plan(n, method, seed, n_null, ks_t, folds, t)
+    groups = unit_groups([u.name for u in collection.units])
+    units: list[dict[str, Any]] = []
+    n_units = len(collection.units)
+    report(progress, "units", 0, n_units)
+    for i, spec in enumerate(collection.units):
+        stack = collection.stack(spec.name)
+        gen = torch.Generator().manual_seed(_unit_seed(seed, spec.name))
+        if method == "hosvd" and spec.kind == "matrix":
+            rec = analyze_hosvd_unit(stack, plan, generator=gen)
+        else:
+            rec = analyze_pca_unit(stack, plan, generator=gen, chunk_bytes=chunk_bytes)
+        del stack
+        typ, depth = groups[spec.name]
+        units.append(
+            {
+                "name": spec.name,
+                "type": typ,
+                "depth": depth,
+                "kind": spec.kind,
+                "lora": spec.lora,
+                "shape": list(spec.shape),
+                **rec,
+                "at_k_ref": _at(rec),
+            }
+        )
+        report(progress, "units", i + 1, n_units)
+    a, b = plan.split
+    data = {
+        "version": REPORT_VERSION,
+        "created_by": f"weightspace {weightspace.__version__}",
+        "n_models": n,
+        "models": list(collection.names),
+        "sources": [str(s.path) for s in collection.sources],
+        "method": method,
+        "seed": seed,
+        "n_null": n_null,
+        "ks": list(ks_t),
+        "collection": {
+            "kind": "peft" if collection.is_peft else "full",
+            "delta": collection.is_delta,
+            "base": None if collection.base is None else str(collection.base.path),
+            "private": [{"key": p.key, "reason": p.reason} for p in collection.private.values()],
+            "excluded": list(collection.excluded),
+        },
+        "folds": {
+            "scheme": plan.scheme,
+            "n_folds": len(plan.folds),
+            "held_out": [[collection.names[i] for i in f.tolist()] for f in plan.folds],
+        },
+        "split": {
+            "a": [collection.names[i] for i in a.tolist()],
+            "b": [collection.names[i] for i in b.tolist()],
+        },
+        "thresholds": t.to_dict(),
+        "units": units,
+        "summary": _summary(units),
+        "notes": _notes(plan, method, n, collection.is_peft),
+        "wall_s": time.perf_counter() - t0,
+    }
+    return AnalysisReport(_clean(data))

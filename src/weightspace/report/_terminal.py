@@ -1,0 +1,71 @@
+"""A short rich summary of a report for the terminal (stderr by default, so ``--json`` keeps stdout clean)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = ["print_summary"]
+
+_ABBR = {"shared-subspace": "S", "mean-dominated": "M", "null-like": "N"}
+_STYLE = {"shared-subspace": "bold green", "mean-dominated": "bold yellow", "null-like": "dim"}
+
+
+def _f(x: Any) -> str:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "n/a"
+    return f"{x:.3f}" if isinstance(x, float) else str(x)
+
+
+def _fs(x: Any) -> str:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "n/a"
+    return f"{x:+.3f}"
+
+
+def _f1(x: Any) -> str:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "n/a"
+    return f"{x:.1f}"
+
+
+def print_summary(data: Mapping[str, Any], console: Any = None) -> None:
+    """Print the headline and one row per unit type.
+
+    Parameters
+    ----------
+    data : mapping
+        A report (``AnalysisReport.data`` or a parsed ``report.json``).
+    console : rich.console.Console, optional
+        Default: a console on stderr.
+    """
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console(stderr=True, highlight=False)
+    s = data["summary"]
+    verdict = s["headline"]["verdict"]
+    console.print(f"[{_STYLE.get(verdict, 'bold')}]{s['headline']['text']}[/]", soft_wrap=True)
+    t = Table(
+        title=f"{data['n_models']} models, {data['method']}, {data['folds']['scheme']}; means at k", box=None
+    )
+    for col in ("unit type", "verdicts", "k90/null", "excess", "k", "held-out EVR/null", "mean E", "LOO mean/m+b"):
+        t.add_column(col, justify="left" if col in ("unit type", "verdicts") else "right")
+    for g in s["groups"]:
+        verdicts = " ".join(f"[{_STYLE[v]}]{n}{_ABBR[v]}[/]" for v, n in g["verdict_counts"].items() if n)
+        t.add_row(
+            g["type"] + (" (vec)" if g["kind"] == "vector" else ""),
+            verdicts,
+            f"{_f1(g.get('k90'))}/{_f1(g.get('null_k90'))}",
+            _fs(g.get("spectrum_excess_max")),
+            ",".join(str(k) for k in g["k_ref"]),
+            f"{_f(g['heldout_evr_at_k_ref'])}/{_f(g['null_heldout_evr_at_k_ref'])}",
+            _f(g["mean_energy_fraction"]),
+            f"{_f(g['loo_mean_only'])}/{_f(g['loo_mean_plus_basis_at_k_ref'])}",
+        )
+    console.print(t)
+    console.print(
+        "[dim]S shared-subspace, M mean-dominated, N null-like; excess = largest cumulative EVR above the null band"
+        " (k ≤ k_ref); held-out EVR and LOO errors at k; mean E = mean energy fraction[/]"
+    )

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import click
 import typer
 
-from weightspace.cli import _analyze_cmd, _core_cmds, _merge_cmd, _zoo_cmd  # noqa: F401  (register commands)
+from weightspace.cli import _adapt_cmd, _analyze_cmd, _core_cmds, _demo_cmd, _merge_cmd, _zoo_cmd  # noqa: F401  (register commands)
 from weightspace.cli._common import app, err_console
 from weightspace.errors import WeightspaceError
 

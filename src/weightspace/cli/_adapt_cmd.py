@@ -73,7 +73,7 @@ def adapt(
         return
     t = Table(title=f"{result['zoo']} task '{result['task']}': {result['steps']} steps, seed {result['seed']}")
     for col in ("variant", "k (eff.)", "adapter params", "head params", "test acc", "lr", "train s", "step ms"):
-        t.add_column(col, justify="right" if col != "variant" else "left")
+        t.add_column(col, justify="left" if col == "variant" else "right", no_wrap=col == "variant")
     for r in result["rows"]:
         keff = r.get("k_effective_range")
         kcol = "" if r.get("k") is None else f"{r['k']}" + (f" ({keff[0]}–{keff[1]})" if keff else "")

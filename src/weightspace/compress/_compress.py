@@ -141,7 +141,9 @@ def compress(
         if method == "hosvd" and spec.kind == "matrix":
             plans[spec.name] = hosvd_factors(stack, n_components, center=center, modes=modes)
         else:
-            sp = pca_spectrum(stack, _scalar_rank(n_components), center=center, svd_solver=svd_solver, chunk_bytes=chunk_bytes)
+            sp = pca_spectrum(
+                stack, _scalar_rank(n_components), center=center, svd_solver=svd_solver, chunk_bytes=chunk_bytes
+            )
             plans[spec.name] = _PCAPlan(
                 center, sp.singular_values, sp.left, sp.k, sp.solver, sp.mean_energy_fraction
             )

@@ -196,7 +196,7 @@ def _append(
             shutil.copyfile(arc.path / "basis.safetensors", tmp / "basis.safetensors")
         save_safetensors(tmp / "coefficients.safetensors", coefs)
         specs_priv: dict[str, tuple[torch.dtype, tuple[int, ...]]] = {}
-        for key in old_private.keys():
+        for key in old_private:
             info = old_private.info(key)
             tdt = info.torch_dtype
             assert tdt is not None
@@ -212,7 +212,7 @@ def _append(
                     raise InputError(f"dtype {e.dtype} cannot be stored", path=src.path, tensor=k)
                 specs_priv[f"{name}/{k}"] = (tdt, e.shape)
         with SafetensorsWriter(tmp / "private.safetensors", specs_priv) as w:
-            for key in old_private.keys():
+            for key in old_private:
                 w.write(key, old_private.read(key))
             for name, src in zip(names, sources, strict=True):
                 for k in new_private[name]:

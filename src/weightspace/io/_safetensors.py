@@ -19,7 +19,7 @@ import os
 import stat
 import struct
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -308,6 +308,15 @@ class SafetensorsFile:
     def keys(self) -> list[str]:
         """Tensor names in header order."""
         return list(self.tensors)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.tensors)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.tensors
+
+    def __len__(self) -> int:
+        return len(self.tensors)
 
     def info(self, key: str) -> TensorInfo:
         """The :class:`TensorInfo` of ``key``."""

@@ -307,8 +307,8 @@ class PeftSource(ModelSource):
         if st_path.exists():
             self._st = SafetensorsFile(st_path)
             self.metadata = dict(self._st.metadata)
-            shapes = {k: self._st.info(k).shape for k in self._st.keys()}  # noqa: SIM118
-            dtypes = {k: self._st.info(k).dtype for k in self._st.keys()}  # noqa: SIM118
+            shapes = {k: self._st.info(k).shape for k in self._st}
+            dtypes = {k: self._st.info(k).dtype for k in self._st}
             self._weight_file = st_path
         elif (path / "adapter_model.bin").exists():
             self._weight_file = path / "adapter_model.bin"

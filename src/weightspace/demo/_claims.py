@@ -1,0 +1,134 @@
+"""One-line verdicts on the paper's claims, derived from measured numbers only.
+
+Each verdict is one of ``holds``, ``explained by the mean``, ``null-like``, ``partial`` or ``fails``; the rule
+that produced it and the numbers it used are returned with it (and land in demo.json).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "ACC_TOL",
+    "MIN_RATIO",
+    "RULES",
+    "adapt_claim",
+    "compression_claim",
+    "heldout_claim",
+    "merge_claim",
+    "spectrum_claim",
+]
+
+ACC_TOL = 0.02  # two accuracy points: differences below this are treated as no difference
+MIN_RATIO = 2.0  # compression below 2× is not "compression" in the paper's sense
+
+RULES = {
+    "spectrum": "the analysis verdict covering most matrix parameters: shared-subspace → holds, mean-dominated → "
+    "explained by the mean, null-like → null-like",
+    "chance": f"accuracy claims are null-like when the originals are within {ACC_TOL * 100:g} pt of chance "
+    "(accuracy cannot tell the variants apart); this rule comes first",
+    "compression": f"holds if the k90 archive is ≥ {MIN_RATIO:g}× smaller and loses ≤ {ACC_TOL * 100:g} pt of mean "
+    f"accuracy while the mean alone loses more; explained by the mean if the mean alone (μ + own private tensors) "
+    f"loses ≤ {ACC_TOL * 100:g} pt; null-like if the spectrum is null-like; fails otherwise",
+    "heldout": f"holds if held-out mean+basis is within {ACC_TOL * 100:g} pt of the originals and beats mean-only by "
+    f"> {ACC_TOL * 100:g} pt; explained by the mean if mean+basis and mean-only differ by ≤ {ACC_TOL * 100:g} pt and "
+    "mean-only keeps the accuracy; null-like if they do not differ and the spectrum is null-like; partial if the "
+    "basis helps but accuracy is lost; fails otherwise",
+    "merge": f"holds if the untuned subspace merge beats the mean and every other untuned method by > "
+    f"{ACC_TOL * 100:g} pt; explained by the mean if it is within {ACC_TOL * 100:g} pt of the mean or below it; "
+    "fails otherwise",
+    "adapt": f"explained by the head if the best coefficient-only row (chosen on validation) beats training only "
+    f"the task head by ≤ {ACC_TOL * 100:g} pt; explained by the mean if it beats the mean-only control by "
+    f"≤ {ACC_TOL * 100:g} pt; else holds if within {ACC_TOL * 100:g} pt of full fine-tuning, partial if within "
+    f"{ACC_TOL * 100:g} pt of LoRA, fails otherwise",
+}
+
+
+def _pt(x: float) -> str:
+    return f"{x * 100:+.1f} pt"
+
+
+def spectrum_claim(headline: dict[str, Any], evr: float, null_evr: float, k: int) -> dict[str, Any]:
+    verdict = {"shared-subspace": "holds", "mean-dominated": "explained by the mean", "null-like": "null-like"}[
+        headline["verdict"]
+    ]
+    text = (
+        f"EVR@{k} {evr:.3f} vs null {null_evr:.3f}; {headline['param_share'] * 100:.0f}% of matrix parameters are "
+        f"{headline['verdict']}"
+    )
+    return {"claim": "a few directions per layer hold most of the variance", "verdict": verdict, "evidence": text}
+
+
+def compression_claim(
+    ratio: float, acc_orig: float, acc_recon: float, acc_mean: float, spectrum_verdict: str, chance: float
+) -> dict[str, Any]:
+    loss, mean_loss = acc_orig - acc_recon, acc_orig - acc_mean
+    if acc_orig <= chance + ACC_TOL:
+        verdict = "null-like"
+    elif mean_loss <= ACC_TOL:
+        verdict = "explained by the mean"
+    elif ratio >= MIN_RATIO and loss <= ACC_TOL:
+        verdict = "holds"
+    elif spectrum_verdict == "null-like":
+        verdict = "null-like"
+    else:
+        verdict = "fails"
+    text = f"{ratio:.2f}× smaller at k90; accuracy {_pt(-loss)} (reconstructed) vs {_pt(-mean_loss)} (mean alone)"
+    return {"claim": "the shared basis compresses the collection", "verdict": verdict, "evidence": text}
+
+
+def heldout_claim(
+    acc_orig: float, acc_mean: float, acc_mb: float, spectrum_verdict: str, chance: float
+) -> dict[str, Any]:
+    gain = acc_mb - acc_mean
+    if acc_orig <= chance + ACC_TOL:
+        verdict = "null-like"
+    elif acc_mb >= acc_orig - ACC_TOL and gain > ACC_TOL:
+        verdict = "holds"
+    elif abs(gain) <= ACC_TOL and acc_mean >= acc_orig - ACC_TOL:
+        verdict = "explained by the mean"
+    elif abs(gain) <= ACC_TOL and spectrum_verdict == "null-like":
+        verdict = "null-like"
+    elif gain > ACC_TOL:
+        verdict = "partial"
+    else:
+        verdict = "fails"
+    text = (
+        f"held-out mean+basis {acc_mb:.3f}, mean-only {acc_mean:.3f}, originals {acc_orig:.3f} "
+        f"(basis adds {_pt(gain)})"
+    )
+    return {"claim": "unseen models are reconstructed with their accuracy", "verdict": verdict, "evidence": text}
+
+
+def merge_claim(subspace: float, mean: float, best_other: float, best_other_name: str) -> dict[str, Any]:
+    if subspace > max(mean, best_other) + ACC_TOL:
+        verdict = "holds"
+    elif subspace <= mean + ACC_TOL:
+        verdict = "explained by the mean"
+    else:
+        verdict = "fails"
+    text = (
+        f"subspace {subspace:.3f} vs mean {mean:.3f} vs best other ({best_other_name}) {best_other:.3f} (untuned)"
+    )
+    return {"claim": "subspace merging beats the baselines", "verdict": verdict, "evidence": text}
+
+
+def adapt_claim(
+    coef: float, lora: float, full: float, head_only: float, mean_only: float, coef_params: int, lora_params: int
+) -> dict[str, Any]:
+    if coef <= head_only + ACC_TOL:
+        verdict = "explained by the head"
+    elif coef <= mean_only + ACC_TOL:
+        verdict = "explained by the mean"
+    elif coef >= full - ACC_TOL:
+        verdict = "holds"
+    elif coef >= lora - ACC_TOL:
+        verdict = "partial"
+    else:
+        verdict = "fails"
+    text = (
+        f"coefficient-only {coef:.3f} ({coef_params:,} trainable besides the head) vs LoRA {lora:.3f} "
+        f"({lora_params:,}) vs full fine-tuning {full:.3f}; controls: head only {head_only:.3f}, mean only "
+        f"{mean_only:.3f}"
+    )
+    return {"claim": "training only the coefficients adapts to a new task", "verdict": verdict, "evidence": text}

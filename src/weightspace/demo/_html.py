@@ -1,0 +1,325 @@
+"""demo.html and its plots, rendered from the demo.json dict alone.
+
+Every numeric table cell carries ``data-src="<json path>"`` naming the demo.json value it shows, so a test (or
+a reader) can check that the page shows only measured numbers.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from typing import Any
+
+__all__ = ["render_html", "render_plots"]
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2rem auto;max-width:1200px;color:#222;padding:0 1rem}
+h1{margin-bottom:.2rem}h2{margin-top:2.2rem;border-bottom:1px solid #ddd;padding-bottom:.3rem}
+.sub{color:#666}table{border-collapse:collapse;margin:.8rem 0;font-size:.88rem}
+td,th{border:1px solid #ddd;padding:.25rem .5rem;text-align:right}th{background:#f4f4f4}
+td.l,th.l{text-align:left}.badge{border-radius:1rem;padding:.1rem .6rem;color:#fff;font-size:.8rem;white-space:nowrap}
+.holds{background:#2e7d32}.mean{background:#ef6c00}.null{background:#757575}.partial{background:#1565c0}
+.fails{background:#c62828}.scroll{overflow-x:auto}img{max-width:100%;border:1px solid #eee}
+.note{color:#555;font-size:.9rem}code{background:#f4f4f4;padding:0 .2rem}
+"""
+
+_BADGE = {
+    "holds": "holds",
+    "explained by the mean": "mean",
+    "null-like": "null",
+    "partial": "partial",
+    "fails": "fails",
+    "explained by the head": "mean",
+}
+
+
+def _e(x: Any) -> str:
+    return html.escape(str(x))
+
+
+def _fmt(value: Any, spec: str) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, list):
+        return "/".join(_fmt(v, spec) for v in value)
+    if spec == "pct":
+        return f"{float(value) * 100:.1f}"
+    if spec == "ratio":
+        return f"{float(value):.2f}×"
+    if spec == "bytes":
+        return f"{float(value) / 1e6:.3f} MB"
+    if spec == "int":
+        return f"{int(value)}"
+    return format(float(value), spec)
+
+
+def _get(data: Any, path: str) -> Any:
+    cur = data
+    for part in path.split("."):
+        cur = cur[int(part)] if isinstance(cur, list) else cur[part]
+    return cur
+
+
+def cell(data: dict[str, Any], path: str, spec: str) -> str:
+    """A table cell showing the demo.json value at ``path`` formatted with ``spec``."""
+    return f'<td data-src="{_e(path)}" data-fmt="{_e(spec)}">{_e(_fmt(_get(data, path), spec))}</td>'
+
+
+def format_value(value: Any, spec: str) -> str:
+    """The text a cell with ``data-fmt=spec`` shows for ``value`` (exposed for tests)."""
+    return _fmt(value, spec)
+
+
+def _badge(verdict: str) -> str:
+    return f'<span class="badge {_BADGE.get(verdict, "fails")}">{_e(verdict)}</span>'
+
+
+def _png(plots: dict[str, bytes], name: str, caption: str) -> str:
+    if name not in plots:
+        return ""
+    b64 = base64.b64encode(plots[name]).decode()
+    img = f'<img alt="{_e(caption)}" src="data:image/png;base64,{b64}">'
+    return f'<figure>{img}<figcaption class="note">{_e(caption)}</figcaption></figure>'
+
+
+def render_plots(data: dict[str, Any]) -> dict[str, bytes]:
+    """PNG plots (file name → bytes): accuracy per zoo and EVR vs null per zoo."""
+    from weightspace.report import require_matplotlib
+
+    figure_cls, canvas_cls = require_matplotlib()
+    out: dict[str, bytes] = {}
+    zoos = data["zoos"]
+    if not zoos:
+        return out
+    cols = [
+        ("original", "original"),
+        ("rebuilt_k90", "rebuilt @k90"),
+        ("rebuilt_full", "rebuilt @full rank"),
+        ("mean_in_sample", "mean alone"),
+        ("heldout_mean_only", "held-out: mean-only"),
+        ("heldout_basis_only", "held-out: basis-only"),
+        ("heldout_mean_plus_basis", "held-out: mean+basis"),
+    ]
+    fig = figure_cls(figsize=(3.2 * len(zoos) + 1, 3.6))
+    axes = fig.subplots(1, len(zoos), squeeze=False)
+    for ax, z in zip(axes[0], zoos, strict=True):
+        rows = z["accuracy"]["models"]
+        for j, (key, _label) in enumerate(cols):
+            vals = [r[key] for r in rows]
+            ax.bar(j, z["accuracy"]["mean"][key], color=f"C{j}", alpha=0.75)
+            ax.scatter([j] * len(vals), vals, s=6, color="k", zorder=3)
+        ax.axhline(z["accuracy"]["chance"], color="grey", ls=":", lw=1)
+        ax.set_xticks(range(len(cols)), [c[1] for c in cols], rotation=60, ha="right", fontsize=7)
+        ax.set_ylim(0, 1.02)
+        ax.set_title(f"{z['zoo']} (N={z['n_models']})", fontsize=9)
+    axes[0][0].set_ylabel("held-out test accuracy")
+    fig.suptitle("Task accuracy: bars = mean over models, dots = models, dotted = chance", fontsize=10)
+    fig.tight_layout()
+    out["demo-accuracy.png"] = _fig_bytes(fig, canvas_cls)
+
+    fig = figure_cls(figsize=(1.6 * len(zoos) + 3, 3.4))
+    ax = fig.subplots()
+    xs = range(len(zoos))
+    ax.bar([x - 0.2 for x in xs], [z["spectrum"]["evr"] for z in zoos], width=0.4, label="collection")
+    ax.bar(
+        [x + 0.2 for x in xs], [z["spectrum"]["null_evr_hi"] for z in zoos], width=0.4, label="null (highest draw)"
+    )
+    ax.set_xticks(list(xs), [f"{z['zoo']}\nk={z['spectrum']['k']}" for z in zoos], fontsize=8)
+    ax.set_ylabel("EVR at k (matrix units, param-weighted)")
+    ax.set_ylim(0, 1.05)
+    ax.legend(fontsize=8)
+    ax.set_title("Variance captured by the top-k directions vs a matched Gaussian null", fontsize=10)
+    fig.tight_layout()
+    out["demo-spectrum.png"] = _fig_bytes(fig, canvas_cls)
+    return out
+
+
+def _fig_bytes(fig: Any, canvas_cls: Any) -> bytes:
+    canvas_cls(fig)  # attach an Agg canvas: no pyplot global state
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    return buf.getvalue()
+
+
+def render_html(data: dict[str, Any], plots: dict[str, bytes]) -> str:
+    """One self-contained page (plots embedded) from the demo.json dict."""
+    p: list[str] = []
+    mode = "quick" if data["quick"] else "full"
+    p.append(
+        f"<!doctype html><html><head><meta charset='utf-8'><title>weightspace demo</title><style>{_CSS}</style></head><body>"
+    )
+    p.append("<h1>weightspace demo — the shared-subspace claims, with controls</h1>")
+    p.append(
+        f'<p class="sub">{mode} run, {len(data["zoos"])} zoos, seed {_e(data["seed"])}, '
+        f"torch threads {_e(data['torch_threads'])}; wall time "
+        f'<span data-src="wall_s" data-fmt=".0f">{_e(_fmt(data["wall_s"], ".0f"))}</span> s. '
+        "All numbers are measured by this run; held-out means the model was left out of the fit.</p>"
+    )
+    p.append(
+        "<h2>Claims</h2><div class='scroll'><table><tr><th class='l'>zoo</th><th class='l'>claim</th>"
+        "<th class='l'>verdict</th><th class='l'>evidence (measured)</th></tr>"
+    )
+    for zi, z in enumerate(data["zoos"]):
+        for ci, c in enumerate(z["claims"]):
+            p.append(
+                f"<tr><td class='l'>{_e(z['zoo'])}</td><td class='l'>{_e(c['claim'])}</td><td class='l'>"
+                f"{_badge(c['verdict'])}</td><td class='l' data-src='zoos.{zi}.claims.{ci}.evidence'>"
+                f"{_e(c['evidence'])}</td></tr>"
+            )
+    for section in ("merge", "adapt"):
+        sec = data.get(section)
+        if sec and sec.get("claim"):
+            c = sec["claim"]
+            p.append(
+                f"<tr><td class='l'>{_e(sec.get('zoo', ''))}</td><td class='l'>{_e(c['claim'])}</td><td class='l'>"
+                f"{_badge(c['verdict'])}</td><td class='l' data-src='{section}.claim.evidence'>{_e(c['evidence'])}</td></tr>"
+            )
+    p.append("</table></div>")
+
+    p.append(
+        "<h2>Per zoo</h2><p class='note'>EVR at k: parameter-weighted over matrix units, at each unit's "
+        "reference k (16, capped by N). Ratio: bytes of the N checkpoints on disk ÷ bytes of the archive "
+        "(task-vector zoos also need their base, listed separately). Accuracy in %, means over models.</p>"
+    )
+    p.append(
+        "<div class='scroll'><table><tr><th class='l'>zoo</th><th>N</th><th>k</th><th>EVR@k</th>"
+        "<th>null EVR@k (hi)</th><th>k90</th><th>null k90</th><th>mean energy</th><th>ratio @k90</th>"
+        "<th>ratio @full</th><th>original</th><th>rebuilt @k90</th><th>rebuilt @full</th><th>mean alone</th>"
+        "<th>held-out mean-only</th><th>held-out mean+basis</th><th>chance</th></tr>"
+    )
+    for zi, z in enumerate(data["zoos"]):
+        pre = f"zoos.{zi}"
+        p.append(
+            f"<tr><td class='l'><a href='{_e(z['analysis_report'])}'>{_e(z['zoo'])}</a></td>"
+            + cell(data, f"{pre}.n_models", "int")
+            + cell(data, f"{pre}.spectrum.k", "int")
+            + cell(data, f"{pre}.spectrum.evr", ".3f")
+            + cell(data, f"{pre}.spectrum.null_evr_hi", ".3f")
+            + cell(data, f"{pre}.spectrum.k90", ".1f")
+            + cell(data, f"{pre}.spectrum.null_k90", ".1f")
+            + cell(data, f"{pre}.spectrum.mean_energy_fraction", ".3f")
+            + cell(data, f"{pre}.archives.k90.ratio", "ratio")
+            + cell(data, f"{pre}.archives.full.ratio", "ratio")
+            + cell(data, f"{pre}.accuracy.mean.original", "pct")
+            + cell(data, f"{pre}.accuracy.mean.rebuilt_k90", "pct")
+            + cell(data, f"{pre}.accuracy.mean.rebuilt_full", "pct")
+            + cell(data, f"{pre}.accuracy.mean.mean_in_sample", "pct")
+            + cell(data, f"{pre}.accuracy.mean.heldout_mean_only", "pct")
+            + cell(data, f"{pre}.accuracy.mean.heldout_mean_plus_basis", "pct")
+            + cell(data, f"{pre}.accuracy.chance", "pct")
+            + "</tr>"
+        )
+    p.append("</table></div>")
+    p.append(_png(plots, "demo-spectrum.png", "EVR at k vs the matched Gaussian null"))
+    p.append(_png(plots, "demo-accuracy.png", "Task accuracy of originals, rebuilt and held-out models"))
+
+    for zi, z in enumerate(data["zoos"]):
+        pre = f"zoos.{zi}"
+        p.append(f"<h2>{_e(z['zoo'])}</h2>")
+        p.append(
+            f"<p class='note'>{_e(z['kind'])} zoo, {_e(z['n_models'])} models, {_e(z['n_units'])} units"
+            + (f", private (per model): {_e(', '.join(z['private']))}" if z["private"] else "")
+            + (", members are task vectors (W − W_base)" if z["delta"] else ", members are raw weights")
+            + f". Full analysis: <a href='{_e(z['analysis_report'])}'>{_e(z['analysis_report'])}</a>. Held-out fits "
+            f"use k = <span data-src='{pre}.accuracy.k_heldout' data-fmt='int'>{_e(z['accuracy']['k_heldout'])}</span>"
+            ".</p>"
+        )
+        p.append(
+            "<table><tr><th class='l'>archive</th><th>mean k</th><th>max k</th><th>archive</th>"
+            "<th>N checkpoints</th><th>base</th><th>ratio</th></tr>"
+        )
+        for label in z["archives"]:
+            ap = f"{pre}.archives.{label}"
+            p.append(
+                f"<tr><td class='l'>{_e(label)}</td>"
+                + cell(data, f"{ap}.k_mean", ".1f")
+                + cell(data, f"{ap}.k_max", "int")
+                + cell(data, f"{ap}.archive_bytes", "bytes")
+                + cell(data, f"{ap}.models_bytes", "bytes")
+                + cell(data, f"{ap}.base_bytes", "bytes")
+                + cell(data, f"{ap}.ratio", "ratio")
+                + "</tr>"
+            )
+        p.append("</table>")
+        rows = z["accuracy"]["models"]
+        keys = [k for k in rows[0] if k not in ("name", "task")]
+        p.append(
+            "<div class='scroll'><table><tr><th class='l'>model</th><th class='l'>task</th>"
+            + "".join(f"<th>{_e(k.replace('_', ' '))}</th>" for k in keys)
+            + "</tr>"
+        )
+        for ri, r in enumerate(rows):
+            p.append(
+                f"<tr><td class='l'>{_e(r['name'])}</td><td class='l'>{_e(r['task'])}</td>"
+                + "".join(cell(data, f"{pre}.accuracy.models.{ri}.{k}", "pct") for k in keys)
+                + "</tr>"
+            )
+        p.append("</table></div>")
+
+    merge = data.get("merge")
+    if merge:
+        p.append(f"<h2>Merging ({_e(merge.get('zoo', ''))})</h2>")
+        p.append(
+            "<p class='note'>All task models merged into one backbone in ΔW space; each task evaluated with its "
+            "own head. Rows marked “tuned on validation” picked their parameter on a split of the tasks' "
+            "training data, never on the test set; all other rows use defaults. Accuracy in %.</p>"
+        )
+        cols = merge["columns"]
+        p.append(
+            "<div class='scroll'><table><tr><th class='l'>method</th>"
+            + "".join(f"<th>{_e(c['task'])}</th>" for c in cols)
+            + "<th>average</th></tr>"
+        )
+        for ri, r in enumerate(merge["rows"]):
+            p.append(
+                f"<tr><td class='l'>{_e(r['label'])}</td>"
+                + "".join(cell(data, f"merge.rows.{ri}.accuracy.{c['model']}", "pct") for c in cols)
+                + cell(data, f"merge.rows.{ri}.average", "pct")
+                + "</tr>"
+            )
+        p.append("</table></div>")
+        cc = merge.get("centered_coefficients")
+        if cc:
+            p.append(f"<p class='note'>Centered-coefficient summation vs the mean (measured): {_e(_summ(cc))}</p>")
+
+    adapt = data.get("adapt")
+    if adapt:
+        p.append(f"<h2>Adaptation ({_e(adapt.get('zoo', ''))}, held-out task {_e(adapt.get('task', ''))})</h2>")
+        p.append(
+            "<p class='note'>Same data, steps and seed for every variant; the task's own model was left out of "
+            "the archive. Accuracy in %, trainable parameters counted exactly; every row also trains the task head "
+            "(its own column). Learning rates were chosen per row on a validation split of the task's training "
+            "data, never on the test set.</p>"
+        )
+        p.append(
+            "<table><tr><th class='l'>variant</th><th>k</th><th>test accuracy</th><th>trainable (adapter)</th>"
+            "<th>trainable (head)</th><th>learning rate</th><th>train wall s</th></tr>"
+        )
+        for ri, r in enumerate(adapt["rows"]):
+            p.append(
+                f"<tr><td class='l'>{_e(r['name'])}</td>"
+                + (cell(data, f"adapt.rows.{ri}.k", "int") if r.get("k") is not None else "<td>—</td>")
+                + cell(data, f"adapt.rows.{ri}.test_accuracy", "pct")
+                + cell(data, f"adapt.rows.{ri}.trainable_adapter", "int")
+                + cell(data, f"adapt.rows.{ri}.trainable_head", "int")
+                + cell(data, f"adapt.rows.{ri}.lr", "g")
+                + cell(data, f"adapt.rows.{ri}.train_wall_s", ".2f")
+                + "</tr>"
+            )
+        p.append("</table>")
+        notes = adapt.get("notes") or []
+        if notes:
+            p.append("<ul class='note'>" + "".join(f"<li>{_e(n)}</li>" for n in notes) + "</ul>")
+
+    p.append("<h2>How the verdicts are decided</h2><ul class='note'>")
+    for name, rule in data["rules"].items():
+        p.append(f"<li><b>{_e(name)}</b>: {_e(rule)}</li>")
+    p.append("</ul></body></html>")
+    return "\n".join(p)
+
+
+def _summ(obj: Any) -> str:
+    if isinstance(obj, dict):
+        return "; ".join(f"{k}: {_summ(v)}" for k, v in obj.items() if not isinstance(v, dict | list))
+    return str(obj)

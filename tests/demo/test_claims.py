@@ -40,6 +40,14 @@ def test_compression_claim(
     assert compression_claim(ratio, orig, recon, mean, spectrum, CHANCE)["verdict"] == verdict
 
 
+def test_head_control_comes_before_the_mean() -> None:
+    assert heldout_claim(0.96, 0.95, 0.95, "null-like", 0.5, acc_head=0.955)["verdict"] == "explained by the head"
+    assert heldout_claim(0.96, 0.95, 0.95, "null-like", 0.5, acc_head=0.80)["verdict"] == "explained by the mean"
+    claim = compression_claim(0.05, 0.96, 0.96, 0.95, "null-like", 0.5, acc_head=0.955)
+    assert claim["verdict"] == "explained by the head"
+    assert "(base + own head, no task vector)" in claim["evidence"]
+
+
 def test_merge_and_spectrum_claims() -> None:
     assert merge_claim(0.80, 0.70, 0.75, "ties")["verdict"] == "holds"
     assert merge_claim(0.70, 0.70, 0.75, "ties")["verdict"] == "explained by the mean"

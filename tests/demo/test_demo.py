@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from weightspace.cli import main
-from weightspace.demo._html import _get, format_value
+from weightspace.demo._html import format_value, resolve
 
 
 class _Cells(HTMLParser):
@@ -78,7 +78,7 @@ def test_every_number_in_the_html_comes_from_the_json(quick_demo: Path) -> None:
             if "l" not in (attrs.get("class") or "").split() and attrs.get("class") is None:
                 assert not re.search(r"\d", text) or text.strip() == "—", f"unsourced number {text!r}"
             continue
-        value = _get(data, src)
+        value = resolve(data, src)
         expected = value if attrs.get("data-fmt") is None else format_value(value, attrs["data-fmt"] or "")
         assert text == expected, (src, text, expected)
         checked += 1

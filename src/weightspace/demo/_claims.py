@@ -27,6 +27,9 @@ RULES = {
     "explained by the mean, null-like → null-like",
     "chance": f"accuracy claims are null-like when the originals are within {ACC_TOL * 100:g} pt of chance "
     "(accuracy cannot tell the variants apart); this rule comes first",
+    "head": f"for task-vector zoos, accuracy claims are explained by the head when the base model with each "
+    f"model's own private tensors (its head) and no task vector is within {ACC_TOL * 100:g} pt of the originals; "
+    "this rule comes second",
     "compression": f"holds if the k90 archive is ≥ {MIN_RATIO:g}× smaller and loses ≤ {ACC_TOL * 100:g} pt of mean "
     f"accuracy while the mean alone loses more; explained by the mean if the mean alone (μ + own private tensors) "
     f"loses ≤ {ACC_TOL * 100:g} pt; null-like if the spectrum is null-like; fails otherwise",
@@ -59,12 +62,24 @@ def spectrum_claim(headline: dict[str, Any], evr: float, null_evr: float, k: int
     return {"claim": "a few directions per layer hold most of the variance", "verdict": verdict, "evidence": text}
 
 
+def _head_explains(acc_orig: float, acc_head: float | None) -> bool:
+    return acc_head is not None and acc_head >= acc_orig - ACC_TOL
+
+
 def compression_claim(
-    ratio: float, acc_orig: float, acc_recon: float, acc_mean: float, spectrum_verdict: str, chance: float
+    ratio: float,
+    acc_orig: float,
+    acc_recon: float,
+    acc_mean: float,
+    spectrum_verdict: str,
+    chance: float,
+    acc_head: float | None = None,
 ) -> dict[str, Any]:
     loss, mean_loss = acc_orig - acc_recon, acc_orig - acc_mean
     if acc_orig <= chance + ACC_TOL:
         verdict = "null-like"
+    elif _head_explains(acc_orig, acc_head):
+        verdict = "explained by the head"
     elif mean_loss <= ACC_TOL:
         verdict = "explained by the mean"
     elif ratio >= MIN_RATIO and loss <= ACC_TOL:
@@ -74,15 +89,24 @@ def compression_claim(
     else:
         verdict = "fails"
     text = f"{ratio:.2f}× smaller at k90; accuracy {_pt(-loss)} (reconstructed) vs {_pt(-mean_loss)} (mean alone)"
+    if acc_head is not None:
+        text += f" vs {_pt(acc_head - acc_orig)} (base + own head, no task vector)"
     return {"claim": "the shared basis compresses the collection", "verdict": verdict, "evidence": text}
 
 
 def heldout_claim(
-    acc_orig: float, acc_mean: float, acc_mb: float, spectrum_verdict: str, chance: float
+    acc_orig: float,
+    acc_mean: float,
+    acc_mb: float,
+    spectrum_verdict: str,
+    chance: float,
+    acc_head: float | None = None,
 ) -> dict[str, Any]:
     gain = acc_mb - acc_mean
     if acc_orig <= chance + ACC_TOL:
         verdict = "null-like"
+    elif _head_explains(acc_orig, acc_head):
+        verdict = "explained by the head"
     elif acc_mb >= acc_orig - ACC_TOL and gain > ACC_TOL:
         verdict = "holds"
     elif abs(gain) <= ACC_TOL and acc_mean >= acc_orig - ACC_TOL:
@@ -97,6 +121,8 @@ def heldout_claim(
         f"held-out mean+basis {acc_mb:.3f}, mean-only {acc_mean:.3f}, originals {acc_orig:.3f} "
         f"(basis adds {_pt(gain)})"
     )
+    if acc_head is not None:
+        text += f"; base + own head {acc_head:.3f}"
     return {"claim": "unseen models are reconstructed with their accuracy", "verdict": verdict, "evidence": text}
 
 

@@ -1,6 +1,6 @@
 """demo.html and its plots, rendered from the demo.json dict alone.
 
-Every numeric table cell carries ``data-src="<json path>"`` naming the demo.json value it shows, so a test (or
+Every numeric table cell carries ``data-src="<JSON Pointer>"`` naming the demo.json value it shows, so a test (or
 a reader) can check that the page shows only measured numbers.
 """
 
@@ -11,7 +11,7 @@ import html
 import io
 from typing import Any
 
-__all__ = ["render_html", "render_plots"]
+__all__ = ["format_value", "pointer", "render_html", "render_plots", "resolve"]
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2rem auto;max-width:1200px;color:#222;padding:0 1rem}
@@ -54,16 +54,24 @@ def _fmt(value: Any, spec: str) -> str:
     return format(float(value), spec)
 
 
-def _get(data: Any, path: str) -> Any:
+def pointer(*parts: object) -> str:
+    """An RFC 6901 JSON Pointer to a demo.json value (keys may contain dots, e.g. task ``noise-0.5``)."""
+    return "".join("/" + str(p).replace("~", "~0").replace("/", "~1") for p in parts)
+
+
+def resolve(data: Any, ptr: str) -> Any:
+    """The demo.json value a JSON Pointer names."""
     cur = data
-    for part in path.split("."):
+    for raw in ptr.split("/")[1:]:
+        part = raw.replace("~1", "/").replace("~0", "~")
         cur = cur[int(part)] if isinstance(cur, list) else cur[part]
     return cur
 
 
-def cell(data: dict[str, Any], path: str, spec: str) -> str:
-    """A table cell showing the demo.json value at ``path`` formatted with ``spec``."""
-    return f'<td data-src="{_e(path)}" data-fmt="{_e(spec)}">{_e(_fmt(_get(data, path), spec))}</td>'
+def cell(data: dict[str, Any], path: tuple[object, ...], spec: str) -> str:
+    """A table cell showing the demo.json value at ``path`` (JSON Pointer parts) formatted with ``spec``."""
+    ptr = pointer(*path)
+    return f'<td data-src="{_e(ptr)}" data-fmt="{_e(spec)}">{_e(_fmt(resolve(data, ptr), spec))}</td>'
 
 
 def format_value(value: Any, spec: str) -> str:
@@ -100,12 +108,15 @@ def render_plots(data: dict[str, Any]) -> dict[str, bytes]:
         ("heldout_mean_only", "held-out: mean-only"),
         ("heldout_basis_only", "held-out: basis-only"),
         ("heldout_mean_plus_basis", "held-out: mean+basis"),
+        ("base_own_head", "base + own head"),
     ]
     fig = figure_cls(figsize=(3.2 * len(zoos) + 1, 3.6))
     axes = fig.subplots(1, len(zoos), squeeze=False)
     for ax, z in zip(axes[0], zoos, strict=True):
         rows = z["accuracy"]["models"]
         for j, (key, _label) in enumerate(cols):
+            if z["accuracy"]["mean"].get(key) is None:
+                continue
             vals = [r[key] for r in rows]
             ax.bar(j, z["accuracy"]["mean"][key], color=f"C{j}", alpha=0.75)
             ax.scatter([j] * len(vals), vals, s=6, color="k", zorder=3)
@@ -153,7 +164,7 @@ def render_html(data: dict[str, Any], plots: dict[str, bytes]) -> str:
     p.append(
         f'<p class="sub">{mode} run, {len(data["zoos"])} zoos, seed {_e(data["seed"])}, '
         f"torch threads {_e(data['torch_threads'])}; wall time "
-        f'<span data-src="wall_s" data-fmt=".0f">{_e(_fmt(data["wall_s"], ".0f"))}</span> s. '
+        f'<span data-src="/wall_s" data-fmt=".0f">{_e(_fmt(data["wall_s"], ".0f"))}</span> s. '
         "All numbers are measured by this run; held-out means the model was left out of the fit.</p>"
     )
     p.append(
@@ -164,7 +175,7 @@ def render_html(data: dict[str, Any], plots: dict[str, bytes]) -> str:
         for ci, c in enumerate(z["claims"]):
             p.append(
                 f"<tr><td class='l'>{_e(z['zoo'])}</td><td class='l'>{_e(c['claim'])}</td><td class='l'>"
-                f"{_badge(c['verdict'])}</td><td class='l' data-src='zoos.{zi}.claims.{ci}.evidence'>"
+                f"{_badge(c['verdict'])}</td><td class='l' data-src='{pointer('zoos', zi, 'claims', ci, 'evidence')}'>"
                 f"{_e(c['evidence'])}</td></tr>"
             )
     for section in ("merge", "adapt"):
@@ -173,7 +184,8 @@ def render_html(data: dict[str, Any], plots: dict[str, bytes]) -> str:
             c = sec["claim"]
             p.append(
                 f"<tr><td class='l'>{_e(sec.get('zoo', ''))}</td><td class='l'>{_e(c['claim'])}</td><td class='l'>"
-                f"{_badge(c['verdict'])}</td><td class='l' data-src='{section}.claim.evidence'>{_e(c['evidence'])}</td></tr>"
+                f"{_badge(c['verdict'])}</td><td class='l' data-src='{pointer(section, 'claim', 'evidence')}'>"
+                f"{_e(c['evidence'])}</td></tr>"
             )
     p.append("</table></div>")
 
@@ -186,28 +198,29 @@ def render_html(data: dict[str, Any], plots: dict[str, bytes]) -> str:
         "<div class='scroll'><table><tr><th class='l'>zoo</th><th>N</th><th>k</th><th>EVR@k</th>"
         "<th>null EVR@k (hi)</th><th>k90</th><th>null k90</th><th>mean energy</th><th>ratio @k90</th>"
         "<th>ratio @full</th><th>original</th><th>rebuilt @k90</th><th>rebuilt @full</th><th>mean alone</th>"
-        "<th>held-out mean-only</th><th>held-out mean+basis</th><th>chance</th></tr>"
+        "<th>held-out mean-only</th><th>held-out mean+basis</th><th>base + own head</th><th>chance</th></tr>"
     )
     for zi, z in enumerate(data["zoos"]):
-        pre = f"zoos.{zi}"
+        pre = ("zoos", zi)
         p.append(
             f"<tr><td class='l'><a href='{_e(z['analysis_report'])}'>{_e(z['zoo'])}</a></td>"
-            + cell(data, f"{pre}.n_models", "int")
-            + cell(data, f"{pre}.spectrum.k", "int")
-            + cell(data, f"{pre}.spectrum.evr", ".3f")
-            + cell(data, f"{pre}.spectrum.null_evr_hi", ".3f")
-            + cell(data, f"{pre}.spectrum.k90", ".1f")
-            + cell(data, f"{pre}.spectrum.null_k90", ".1f")
-            + cell(data, f"{pre}.spectrum.mean_energy_fraction", ".3f")
-            + cell(data, f"{pre}.archives.k90.ratio", "ratio")
-            + cell(data, f"{pre}.archives.full.ratio", "ratio")
-            + cell(data, f"{pre}.accuracy.mean.original", "pct")
-            + cell(data, f"{pre}.accuracy.mean.rebuilt_k90", "pct")
-            + cell(data, f"{pre}.accuracy.mean.rebuilt_full", "pct")
-            + cell(data, f"{pre}.accuracy.mean.mean_in_sample", "pct")
-            + cell(data, f"{pre}.accuracy.mean.heldout_mean_only", "pct")
-            + cell(data, f"{pre}.accuracy.mean.heldout_mean_plus_basis", "pct")
-            + cell(data, f"{pre}.accuracy.chance", "pct")
+            + cell(data, (*pre, "n_models"), "int")
+            + cell(data, (*pre, "spectrum", "k"), "int")
+            + cell(data, (*pre, "spectrum", "evr"), ".3f")
+            + cell(data, (*pre, "spectrum", "null_evr_hi"), ".3f")
+            + cell(data, (*pre, "spectrum", "k90"), ".1f")
+            + cell(data, (*pre, "spectrum", "null_k90"), ".1f")
+            + cell(data, (*pre, "spectrum", "mean_energy_fraction"), ".3f")
+            + cell(data, (*pre, "archives", "k90", "ratio"), "ratio")
+            + cell(data, (*pre, "archives", "full", "ratio"), "ratio")
+            + cell(data, (*pre, "accuracy", "mean", "original"), "pct")
+            + cell(data, (*pre, "accuracy", "mean", "rebuilt_k90"), "pct")
+            + cell(data, (*pre, "accuracy", "mean", "rebuilt_full"), "pct")
+            + cell(data, (*pre, "accuracy", "mean", "mean_in_sample"), "pct")
+            + cell(data, (*pre, "accuracy", "mean", "heldout_mean_only"), "pct")
+            + cell(data, (*pre, "accuracy", "mean", "heldout_mean_plus_basis"), "pct")
+            + cell(data, (*pre, "accuracy", "mean", "base_own_head"), "pct")
+            + cell(data, (*pre, "accuracy", "chance"), "pct")
             + "</tr>"
         )
     p.append("</table></div>")
@@ -215,14 +228,15 @@ def render_html(data: dict[str, Any], plots: dict[str, bytes]) -> str:
     p.append(_png(plots, "demo-accuracy.png", "Task accuracy of originals, rebuilt and held-out models"))
 
     for zi, z in enumerate(data["zoos"]):
-        pre = f"zoos.{zi}"
+        pre = ("zoos", zi)
         p.append(f"<h2>{_e(z['zoo'])}</h2>")
         p.append(
             f"<p class='note'>{_e(z['kind'])} zoo, {_e(z['n_models'])} models, {_e(z['n_units'])} units"
             + (f", private (per model): {_e(', '.join(z['private']))}" if z["private"] else "")
             + (", members are task vectors (W − W_base)" if z["delta"] else ", members are raw weights")
             + f". Full analysis: <a href='{_e(z['analysis_report'])}'>{_e(z['analysis_report'])}</a>. Held-out fits "
-            f"use k = <span data-src='{pre}.accuracy.k_heldout' data-fmt='int'>{_e(z['accuracy']['k_heldout'])}</span>"
+            f"use k = <span data-src='{pointer(*pre, 'accuracy', 'k_heldout')}' data-fmt='int'>"
+            f"{_e(z['accuracy']['k_heldout'])}</span>"
             ".</p>"
         )
         p.append(
@@ -230,15 +244,15 @@ def render_html(data: dict[str, Any], plots: dict[str, bytes]) -> str:
             "<th>N checkpoints</th><th>base</th><th>ratio</th></tr>"
         )
         for label in z["archives"]:
-            ap = f"{pre}.archives.{label}"
+            ap = (*pre, "archives", label)
             p.append(
                 f"<tr><td class='l'>{_e(label)}</td>"
-                + cell(data, f"{ap}.k_mean", ".1f")
-                + cell(data, f"{ap}.k_max", "int")
-                + cell(data, f"{ap}.archive_bytes", "bytes")
-                + cell(data, f"{ap}.models_bytes", "bytes")
-                + cell(data, f"{ap}.base_bytes", "bytes")
-                + cell(data, f"{ap}.ratio", "ratio")
+                + cell(data, (*ap, "k_mean"), ".1f")
+                + cell(data, (*ap, "k_max"), "int")
+                + cell(data, (*ap, "archive_bytes"), "bytes")
+                + cell(data, (*ap, "models_bytes"), "bytes")
+                + cell(data, (*ap, "base_bytes"), "bytes")
+                + cell(data, (*ap, "ratio"), "ratio")
                 + "</tr>"
             )
         p.append("</table>")
@@ -252,7 +266,7 @@ def render_html(data: dict[str, Any], plots: dict[str, bytes]) -> str:
         for ri, r in enumerate(rows):
             p.append(
                 f"<tr><td class='l'>{_e(r['name'])}</td><td class='l'>{_e(r['task'])}</td>"
-                + "".join(cell(data, f"{pre}.accuracy.models.{ri}.{k}", "pct") for k in keys)
+                + "".join(cell(data, (*pre, "accuracy", "models", ri, k), "pct") for k in keys)
                 + "</tr>"
             )
         p.append("</table></div>")
@@ -274,8 +288,8 @@ def render_html(data: dict[str, Any], plots: dict[str, bytes]) -> str:
         for ri, r in enumerate(merge["rows"]):
             p.append(
                 f"<tr><td class='l'>{_e(r['label'])}</td>"
-                + "".join(cell(data, f"merge.rows.{ri}.accuracy.{c['model']}", "pct") for c in cols)
-                + cell(data, f"merge.rows.{ri}.average", "pct")
+                + "".join(cell(data, ("merge", "rows", ri, "accuracy", c["model"]), "pct") for c in cols)
+                + cell(data, ("merge", "rows", ri, "average"), "pct")
                 + "</tr>"
             )
         p.append("</table></div>")
@@ -299,12 +313,12 @@ def render_html(data: dict[str, Any], plots: dict[str, bytes]) -> str:
         for ri, r in enumerate(adapt["rows"]):
             p.append(
                 f"<tr><td class='l'>{_e(r['name'])}</td>"
-                + (cell(data, f"adapt.rows.{ri}.k", "int") if r.get("k") is not None else "<td>—</td>")
-                + cell(data, f"adapt.rows.{ri}.test_accuracy", "pct")
-                + cell(data, f"adapt.rows.{ri}.trainable_adapter", "int")
-                + cell(data, f"adapt.rows.{ri}.trainable_head", "int")
-                + cell(data, f"adapt.rows.{ri}.lr", "g")
-                + cell(data, f"adapt.rows.{ri}.train_wall_s", ".2f")
+                + (cell(data, ("adapt", "rows", ri, "k"), "int") if r.get("k") is not None else "<td>—</td>")
+                + cell(data, ("adapt", "rows", ri, "test_accuracy"), "pct")
+                + cell(data, ("adapt", "rows", ri, "trainable_adapter"), "int")
+                + cell(data, ("adapt", "rows", ri, "trainable_head"), "int")
+                + cell(data, ("adapt", "rows", ri, "lr"), "g")
+                + cell(data, ("adapt", "rows", ri, "train_wall_s"), ".2f")
                 + "</tr>"
             )
         p.append("</table>")

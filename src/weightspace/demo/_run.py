@@ -156,7 +156,7 @@ def run_zoo(
     say(f"[{name}] evaluating task accuracy (original, rebuilt, held out)")
     base_state = _base_state(zoo, info, coll)
     rows: list[dict[str, Any]] = [{"name": m.name, "task": m.task} for m in info.models]
-    total_evals = n * (2 + len(archives) + len(VARIANTS))
+    total_evals = n * (2 + int(coll.is_delta) + len(archives) + len(VARIANTS))
     done = 0
 
     def tick() -> None:
@@ -183,6 +183,12 @@ def run_zoo(
                     state_from_members(coll, i, members, base_state), task=row["task"]
                 )
                 tick()
+    if coll.is_delta and base_state is not None:
+        # Control: the base with each model's own private tensors (its task head) and no task vector at all.
+        zeros = {u.name: torch.zeros(u.rows, u.cols, dtype=torch.float64) for u in coll.units}
+        for i, row in enumerate(rows):
+            row["base_own_head"] = zoo.accuracy(state_from_members(coll, i, zeros, base_state), task=row["task"])
+            tick()
     stacks = {u.name: member_matrix(coll, u.name) for u in coll.units}
     k_loo = min(FIXED_K, n - 2)
     for h, row in enumerate(rows):
@@ -192,7 +198,8 @@ def run_zoo(
             tick()
     timing["evaluate_s"] = time.perf_counter() - t
     columns = [c for c in rows[0] if c not in ("name", "task")]
-    means = {c: _mean([r[c] for r in rows]) for c in columns}
+    means: dict[str, float | None] = {c: _mean([r[c] for r in rows]) for c in columns}
+    means.setdefault("base_own_head", None)  # raw-weight zoos have no base to fall back to
     chance = _mean([1.0 / zoo.num_classes(r["task"]) for r in rows])
 
     claims = [
@@ -204,6 +211,7 @@ def run_zoo(
             means["mean_in_sample"],
             spectrum["headline"]["verdict"],
             chance,
+            means["base_own_head"],
         ),
         heldout_claim(
             means["original"],
@@ -211,6 +219,7 @@ def run_zoo(
             means["heldout_mean_plus_basis"],
             spectrum["headline"]["verdict"],
             chance,
+            means["base_own_head"],
         ),
     ]
     timing["total_s"] = time.perf_counter() - t0

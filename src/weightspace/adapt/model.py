@@ -31,7 +31,7 @@ import weightspace
 from weightspace._atomic import atomic_dir
 from weightspace.adapt.config import ADAPTER_TYPE, SubspaceAdapterConfig, matches_module
 from weightspace.adapt.layer import SubspaceLayer, UnitBasis, supports, wrap_layer
-from weightspace.compress._archive import Archive
+from weightspace.compress import Archive
 from weightspace.errors import (
     ArchiveError,
     CorruptFileError,

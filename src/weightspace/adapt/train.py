@@ -50,7 +50,7 @@ from weightspace.adapt.model import (
     save,
     trainable_parameters,
 )
-from weightspace.compress._archive import Archive
+from weightspace.compress import Archive
 from weightspace.errors import DependencyError, InputError, ParameterError
 
 __all__ = ["DEFAULT_KS", "LR_GRIDS", "adaptation_benchmark", "check_held_out"]
@@ -104,8 +104,7 @@ def check_held_out(archive: Archive, task_models: Sequence[Any], task: str) -> N
 
 # ------------------------------------------------------------------------------------------------ setup
 def _zoo_api() -> tuple[Any, Any, Any]:
-    from weightspace.zoo import get_zoo, load_zoo_info
-    from weightspace.zoo._base import read_checkpoint
+    from weightspace.zoo import get_zoo, load_zoo_info, read_checkpoint
 
     return get_zoo, load_zoo_info, read_checkpoint
 
@@ -113,7 +112,7 @@ def _zoo_api() -> tuple[Any, Any, Any]:
 @contextlib.contextmanager
 def _zoo_threads(zoo: Any) -> Iterator[None]:
     """The thread count the zoo's training loop pins, so step timings compare with ``train_wall_s``."""
-    from weightspace.zoo._base import pinned_threads, train_threads
+    from weightspace.zoo import pinned_threads, train_threads
 
     with pinned_threads(train_threads(getattr(zoo, "threads", 1))):
         yield

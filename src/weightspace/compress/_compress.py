@@ -28,9 +28,7 @@ from weightspace.decompose.hosvd import HOSVDUnitFit, hosvd_cores, hosvd_factors
 from weightspace.decompose.pca import DEFAULT_CHUNK_BYTES, pca_components, pca_spectrum
 from weightspace.decompose.rank import explained_variance_ratio
 from weightspace.decompose.subspace import SharedSubspace, _scalar_rank
-from weightspace.io import ModelSource, SafetensorsWriter, save_safetensors
-from weightspace.io._safetensors import DTYPES
-from weightspace.io._sources import PeftSource
+from weightspace.io import DTYPES, ModelSource, PeftSource, SafetensorsWriter, save_safetensors
 from weightspace.units import UnitSpec, UnitStack
 
 __all__ = ["compress", "model_record"]

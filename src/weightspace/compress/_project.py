@@ -27,8 +27,7 @@ from weightspace.compress._archive import MEMBERS, Archive, member_digest
 from weightspace.compress._compress import model_record
 from weightspace.compress._reconstruct import open_base
 from weightspace.errors import InputError, ShapeMismatchError, TensorKeyError
-from weightspace.io import ModelSource, SafetensorsWriter, expand_models, open_source, save_safetensors
-from weightspace.io._safetensors import DTYPES
+from weightspace.io import DTYPES, ModelSource, SafetensorsWriter, expand_models, open_source, save_safetensors
 from weightspace.units import UnitMember, UnitSpec
 
 __all__ = ["project"]

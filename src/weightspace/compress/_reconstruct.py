@@ -18,8 +18,7 @@ import torch
 from weightspace._progress import Progress, report
 from weightspace.compress._archive import Archive
 from weightspace.errors import ArchiveError, InputError
-from weightspace.io import ModelSource, lora_factors_from_delta, open_source, output_name, write_model
-from weightspace.io._safetensors import DTYPES
+from weightspace.io import DTYPES, ModelSource, lora_factors_from_delta, open_source, output_name, write_model
 
 __all__ = ["open_base", "reconstruct", "reconstruct_tensors"]
 

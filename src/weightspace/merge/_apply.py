@@ -52,15 +52,15 @@ from weightspace.errors import (
     UnsupportedFormatError,
 )
 from weightspace.io import (
+    DTYPES,
     LoraConfig,
     ModelSource,
+    PeftSource,
     SafetensorsWriter,
     is_model_dir,
     lora_factors_from_delta,
     write_model,
 )
-from weightspace.io._safetensors import DTYPES
-from weightspace.io._sources import PeftSource
 from weightspace.merge._registry import MERGE_METHODS, MergeMethod, MethodFn, merge_deltas
 from weightspace.units import UnitSpec
 
@@ -872,7 +872,7 @@ def merge_models(
     ...                  method="mean", out=d / "merged.safetensors")
     >>> s["n_units"], s["format"]
     (1, 'safetensors')
-    >>> from weightspace.io import open_source
+    >>> from weightspace.io import DTYPES, open_source, PeftSource
     >>> open_source(d / "merged.safetensors").read("w")
     tensor([[2., 0.],
             [0., 2.]])

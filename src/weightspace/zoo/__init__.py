@@ -36,7 +36,18 @@ from __future__ import annotations
 import os
 
 from weightspace._registry import Registry
-from weightspace.zoo._base import ModelSource, ProgressFn, Zoo, ZooInfo, ZooKind, ZooModel, load_zoo_info
+from weightspace.zoo._base import (
+    ModelSource,
+    ProgressFn,
+    Zoo,
+    ZooInfo,
+    ZooKind,
+    ZooModel,
+    load_zoo_info,
+    pinned_threads,
+    read_checkpoint,
+    train_threads,
+)
 from weightspace.zoo._cnn import MNIST1DCNNZoo
 from weightspace.zoo._mlp import DigitsMLPInitZoo, DigitsMLPZoo
 from weightspace.zoo._text import MiniLMLoRAZoo
@@ -52,6 +63,9 @@ __all__ = [
     "build_zoo",
     "get_zoo",
     "load_zoo_info",
+    "pinned_threads",
+    "read_checkpoint",
+    "train_threads",
     "zoo_names",
 ]
 

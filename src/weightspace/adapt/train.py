@@ -28,7 +28,6 @@ from the zoo's other models relative to the zoo base.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import math
 import tempfile
@@ -52,6 +51,7 @@ from weightspace.adapt.model import (
 )
 from weightspace.compress import Archive
 from weightspace.errors import DependencyError, InputError, ParameterError
+from weightspace.io import file_sha256
 
 __all__ = ["DEFAULT_KS", "LR_GRIDS", "adaptation_benchmark", "check_held_out"]
 
@@ -75,14 +75,6 @@ LORA_ALPHA = 16
 _VAL_FRACTION = 0.2
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def check_held_out(archive: Archive, task_models: Sequence[Any], task: str) -> None:
     """Raise :class:`InputError` if any of ``task_models`` (zoo models of ``task``) is a member of ``archive``.
 
@@ -93,7 +85,7 @@ def check_held_out(archive: Archive, task_models: Sequence[Any], task: str) -> N
     shas = {m.get("source_sha256") for m in archive.manifest.get("models", [])}
     for zm in task_models:
         p = Path(zm.path).resolve()
-        if str(p) in paths or (p.is_file() and _sha256(p) in shas):
+        if str(p) in paths or (p.is_file() and file_sha256(p) in shas):
             raise InputError(
                 f"the archive contains zoo model '{zm.name}' of the held-out task '{task}', so the task is not "
                 "held out and the benchmark would be measuring memorisation; compress the zoo's other models "
@@ -393,7 +385,7 @@ def adaptation_benchmark(
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ParameterError(f"steps must be an int >= 1, got {steps!r}")
     base_state, _ = read_checkpoint(info.base_path)
-    base_sha = _sha256(Path(info.base_path))
+    base_sha = file_sha256(Path(info.base_path))
 
     with contextlib.ExitStack() as stack:
         built = archive is None

@@ -15,7 +15,6 @@ without a manifest, with an unknown format version, or whose members' sha256 dif
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -24,7 +23,7 @@ from typing import Any
 import torch
 
 from weightspace.errors import ArchiveError, CorruptFileError
-from weightspace.io import SafetensorsFile
+from weightspace.io import SafetensorsFile, file_sha256
 
 __all__ = ["FORMAT", "MEMBERS", "VERSION", "Archive", "member_digest"]
 
@@ -35,13 +34,7 @@ MEMBERS = ("basis.safetensors", "coefficients.safetensors", "private.safetensors
 
 def member_digest(path: Path) -> dict[str, Any]:
     """``{"sha256", "bytes"}`` of one member file."""
-    h = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            h.update(block)
-            size += len(block)
-    return {"sha256": h.hexdigest(), "bytes": size}
+    return {"sha256": file_sha256(path), "bytes": path.stat().st_size}
 
 
 class Archive:

@@ -240,8 +240,7 @@ def _stream_pca_unit(
     pca_components(stack, plan, chunk_bytes=chunk_bytes, sink=sink)
 
 
-def _pca_record(spec: UnitSpec, plan: _PCAPlan) -> dict[str, Any]:
-    evr = explained_variance_ratio(plan.singular_values)
+def _spec_record(spec: UnitSpec) -> dict[str, Any]:
     return {
         "name": spec.name,
         "shape": list(spec.shape),
@@ -249,6 +248,13 @@ def _pca_record(spec: UnitSpec, plan: _PCAPlan) -> dict[str, Any]:
         "cols": spec.cols,
         "kind": spec.kind,
         "lora": spec.lora,
+    }
+
+
+def _pca_record(spec: UnitSpec, plan: _PCAPlan) -> dict[str, Any]:
+    evr = explained_variance_ratio(plan.singular_values)
+    return {
+        **_spec_record(spec),
         "method": "pca",
         "k": plan.k,
         "solver": plan.solver,
@@ -261,12 +267,7 @@ def _pca_record(spec: UnitSpec, plan: _PCAPlan) -> dict[str, Any]:
 
 def _hosvd_record(spec: UnitSpec, fit: HOSVDUnitFit) -> dict[str, Any]:
     return {
-        "name": spec.name,
-        "shape": list(spec.shape),
-        "rows": spec.rows,
-        "cols": spec.cols,
-        "kind": spec.kind,
-        "lora": spec.lora,
+        **_spec_record(spec),
         "method": "hosvd",
         "k1": fit.k1,
         "k2": fit.k2,

@@ -11,7 +11,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -61,23 +61,37 @@ def centered_chunk(x: torch.Tensor, center: bool) -> tuple[torch.Tensor, torch.T
     return x, shift.add_(offset)
 
 
+class _ChunkStats:
+    """Streams centered chunks of a stack while accumulating ``‖X‖_F²``, ``‖μ‖²`` and ``X_c μ``."""
+
+    def __init__(self, stack: UnitStack, center: bool, chunk_bytes: int, tick: Tick | None):
+        self.stack, self.center, self.chunk_bytes, self.tick = stack, center, chunk_bytes, tick
+        self.raw_sq = 0.0
+        self.mean_sq = 0.0
+        self.cross = torch.zeros(stack.n, dtype=torch.float64)
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        for r0, r1 in self.stack.row_chunks(self.chunk_bytes):
+            x = self.stack.chunk(r0, r1)  # (n_models, (r1 - r0) * cols)
+            self.raw_sq += float(torch.linalg.vector_norm(x)) ** 2
+            xc, mean = centered_chunk(x, self.center)
+            self.mean_sq += float(mean @ mean)
+            self.cross += xc @ mean
+            yield xc
+            if self.tick is not None:
+                self.tick()
+
+    def result(self, gram: torch.Tensor) -> GramResult:
+        return GramResult(gram, self.raw_sq, self.mean_sq, self.cross)
+
+
 def centered_gram(stack: UnitStack, *, center: bool, chunk_bytes: int, tick: Tick | None = None) -> GramResult:
     """Stream ``G = X_c X_cᵀ`` over row chunks of every member."""
-    n = stack.n
-    gram = torch.zeros(n, n, dtype=torch.float64)
-    cross = torch.zeros(n, dtype=torch.float64)
-    raw_sq = 0.0
-    mean_sq = 0.0
-    for r0, r1 in stack.row_chunks(chunk_bytes):
-        x = stack.chunk(r0, r1)  # (n_models, (r1 - r0) * cols)
-        raw_sq += float(torch.linalg.vector_norm(x)) ** 2
-        xc, mean = centered_chunk(x, center)
-        mean_sq += float(mean @ mean)
-        cross += xc @ mean
+    gram = torch.zeros(stack.n, stack.n, dtype=torch.float64)
+    chunks = _ChunkStats(stack, center, chunk_bytes, tick)
+    for xc in chunks:
         gram.addmm_(xc, xc.T)
-        if tick is not None:
-            tick()
-    return GramResult((gram + gram.T) / 2, raw_sq, mean_sq, cross)
+    return chunks.result((gram + gram.T) / 2)
 
 
 def factored_gram(stack: UnitStack, *, center: bool) -> GramResult:
@@ -125,15 +139,7 @@ def tsqr_r(
         With ``gram = Rᵀ R``.
     """
     r = torch.zeros(0, stack.n, dtype=torch.float64)
-    cross = torch.zeros(stack.n, dtype=torch.float64)
-    raw_sq = mean_sq = 0.0
-    for r0, r1 in stack.row_chunks(chunk_bytes):
-        x = stack.chunk(r0, r1)  # (n_models, (r1 - r0) * cols)
-        raw_sq += float(torch.linalg.vector_norm(x)) ** 2
-        xc, mean = centered_chunk(x, center)
-        mean_sq += float(mean @ mean)
-        cross += xc @ mean
+    chunks = _ChunkStats(stack, center, chunk_bytes, tick)
+    for xc in chunks:
         r = torch.linalg.qr(torch.cat([r, xc.T]), mode="r").R  # (min(rows_so_far, n), n_models)
-        if tick is not None:
-            tick()
-    return r, GramResult(r.T @ r, raw_sq, mean_sq, cross)
+    return r, chunks.result(r.T @ r)

@@ -31,7 +31,16 @@ from weightspace.io._peft import LoraConfig, LoraModule, parse_adapter_keys, rea
 from weightspace.io._pickle import PICKLE_SUFFIXES, load_pickled_state_dict
 from weightspace.io._safetensors import DTYPES, SafetensorsFile
 
-__all__ = ["CONFIG_FILES", "Entry", "ModelSource", "is_model_dir", "open_source", "torch_dtype_tag"]
+__all__ = [
+    "CONFIG_FILES",
+    "Entry",
+    "ModelSource",
+    "PeftSource",
+    "file_sha256",
+    "is_model_dir",
+    "open_source",
+    "torch_dtype_tag",
+]
 
 EntryKind = Literal["dense", "lora", "extra"]
 # Small files copied through an archive so that `reconstruct` can rebuild a loadable directory.
@@ -127,12 +136,12 @@ class ModelSource:
         if self._sha256 is None:
             files = self.files()
             if len(files) == 1 and files[0] == self.path:
-                self._sha256 = _file_sha256(files[0])
+                self._sha256 = file_sha256(files[0])
             else:
                 h = hashlib.sha256()
                 for f in files:
                     h.update(f.relative_to(self.path).as_posix().encode() + b"\0")
-                    h.update(bytes.fromhex(_file_sha256(f)))
+                    h.update(bytes.fromhex(file_sha256(f)))
                 self._sha256 = h.hexdigest()
         return self._sha256
 
@@ -148,7 +157,8 @@ class ModelSource:
         return f"{type(self).__name__}({str(self.path)!r}, {len(self.entries)} tensors)"
 
 
-def _file_sha256(path: Path) -> str:
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """Hex sha256 of a file's bytes, read in 4 MiB blocks."""
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 22), b""):

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from weightspace.errors import ParameterError, ShapeMismatchError
+from weightspace.units import UnitSpec
 
 __all__ = ["SubspaceConv", "SubspaceLayer", "SubspaceLinear", "UnitBasis", "wrap_layer"]
 
@@ -72,11 +73,11 @@ class UnitBasis:
 
     @property
     def rows(self) -> int:
-        return self.shape[0] if self.shape else 1
+        return UnitSpec(self.unit, self.shape).rows
 
     @property
     def cols(self) -> int:
-        return math.prod(self.shape[1:]) if len(self.shape) > 1 else 1
+        return UnitSpec(self.unit, self.shape).cols
 
     @property
     def k(self) -> int | tuple[int, int]:

@@ -33,7 +33,7 @@ import torch
 from weightspace.analyze._nulls import mp_edge, wishart_gram
 from weightspace.analyze._pca_unit import FRACTIONS, Plan, _band, _cum_at, _ref_k, capped, mean_energy, nanmean
 from weightspace.analyze._verdict import decide_verdict
-from weightspace.decompose._gram import Tick
+from weightspace.decompose import Tick
 from weightspace.decompose.rank import explained_variance_ratio, k_for_fraction, zero_tolerance
 from weightspace.units import UnitStack
 

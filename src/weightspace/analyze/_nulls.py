@@ -39,6 +39,7 @@ from typing import Literal
 
 import torch
 
+from weightspace.decompose import center_gram
 from weightspace.errors import ParameterError
 
 __all__ = [
@@ -110,22 +111,6 @@ def wishart_gram(n: int, dof: int, *, generator: torch.Generator, method: Wishar
             f"The 'method' parameter of wishart_gram must be one of 'auto', 'bartlett', 'direct'. Got {method!r}."
         )
     return (gram + gram.T) / 2
-
-
-def center_gram(gram: torch.Tensor) -> torch.Tensor:
-    """Double-centered Gram ``J G J`` with ``J = I − 11ᵀ/N``: the Gram of the rows after removing their mean.
-
-    Parameters
-    ----------
-    gram : Tensor of shape (n, n)
-
-    Returns
-    -------
-    Tensor of shape (n, n)
-    """
-    row = gram.mean(dim=1, keepdim=True)  # (n, 1)
-    out = gram - row - row.T + gram.mean()
-    return (out + out.T) / 2
 
 
 def matched_gram(gram: torch.Tensor, norms: torch.Tensor) -> torch.Tensor:

@@ -20,7 +20,7 @@ from weightspace.analyze._nulls import gaussian_null_gram, lora_null_gram, mp_ed
 from weightspace.analyze._stability import subspace_overlap
 from weightspace.analyze._threads import single_thread
 from weightspace.analyze._verdict import Thresholds, decide_verdict
-from weightspace.decompose._gram import Tick
+from weightspace.decompose import Tick
 from weightspace.decompose.pca import DEFAULT_CHUNK_BYTES, PCASpectrum, pca_spectrum
 from weightspace.decompose.rank import explained_variance_ratio, k_for_fraction, zero_tolerance
 from weightspace.units import UnitStack

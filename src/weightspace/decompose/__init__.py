@@ -1,5 +1,6 @@
 """Shared-subspace extraction: model-axis PCA (streaming float64 Gram / TSQR) and HOSVD of order 1–2."""
 
+from weightspace.decompose._gram import GramResult, Tick, center_gram
 from weightspace.decompose.hosvd import HOSVDUnitFit, hosvd, hosvd_cores, hosvd_factors
 from weightspace.decompose.pca import (
     DEFAULT_CHUNK_BYTES,
@@ -14,10 +15,13 @@ from weightspace.decompose.subspace import SharedSubspace
 
 __all__ = [
     "DEFAULT_CHUNK_BYTES",
+    "GramResult",
     "HOSVDUnitFit",
     "PCASpectrum",
     "PCAUnitFit",
     "SharedSubspace",
+    "Tick",
+    "center_gram",
     "choose_rank",
     "explained_variance_ratio",
     "hosvd",

@@ -18,7 +18,7 @@ import torch
 
 from weightspace.units import UnitStack
 
-__all__ = ["GramResult", "centered_chunk", "centered_gram", "factored_gram", "tsqr_r"]
+__all__ = ["GramResult", "center_gram", "centered_chunk", "centered_gram", "factored_gram", "tsqr_r"]
 
 Tick = Callable[[], None]
 
@@ -94,6 +94,22 @@ def centered_gram(stack: UnitStack, *, center: bool, chunk_bytes: int, tick: Tic
     return chunks.result((gram + gram.T) / 2)
 
 
+def center_gram(gram: torch.Tensor) -> torch.Tensor:
+    """Double-centered Gram ``J G J`` with ``J = I − 11ᵀ/N``: the Gram of the rows after removing their mean.
+
+    Parameters
+    ----------
+    gram : Tensor of shape (n, n)
+
+    Returns
+    -------
+    Tensor of shape (n, n)
+    """
+    row = gram.mean(dim=1, keepdim=True)  # (n, 1)
+    out = gram - row - row.T + gram.mean()
+    return (out + out.T) / 2
+
+
 def factored_gram(stack: UnitStack, *, center: bool) -> GramResult:
     """``G`` from factored members ``L_i R_i`` (scaling in ``L_i``) with no dense update formed.
 
@@ -117,11 +133,9 @@ def factored_gram(stack: UnitStack, *, center: bool) -> GramResult:
     n = len(ranks)
     if not center:
         return GramResult(raw, raw_sq, 0.0, torch.zeros(n, dtype=torch.float64))
-    j = torch.eye(n, dtype=torch.float64) - 1.0 / n
-    gram = j @ raw @ j
     mean_sq = float(raw.sum()) / n**2
     cross = raw.sum(dim=1) / n - mean_sq  # X_c μ = X μ − ‖μ‖² 1, with X μ = X Xᵀ 1 / N
-    return GramResult((gram + gram.T) / 2, raw_sq, mean_sq, cross)
+    return GramResult(center_gram(raw), raw_sq, mean_sq, cross)
 
 
 def tsqr_r(

@@ -220,3 +220,13 @@ def test_kill_9_during_compress_leaves_previous_archive_or_nothing(
     code, _, err = run(["compress", str(models), "-o", str(out), "--rank", "2"], capsys)
     assert code == 0, err
     assert not any(".wstmp-" in p.name for p in tmp_path.iterdir())
+
+
+def test_messages_with_brackets_are_printed_verbatim(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    models = _good(tmp_path)
+    entry = b'{"dtype": "F32", "shape": [2], "data_offsets": [%d, %d]}'
+    header = b'{"a": ' + entry % (0, 8) + b', "x[red]": ' + entry % (4, 12) + b"}"  # a key that looks like markup
+    (models / "m1.safetensors").write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * 12)
+    code, _, err = run(["inspect", str(models)], capsys)
+    assert code == 2
+    assert "m1.safetensors: tensor 'x[red]': byte range [4, 12] overlaps the previous tensor" in " ".join(err.split())

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 import click
 import typer
+from rich.markup import escape
 
 from weightspace.cli import _adapt_cmd, _analyze_cmd, _core_cmds, _demo_cmd, _merge_cmd, _zoo_cmd  # noqa: F401  (register commands)
 from weightspace.cli._common import app, err_console
@@ -43,7 +44,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             err_console.print(f"error: {exc}")
         sys.exit(getattr(exc, "exit_code", 2))
     except WeightspaceError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", markup=True, soft_wrap=True)
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True, markup=True)
         sys.exit(exc.exit_code)
     except Exception:
         err_console.print("[bold red]internal error[/] (please report):", markup=True)

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from weightspace.cli._common import JsonOpt, app, emit_json, err_console, progress_bar
@@ -95,5 +96,5 @@ def adapt(
             f"{sm['coef_minus_head_only']:+.3f} vs head-only; spread over k (mean-init) {sm['k_spread_mean_init']:.3f}"
         )
     for note in result["k_caps"][:3]:
-        err_console.print(f"[yellow]k capped:[/] {note}")
+        err_console.print(f"[yellow]k capped:[/] {escape(str(note))}", markup=True)
     err_console.print(f"wrote {output}/results.json and {output}/adapter ({result['lr_selection']})")

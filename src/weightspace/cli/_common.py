@@ -38,8 +38,10 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-# Human-readable output goes to stderr so that --json keeps stdout to exactly one JSON object.
-err_console = Console(stderr=True, highlight=False)
+# Human-readable output goes to stderr so that --json keeps stdout to exactly one JSON object. Markup is off by
+# default because messages quote file names, tensor keys and shapes ("[4, 12]") verbatim; the few styled lines
+# pass markup=True and escape what they interpolate.
+err_console = Console(stderr=True, highlight=False, markup=False)
 
 JsonOpt = Annotated[
     bool, typer.Option("--json", help="Print one JSON object on stdout (human text goes to stderr).")

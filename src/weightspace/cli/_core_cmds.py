@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from weightspace.cli._common import (
@@ -66,7 +67,7 @@ def inspect(
     for k in summary["excluded"]:
         err_console.print(f"excluded: {k}")
     for group in summary["duplicates"]:
-        err_console.print(f"[yellow]duplicates[/] (identical content): {', '.join(group)}")
+        err_console.print(f"[yellow]duplicates[/] (identical content): {escape(', '.join(group))}", markup=True)
 
 
 @app.command()
@@ -110,7 +111,10 @@ def compress(
     if json_out:
         emit_json(summary)
     for group in dups:
-        err_console.print(f"[yellow]warning:[/] identical models (they distort the spectrum): {', '.join(group)}")
+        err_console.print(
+            f"[yellow]warning:[/] identical models (they distort the spectrum): {escape(', '.join(group))}",
+            markup=True,
+        )
     err_console.print(
         f"wrote {output}: {summary['n_models']} models, {summary['n_units']} units, "
         f"{_mb(summary['archive_bytes'])} vs {_mb(summary['models_bytes'])} of checkpoints "

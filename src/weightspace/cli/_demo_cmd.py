@@ -35,18 +35,18 @@ def demo(
             seed=seed,
             merge=not no_merge,
             adapt=not no_adapt,
-            say=lambda msg: err_console.print(msg),
+            say=lambda msg: err_console.print(msg, markup=False),  # '[zoo]' prefixes are not markup
             progress=cb,
         )
     if json_out:
         emit_json(result)
     for z in result["zoos"]:
         for c in z["claims"]:
-            err_console.print(f"{z['zoo']:16s} {c['verdict']:22s} {c['claim']}: {c['evidence']}")
+            err_console.print(f"{z['zoo']:16s} {c['verdict']:22s} {c['claim']}: {c['evidence']}", markup=False)
     for section in ("merge", "adapt"):
         if result.get(section) and result[section].get("claim"):
             c = result[section]["claim"]
-            err_console.print(f"{section:16s} {c['verdict']:22s} {c['claim']}: {c['evidence']}")
+            err_console.print(f"{section:16s} {c['verdict']:22s} {c['claim']}: {c['evidence']}", markup=False)
     err_console.print(
         f"wrote {output / 'demo.html'} and {output / 'demo.json'} in {time.perf_counter() - t0:.0f} s"
     )

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from weightspace.cli._common import (
@@ -54,7 +55,7 @@ def _parse_params(items: list[str] | None) -> dict[str, str]:
 def _print_methods() -> None:
     # Plain lines rather than a table: a table squeezed into a narrow terminal would break the URLs.
     for m in list_methods():
-        err_console.print(f"[bold]{m['name']}[/] — {m['doc']}", soft_wrap=True)
+        err_console.print(f"[bold]{escape(m['name'])}[/] — {escape(m['doc'])}", soft_wrap=True, markup=True)
         err_console.print(f"  {m['reference_url']}", soft_wrap=True, markup=False)
         shown = [p for p in m["params"] if p["cli"]]
         for p in shown:
@@ -93,7 +94,11 @@ def _print_summary(s: dict[str, Any]) -> None:
         )
     for p in s["not_merged"]:
         shapes = ", ".join(f"{m}: {tuple(v)}" for m, v in list(p["shapes"].items())[:4])
-        err_console.print(f"[yellow]not merged[/] {p['key']} ({p['reason']}; {shapes}) — {p['action']}")
+        err_console.print(
+            f"[yellow]not merged[/] {escape(str(p['key']))} ({escape(str(p['reason']))}; {escape(str(shapes))}) — "
+            f"{escape(str(p['action']))}",
+            markup=True,
+        )
 
 
 @app.command(help=_HELP)

@@ -42,20 +42,25 @@ def print_summary(data: Mapping[str, Any], console: Any = None) -> None:
     """
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     console = console or Console(stderr=True, highlight=False)
     s = data["summary"]
     verdict = s["headline"]["verdict"]
-    console.print(f"[{_STYLE.get(verdict, 'bold')}]{s['headline']['text']}[/]", soft_wrap=True)
+    console.print(
+        Text(s["headline"]["text"], style=_STYLE.get(verdict, "bold")), soft_wrap=True
+    )  # Text objects: unit names and shapes are never parsed as markup, whatever the console's setting
     t = Table(
         title=f"{data['n_models']} models, {data['method']}, {data['folds']['scheme']}; means at k", box=None
     )
     for col in ("unit type", "verdicts", "k90/null", "excess", "k", "held-out EVR/null", "mean E", "LOO mean/m+b"):
         t.add_column(col, justify="left" if col in ("unit type", "verdicts") else "right")
     for g in s["groups"]:
-        verdicts = " ".join(f"[{_STYLE[v]}]{n}{_ABBR[v]}[/]" for v, n in g["verdict_counts"].items() if n)
+        verdicts = Text(" ").join(
+            Text(f"{n}{_ABBR[v]}", style=_STYLE[v]) for v, n in g["verdict_counts"].items() if n
+        )
         t.add_row(
-            g["type"] + (" (vec)" if g["kind"] == "vector" else ""),
+            Text(g["type"] + (" (vec)" if g["kind"] == "vector" else "")),
             verdicts,
             f"{_f1(g.get('k90'))}/{_f1(g.get('null_k90'))}",
             _fs(g.get("spectrum_excess_max")),
@@ -66,6 +71,9 @@ def print_summary(data: Mapping[str, Any], console: Any = None) -> None:
         )
     console.print(t)
     console.print(
-        "[dim]S shared-subspace, M mean-dominated, N null-like; excess = largest cumulative EVR above the null band"
-        " (k ≤ k_ref); held-out EVR and LOO errors at k; mean E = mean energy fraction[/]"
+        Text(
+            "S shared-subspace, M mean-dominated, N null-like; excess = largest cumulative EVR above the null band"
+            " (k ≤ k_ref); held-out EVR and LOO errors at k; mean E = mean energy fraction",
+            style="dim",
+        )
     )

@@ -229,4 +229,6 @@ def test_messages_with_brackets_are_printed_verbatim(tmp_path: Path, capsys: pyt
     (models / "m1.safetensors").write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * 12)
     code, _, err = run(["inspect", str(models)], capsys)
     assert code == 2
-    assert "m1.safetensors: tensor 'x[red]': byte range [4, 12] overlaps the previous tensor" in " ".join(err.split())
+    assert "m1.safetensors: tensor 'x[red]': byte range [4, 12] overlaps the previous tensor" in " ".join(
+        err.split()
+    )

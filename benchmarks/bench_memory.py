@@ -86,7 +86,7 @@ def main() -> None:
                 _run(
                     f"""
                     from weightspace.cli import main
-                    main(['compress', {str(models)!r}, '-o', {str(work / 'a.wsz')!r}, '--rank', '{args.rank}'])
+                    main(['compress', {str(models)!r}, '-o', {str(work / "a.wsz")!r}, '--rank', '{args.rank}'])
                     """
                 ),
             )
@@ -101,7 +101,7 @@ def main() -> None:
                         _run(
                             f"""
                             from weightspace.cli import main
-                            main(['analyze', {str(models)!r}, '-o', {str(work / 'report')!r}])
+                            main(['analyze', {str(models)!r}, '-o', {str(work / "report")!r}])
                             """
                         ),
                     )

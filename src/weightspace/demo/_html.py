@@ -322,6 +322,8 @@ def render_html(data: dict[str, Any], plots: dict[str, bytes]) -> str:
                 + "</tr>"
             )
         p.append("</table>")
+        if adapt.get("task_choice"):
+            p.append(f"<p class='note'>Why this task: {_e(adapt['task_choice'])}.</p>")
         notes = adapt.get("notes") or []
         if notes:
             p.append("<ul class='note'>" + "".join(f"<li>{_e(n)}</li>" for n in notes) + "</ul>")

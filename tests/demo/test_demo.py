@@ -84,3 +84,25 @@ def test_every_number_in_the_html_comes_from_the_json(quick_demo: Path) -> None:
         checked += 1
     assert checked > 100
     assert page.count("data:image/png;base64,") == 2
+
+
+@pytest.mark.slow
+def test_full_demo_within_budget(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["demo", "-o", str(tmp_path)])
+    assert info.value.code == 0
+    data = json.loads((tmp_path / "demo.json").read_text())
+    assert [z["zoo"] for z in data["zoos"]] == [
+        "digits-mlp",
+        "digits-mlp-init",
+        "mnist1d-cnn",
+        "digits-vit",
+        "minilm-lora",
+    ]
+    by = {z["zoo"]: z for z in data["zoos"]}
+    assert by["digits-mlp-init"]["spectrum"]["headline"]["verdict"] == "null-like"
+    for z in data["zoos"]:
+        for row in z["accuracy"]["models"]:
+            assert abs(row["rebuilt_full"] - row["original"]) <= 0.001, (z["zoo"], row)
+    assert data["adapt"]["task"] == "reverse"
+    assert data["wall_s"] < 15 * 60

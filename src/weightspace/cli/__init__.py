@@ -14,7 +14,16 @@ import click
 import typer
 from rich.markup import escape
 
-from weightspace.cli import _adapt_cmd, _analyze_cmd, _core_cmds, _demo_cmd, _merge_cmd, _zoo_cmd  # noqa: F401  (register commands)
+# Commands register on import; this order is the order `weightspace --help` lists them (the data flow).
+# isort: off
+from weightspace.cli import _core_cmds  # noqa: F401
+from weightspace.cli import _analyze_cmd  # noqa: F401
+from weightspace.cli import _merge_cmd  # noqa: F401
+from weightspace.cli import _adapt_cmd  # noqa: F401
+from weightspace.cli import _zoo_cmd  # noqa: F401
+from weightspace.cli import _demo_cmd  # noqa: F401
+
+# isort: on
 from weightspace.cli._common import app, err_console
 from weightspace.errors import WeightspaceError
 

@@ -13,7 +13,6 @@ import importlib
 import json
 import math
 import os
-import struct
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -24,15 +23,15 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from weightspace._atomic import atomic_dir, atomic_write_bytes, atomic_write_text
+from weightspace._atomic import atomic_dir, atomic_file, atomic_write_text
 from weightspace.errors import (
-    CorruptFileError,
     DependencyError,
     InputError,
     ParameterError,
     ShapeMismatchError,
     TensorKeyError,
 )
+from weightspace.io import SafetensorsFile, save_safetensors
 
 __all__ = [
     "META_TASK",
@@ -316,26 +315,6 @@ def seeded(seed: int | None) -> Iterator[None]:
         yield
 
 
-def safetensors_bytes(tensors: Mapping[str, Tensor], metadata: Mapping[str, str]) -> bytes:
-    """Serialise float32 tensors to safetensors bytes with a canonical header (sorted keys, fixed layout).
-
-    ``safetensors.torch.save_file`` stores ``__metadata__`` from a hash map whose order changes from run to
-    run, so two identical checkpoints would differ in their header bytes; this writer is byte-stable.
-    """
-    header: dict[str, Any] = {"__metadata__": {k: str(metadata[k]) for k in sorted(metadata)}}
-    blobs = []
-    offset = 0
-    for key in sorted(tensors):
-        arr = np.ascontiguousarray(tensors[key].detach().cpu().numpy(), dtype="<f4")
-        blob = arr.tobytes()
-        header[key] = {"dtype": "F32", "shape": list(arr.shape), "data_offsets": [offset, offset + len(blob)]}
-        blobs.append(blob)
-        offset += len(blob)
-    head = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    head += b" " * (-len(head) % 8)  # the format pads the header to 8-byte alignment with spaces
-    return struct.pack("<Q", len(head)) + head + b"".join(blobs)
-
-
 def save_checkpoint(
     path: str | os.PathLike[str],
     state: Mapping[str, Tensor],
@@ -351,25 +330,19 @@ def save_checkpoint(
         if torch.is_tensor(v) and v.is_floating_point()
     }
     meta = {"format": "pt", META_ZOO: zoo, META_TASK: task, **(extra_meta or {})}
-    atomic_write_bytes(path, safetensors_bytes(tensors, meta))
+    # Sorted keys and metadata: the same state always gives the same bytes (rebuilds are byte-identical).
+    with atomic_file(path) as tmp:
+        save_safetensors(tmp, {k: tensors[k] for k in sorted(tensors)}, {k: str(meta[k]) for k in sorted(meta)})
 
 
 def read_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, Tensor], dict[str, str]]:
-    """Read a safetensors file: (tensors, metadata). Missing/unreadable files raise :class:`InputError`."""
-    from safetensors import SafetensorError, safe_open
+    """Read a safetensors file: (tensors, metadata), through weightspace's validated reader.
 
-    p = Path(path)
-    if not p.exists():
-        raise InputError("checkpoint does not exist", path=p)
-    if not p.is_file():
-        raise InputError("checkpoint is not a regular file", path=p)
-    try:
-        with safe_open(str(p), framework="pt") as fh:
-            meta = dict(fh.metadata() or {})
-            tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 (safe_open is not a Mapping)
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise CorruptFileError(f"cannot read safetensors checkpoint ({exc})", path=p) from None
-    return tensors, meta
+    Missing, non-regular or malformed files raise :class:`~weightspace.errors.InputError` subclasses naming the
+    file (and tensor).
+    """
+    st = SafetensorsFile(path)
+    return {k: st.read(k) for k in st}, dict(st.metadata)
 
 
 def load_state_strict(model: nn.Module, state: Mapping[str, Tensor], *, path: str | None = None) -> None:

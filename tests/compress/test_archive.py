@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -214,3 +215,29 @@ def test_base_identity_is_checked(tmp_path: Path, gen: torch.Generator) -> None:
     save_file(mlp_like(gen), tmp_path / "other.safetensors")
     with pytest.raises(ArchiveError, match="base model differs"):
         reconstruct(tmp_path / "a.wsz", tmp_path / "out", base=tmp_path / "other.safetensors")
+
+
+@pytest.mark.parametrize(
+    ("edit", "match"),
+    [
+        (lambda m: m.pop("units"), r"manifest is malformed at units: Field required"),
+        (
+            lambda m: m["units"][0].pop("k"),
+            r"manifest is malformed at units\.0: Value error, a pca unit needs 'k'",
+        ),
+        (lambda m: m["models"].append(dict(m["models"][0])), "model names must be unique"),
+        (lambda m: m.update(kind="tensorflow"), r"manifest is malformed at kind"),
+    ],
+)
+def test_malformed_manifest_is_an_archive_error(
+    tmp_path: Path, gen: torch.Generator, edit: Callable[[dict], object], match: str
+) -> None:
+    write_models(tmp_path / "m", [mlp_like(gen) for _ in range(3)])
+    compress(Collection.from_paths([str(tmp_path / "m")]), tmp_path / "a.wsz", n_components=2)
+    mpath = tmp_path / "a.wsz" / "manifest.json"
+    manifest = json.loads(mpath.read_text())
+    edit(manifest)
+    mpath.write_text(json.dumps(manifest))
+    with pytest.raises(ArchiveError, match=match) as info:
+        Archive(tmp_path / "a.wsz")
+    assert "manifest.json" in str(info.value)

@@ -18,9 +18,10 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from weightspace.errors import ArchiveError, CorruptFileError
 from weightspace.io import SafetensorsFile, file_sha256
@@ -30,6 +31,74 @@ __all__ = ["FORMAT", "MEMBERS", "VERSION", "Archive", "member_digest"]
 FORMAT = "weightspace-archive"
 VERSION = 1
 MEMBERS = ("basis.safetensors", "coefficients.safetensors", "private.safetensors")
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+
+class _Member(_Record):
+    sha256: str
+    bytes: int
+
+
+class _Unit(_Record):
+    name: str
+    shape: list[int]
+    rows: int
+    cols: int
+    method: Literal["pca", "hosvd"]
+    k: int | None = None
+    k1: int | None = None
+    k2: int | None = None
+
+    @model_validator(mode="after")
+    def _ranks(self) -> _Unit:
+        if self.method == "pca" and self.k is None:
+            raise ValueError("a pca unit needs 'k'")
+        if self.method == "hosvd" and (self.k1 is None or self.k2 is None):
+            raise ValueError("a hosvd unit needs 'k1' and 'k2'")
+        return self
+
+
+class _Model(_Record):
+    name: str
+    source_format: str
+    dtypes: dict[str, str]
+    private: list[str]
+    key_order: list[str] = []
+    lora: dict[str, dict[str, Any]] | None = None
+
+
+class _Manifest(_Record):
+    """The parts of manifest.json that readers rely on; anything else is kept as written."""
+
+    format: Literal["weightspace-archive"]
+    version: int
+    kind: Literal["full", "peft"]
+    delta: bool
+    base: dict[str, Any] | None
+    models: list[_Model]
+    units: list[_Unit]
+    members: dict[str, _Member]
+
+    @model_validator(mode="after")
+    def _unique(self) -> _Manifest:
+        for what, names in (("model", [m.name for m in self.models]), ("unit", [u.name for u in self.units])):
+            if len(set(names)) != len(names):
+                raise ValueError(f"{what} names must be unique")
+        return self
+
+
+def _check_manifest(manifest: dict[str, Any], path: Path) -> None:
+    try:
+        _Manifest.model_validate(manifest)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+        raise ArchiveError(
+            f"manifest is malformed at {where}: {first['msg']} ({err.error_count()} problem(s))", path=path
+        ) from None
 
 
 def member_digest(path: Path) -> dict[str, Any]:
@@ -77,6 +146,7 @@ class Archive:
                 f"archive format version {manifest.get('version')!r} is not supported (this weightspace reads {VERSION})",
                 path=mpath,
             )
+        _check_manifest(manifest, mpath)
         self.manifest = manifest
         members = manifest.get("members", {})
         for name in MEMBERS:

@@ -103,6 +103,23 @@ def test_unsupported_adapter_features_are_refused(
     assert str(ad) in str(info.value)
 
 
+@pytest.mark.parametrize(
+    ("config", "match"),
+    [
+        ({"rank_pattern": {"q": "two"}}, "rank_pattern values must be ints"),
+        ({"alpha_pattern": {"(": 2}}, "not a valid regular expression"),
+        ({"r": "x"}, "needs an integer 'r'"),
+    ],
+)
+def test_malformed_adapter_config_is_an_input_error(tmp_path: Path, config: dict, match: str) -> None:
+    ad = write_adapter(tmp_path / "a", {"q": (torch.randn(2, 4), torch.randn(3, 2))}, r=2, alpha=2)
+    cfg = json.loads((ad / "adapter_config.json").read_text())
+    (ad / "adapter_config.json").write_text(json.dumps({**cfg, **config}))
+    with pytest.raises(CorruptFileError, match=match) as info:
+        open_source(ad)
+    assert "adapter_config.json" in str(info.value)
+
+
 def test_adapter_rank_mismatch_and_missing_factor(tmp_path: Path) -> None:
     ad = write_adapter(tmp_path / "a", {"q": (torch.randn(3, 4), torch.randn(5, 3))}, r=2, alpha=2)
     with pytest.raises(ShapeMismatchError, match="factor rank is 3 but the config"):

@@ -104,13 +104,27 @@ def read_adapter_config(path: Path) -> LoraConfig:
     alpha_pattern = raw.get("alpha_pattern") or {}
     if not isinstance(rank_pattern, dict) or not isinstance(alpha_pattern, dict):
         raise CorruptFileError("rank_pattern and alpha_pattern must be JSON objects", path=path)
+    try:
+        ranks = {str(k): int(v) for k, v in rank_pattern.items()}
+        alphas = {str(k): float(v) for k, v in alpha_pattern.items()}
+    except (TypeError, ValueError):
+        raise CorruptFileError(
+            "rank_pattern values must be ints and alpha_pattern values numbers", path=path
+        ) from None
+    for pattern in [*ranks, *alphas]:
+        try:
+            re.compile(pattern)
+        except re.error as err:
+            raise CorruptFileError(
+                f"pattern {pattern!r} is not a valid regular expression ({err})", path=path
+            ) from None
     return LoraConfig(
         r=r,
         lora_alpha=alpha,
         use_rslora=bool(raw.get("use_rslora", False)),
         fan_in_fan_out=bool(raw.get("fan_in_fan_out", False)),
-        rank_pattern={str(k): int(v) for k, v in rank_pattern.items()},
-        alpha_pattern={str(k): float(v) for k, v in alpha_pattern.items()},
+        rank_pattern=ranks,
+        alpha_pattern=alphas,
         raw=raw,
     )
 

@@ -92,6 +92,12 @@ def test_duplicate_header_key_names_the_key(tmp_path: Path) -> None:
         SafetensorsFile(p)
 
 
+def test_deeply_nested_header(tmp_path: Path) -> None:
+    p = _raw_file(tmp_path / "deep.safetensors", b'{"a": ' + b"[" * 200_000 + b"]" * 200_000 + b"}")
+    with pytest.raises(CorruptFileError, match="nests too deeply"):
+        SafetensorsFile(p)
+
+
 def test_header_size_cap(tmp_path: Path) -> None:
     p = tmp_path / "huge.safetensors"
     with open(p, "wb") as fh:

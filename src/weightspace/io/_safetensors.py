@@ -183,6 +183,8 @@ def _parse_header(raw: bytes, path: Path) -> dict[str, Any]:
         raise CorruptFileError(
             "safetensors header lists this key twice; a file must name each tensor once", path=path, tensor=dup.key
         ) from None
+    except RecursionError:
+        raise CorruptFileError("safetensors header nests too deeply to be a tensor index", path=path) from None
     except json.JSONDecodeError as err:
         raise CorruptFileError(
             f"safetensors header is not valid JSON ({err.msg} at {err.pos})", path=path

@@ -134,8 +134,11 @@ class UnitMember:
         self.rows_into(r0, r1, out)
         return out
 
-    def rows_into(self, r0: int, r1: int, out: torch.Tensor) -> None:
-        """Write rows ``[r0, r1)`` into ``out`` (float64, shape ``(r1 - r0, cols)``) with no extra copy."""
+    def rows_into(self, r0: int, r1: int, out: torch.Tensor, *, subtract_base: bool = True) -> None:
+        """Write rows ``[r0, r1)`` into ``out`` (float64, shape ``(r1 - r0, cols)``) with no extra copy.
+
+        ``subtract_base=False`` leaves the base in (the caller subtracts :meth:`base_rows` once for many members).
+        """
         fac = self.factors()
         if fac is not None:
             torch.matmul(fac[0][r0:r1], fac[1], out=out)
@@ -145,10 +148,19 @@ class UnitMember:
         _check_finite(raw, self.source.path, self.spec.name)
         out.copy_(raw.reshape(r1 - r0, self.spec.cols))  # converts to float64 while copying
         del raw
-        if self.base is not None:
-            b = self.base.read(self.base_key, None if whole else (r0, r1))
-            _check_finite(b, self.base.path, self.base_key)
-            out.sub_(b.reshape(r1 - r0, self.spec.cols))
+        if subtract_base:
+            base = self.base_rows(r0, r1)
+            if base is not None:
+                out.sub_(base)
+
+    def base_rows(self, r0: int, r1: int) -> torch.Tensor | None:
+        """Rows ``[r0, r1)`` of the base weight as stored, shape ``(r1 - r0, cols)``; None without a base."""
+        if self.base is None or self.is_lora:
+            return None
+        whole = self.spec.rows == r1 - r0
+        b = self.base.read(self.base_key, None if whole else (r0, r1))
+        _check_finite(b, self.base.path, self.base_key)
+        return b.reshape(r1 - r0, self.spec.cols)
 
     def full(self) -> torch.Tensor:
         """The whole member, float64, shape ``(rows, cols)``."""
@@ -201,7 +213,7 @@ class TensorMember(UnitMember):
     def factors(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         return self._mem_factors
 
-    def rows_into(self, r0: int, r1: int, out: torch.Tensor) -> None:
+    def rows_into(self, r0: int, r1: int, out: torch.Tensor, *, subtract_base: bool = True) -> None:
         if self._mem_factors is not None:
             torch.matmul(self._mem_factors[0][r0:r1], self._mem_factors[1], out=out)
             return
@@ -264,8 +276,16 @@ class UnitStack:
     def chunk(self, r0: int, r1: int) -> torch.Tensor:
         """Rows ``[r0, r1)`` of every member, flattened: float64 of shape ``(n_models, (r1 - r0) * cols)``."""
         out = torch.empty(self.n, (r1 - r0) * self.spec.cols, dtype=torch.float64)  # (n_models, chunk)
+        first = self.members[0]
+        # Task vectors of one base: read the base rows once per chunk, not once per member.
+        shared = first.base is not None and all(
+            m.base is first.base and m.base_key == first.base_key for m in self.members
+        )
         for i, m in enumerate(self.members):
-            m.rows_into(r0, r1, out[i].view(r1 - r0, self.spec.cols))
+            m.rows_into(r0, r1, out[i].view(r1 - r0, self.spec.cols), subtract_base=not shared)
+        base = first.base_rows(r0, r1) if shared else None
+        if base is not None:
+            out.sub_(base.reshape(1, -1))
         return out
 
     def all_factored(self) -> bool:

@@ -695,7 +695,8 @@ def _run(plan: _Plan, sink: _MemorySink | _WriterSink, progress: Progress | None
     worst: tuple[float, str | None] = (0.0, None)
     for done, spec in enumerate(coll.units, 1):
         view = _view(spec.shape)
-        deltas = [coll.member(i, spec.name).full().reshape(view) for i in range(coll.n_models)]  # N × view
+        stack = coll.stack(spec.name).chunk(0, spec.rows)  # (n_models, D), the base read once
+        deltas = [stack[i].reshape(view) for i in range(coll.n_models)]  # N × view
         kwargs = _unit_params(plan, spec)
         try:
             merged = merge_deltas(plan.method, deltas, **kwargs)  # float64, view

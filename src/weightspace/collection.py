@@ -31,7 +31,7 @@ from weightspace.errors import InputError, ShapeMismatchError, TensorKeyError, U
 from weightspace.io import ModelSource, expand_models, natural_key, open_source
 from weightspace.units import UnitMember, UnitSpec, UnitStack
 
-__all__ = ["Collection", "model_names"]
+__all__ = ["Collection", "as_collection", "model_names"]
 
 _SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
 
@@ -357,3 +357,37 @@ class Collection:
             "excluded": self.excluded,
             "duplicates": self.duplicates() if hashes else None,
         }
+
+
+def as_collection(
+    models: Collection | Sequence[str | os.PathLike[str]],
+    *,
+    base: str | os.PathLike[str] | None = None,
+    allow_pickle: bool = False,
+    private: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+    min_models: int = 2,
+) -> Collection:
+    """The one rule every entry point applies to its MODELS: a :class:`Collection` as is, paths resolved.
+
+    A ready :class:`Collection` already fixes its base, private and excluded keys, so passing those again
+    is an error rather than silently ignored.
+
+    Examples
+    --------
+    >>> as_collection([])
+    Traceback (most recent call last):
+    ...
+    weightspace.errors.InputError: no models given; pass at least 2 checkpoints
+    """
+    if isinstance(models, Collection):
+        if base is not None or private or exclude or allow_pickle:
+            raise InputError(
+                "pass base/private/exclude/allow_pickle when building the Collection, not again with it"
+            )
+        return models
+    if isinstance(models, str | os.PathLike):
+        models = [models]
+    return Collection.from_paths(
+        list(models), base=base, allow_pickle=allow_pickle, private=private, exclude=exclude, min_models=min_models
+    )

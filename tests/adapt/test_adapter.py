@@ -19,7 +19,6 @@ from weightspace.adapt import (
     SubspaceAdapterConfig,
     SubspaceConv,
     SubspaceLinear,
-    UnitBasis,
     adapter_layers,
     inject,
     load,
@@ -28,7 +27,7 @@ from weightspace.adapt import (
     trainable_parameters,
     unload,
 )
-from weightspace.compress import Archive
+from weightspace.decompose import Parametrisation, SharedSubspace
 from weightspace.errors import ArchiveError, InputError, ParameterError, ShapeMismatchError, TensorKeyError
 
 X = torch.randn(5, 2, 5, generator=torch.Generator().manual_seed(1))  # (batch, channels, length) for TinyNet
@@ -85,9 +84,9 @@ def test_mean_init_starts_at_the_mean_task_vector(tiny: Tiny) -> None:
 
 
 def test_mean_init_uses_the_archive_mean_coefficients(tiny: Tiny) -> None:
-    arch = Archive(tiny.pca)
+    arch = SharedSubspace.load(tiny.pca)
     model = inject(tiny.model(), _cfg(tiny.pca, init="mean", k=2))
-    want = arch.coefficients("fc.weight").mean(0)[:2].float()
+    want = arch.unit("fc.weight").coefficients.mean(0)[:2].float()
     assert torch.equal(model.fc.weight_coef.detach(), want)
 
 
@@ -147,9 +146,11 @@ def test_hosvd_low_rank_path_matches_dense() -> None:
     init = torch.randn(2, 2, generator=g, dtype=torch.float64)
     mean = torch.randn(30, 40, generator=g, dtype=torch.float64)
     layer = SubspaceLinear(base)
-    layer.update_layer(UnitBasis("w.weight", "hosvd", (30, 40), mean, None, u, v, init))
+    layer.update_layer(Parametrisation("w.weight", "hosvd", (30, 40), {"u": u, "v": v}, mean, init))
     x = torch.randn(3, 40, generator=g)  # few tokens: the low-rank route pays
-    assert layer._lowrank_pays(x)
+    assert (
+        layer.units["weight"].fit_class.lowrank_apply(x, layer._pieces("weight"), layer.weight_coef) is not None
+    )
     dense = F.linear(x, layer.effective("weight"), base.bias)
     assert torch.allclose(layer(x), dense, atol=1e-5)
     layer(x).sum().backward()
@@ -275,22 +276,22 @@ def test_merge_unmerge_is_exact_and_unload_restores(tiny: Tiny) -> None:
 
 
 def test_get_delta_weight_is_the_pca_combination(tiny: Tiny) -> None:
-    arch = Archive(tiny.pca)
+    arch = SharedSubspace.load(tiny.pca).unit("fc.weight")
     model = inject(tiny.model(), _cfg(tiny.pca, k=3, use_mean=True))
     _randomise(model)
     c = model.fc.weight_coef.detach().double()
-    want = arch.mean("fc.weight") + (c @ arch.basis("fc.weight")[:3]).reshape(6, 12)
+    want = arch.mean() + (c @ arch.basis()[:3]).reshape(6, 12)
     assert torch.allclose(model.fc.get_delta_weight().double(), want, atol=1e-5)
 
 
 def test_raw_archive_replaces_the_model_weights(tiny: Tiny) -> None:
     """No base: W = μ + Σ c V whatever the model held before."""
-    arch = Archive(tiny.raw)
+    arch = SharedSubspace.load(tiny.raw).unit("fc.weight")
     scrambled = TinyNet()  # a different init: must not matter for adapted layers
     model = inject(scrambled, _cfg(tiny.raw, k=2))
     _randomise(model)
     c = model.fc.weight_coef.detach().double()
-    want = arch.mean("fc.weight") + (c @ arch.basis("fc.weight")[:2]).reshape(6, 12)
+    want = arch.mean() + (c @ arch.basis()[:2]).reshape(6, 12)
     assert torch.allclose(model.fc.effective("weight").double(), want, atol=1e-5)
     assert torch.allclose(model.fc.base_layer.weight + model.fc.get_delta_weight(), model.fc.effective("weight"))
 
@@ -374,7 +375,7 @@ def test_k_per_module_mapping(tiny: Tiny) -> None:
         ),
         ({"variant": "svd"}, "The 'variant' parameter"),
         ({"k": -1}, "The 'k' parameter of SubspaceAdapterConfig must be None, an int >= 0"),
-        ({"k": (2, 2)}, "may only be a .k1, k2. pair with variant='hosvd'"),
+        ({"k": (2, 2), "variant": "pca"}, "may only be a .k1, k2. pair for a two-mode decomposition"),
         ({"k": {"fc": "x"}}, "must map str patterns"),
         ({"target_modules": "fc"}, "must be a sequence of str patterns"),
         ({"target_modules": []}, "must be None .every matching unit. or a non-empty"),
@@ -397,7 +398,7 @@ def test_conv2d_layer_reshapes_the_unit() -> None:
     base = nn.Conv2d(2, 3, 2)
     basis = torch.randn(2, 3 * 2 * 2 * 2, generator=g, dtype=torch.float64)
     layer = SubspaceConv(base)
-    layer.update_layer(UnitBasis("c.weight", "pca", (3, 2, 2, 2), None, basis, None, None, torch.ones(2)))
+    layer.update_layer(Parametrisation("c.weight", "pca", (3, 2, 2, 2), {"basis": basis}, None, torch.ones(2)))
     x = torch.randn(1, 2, 4, 4, generator=g)
     want = F.conv2d(x, base.weight + basis.sum(0).float().reshape(3, 2, 2, 2), base.bias)
     assert torch.allclose(layer(x), want, atol=1e-5)
@@ -406,7 +407,7 @@ def test_conv2d_layer_reshapes_the_unit() -> None:
 def test_layer_refuses_a_unit_of_another_shape() -> None:
     layer = SubspaceLinear(nn.Linear(3, 2))
     with pytest.raises(ShapeMismatchError, match=r"unit shape \(3, 3\).*layer's weight shape \(2, 3\)"):
-        layer.update_layer(UnitBasis("w", "pca", (3, 3), None, torch.zeros(1, 9), None, None, torch.zeros(1)))
+        layer.update_layer(Parametrisation("w", "pca", (3, 3), {"basis": torch.zeros(1, 9)}, None, torch.zeros(1)))
 
 
 def test_half_precision_base_keeps_float32_coefficients(tiny: Tiny) -> None:

@@ -178,7 +178,7 @@ def test_cli_bad_zoo_and_variant_exit_2(
         "--variant",
         "svd",
     ]
-    _assert_exit_2_nothing_written(argv, out, capsys, "--variant must be 'pca' or 'hosvd'")
+    _assert_exit_2_nothing_written(argv, out, capsys, "--variant must be one of hosvd, pca")
 
 
 def test_cli_json_run(

@@ -60,7 +60,7 @@ def test_two_models_work_without_heldout_basis() -> None:
 
 def test_parameter_errors() -> None:
     ws = [torch.randn(3, 3) for _ in range(4)]
-    with pytest.raises(ParameterError, match="'method' parameter of analyze must be one of 'pca', 'hosvd'"):
+    with pytest.raises(ParameterError, match="'method' parameter of analyze must be one of 'hosvd', 'pca'"):
         analyze_unit(ws, method="svd")
     with pytest.raises(ParameterError, match=r"'folds' parameter of analyze must be an int in \[2, 4\]"):
         analyze_unit(ws, folds=9)

@@ -211,7 +211,7 @@ def test_kill_9_during_compress_leaves_previous_archive_or_nothing(
     assert killed, "compress finished before it could be killed mid-write"
     if previous:
         assert (out / "manifest.json").read_bytes() == before
-        from weightspace.compress import Archive
+        from weightspace.decompose import Archive
 
         Archive(out)  # verifies every member hash
     else:

@@ -13,7 +13,8 @@ from safetensors.torch import save_file
 
 from helpers import mlp_like, write_adapter, write_models
 from weightspace.collection import Collection
-from weightspace.compress import Archive, compress, project, reconstruct
+from weightspace.compress import compress, project, reconstruct
+from weightspace.decompose import Archive
 from weightspace.errors import ArchiveError, ShapeMismatchError
 from weightspace.io import open_source
 
@@ -42,7 +43,7 @@ def test_full_rank_round_trip_restores_keys_dtypes_metadata(
     coll = Collection.from_paths([str(tmp_path / "m")])
     n_comp = 5 if method == "pca" else (12, 12)  # every mode at full rank
     summary = compress(coll, tmp_path / "a.wsz", method=method, n_components=n_comp, storage_dtype="float64")
-    assert summary["n_private"] == 1
+    assert summary.n_private == 1
     reconstruct(tmp_path / "a.wsz", tmp_path / "out")
     for i, sd in enumerate(models):
         got_path = tmp_path / "out" / f"m{i}.safetensors"
@@ -117,9 +118,9 @@ def test_lora_gauge_rotations_do_not_hide_the_shared_span(tmp_path: Path) -> Non
     paths = _rotated_adapters(tmp_path, 10)
     coll = Collection.from_paths([str(p) for p in paths[:9]])
     compress(coll, tmp_path / "a.wsz", n_components=4)
-    held_out = project(tmp_path / "a.wsz", [str(paths[9])])["models"][0]
-    assert held_out["mean_plus_basis"] <= 1e-6
-    assert held_out["mean_only"] > 0.1  # the mean alone does not explain it
+    held_out = project(tmp_path / "a.wsz", [str(paths[9])]).models[0]
+    assert held_out.mean_plus_basis <= 1e-6
+    assert held_out.mean_only > 0.1  # the mean alone does not explain it
 
     # The same held-out test factor-wise (PCA of flattened [B; A] factors) fails: rotations scramble factors.
     def factors(p: Path) -> torch.Tensor:
@@ -144,7 +145,7 @@ def test_peft_reconstruct_keeps_rank_and_alpha(tmp_path: Path) -> None:
     coll = Collection.from_paths([str(p) for p in paths])
     compress(coll, tmp_path / "a.wsz", n_components=4)
     out = reconstruct(tmp_path / "a.wsz", tmp_path / "out")
-    assert max(r["max_lora_truncation_error"] for r in out) < 1e-6
+    assert max(r.max_lora_truncation_error for r in out) < 1e-6
     for p in paths:
         src, back = open_source(p), open_source(tmp_path / "out" / p.name)
         assert back.adapter_config["lora_alpha"] == src.adapter_config["lora_alpha"]
@@ -169,15 +170,15 @@ def test_project_add_then_reconstruct(tmp_path: Path, gen: torch.Generator) -> N
     new = {k: v + 0.1 * torch.randn(v.shape, generator=gen) for k, v in base.items()}
     save_file(new, tmp_path / "new.safetensors")
     res = project(tmp_path / "a.wsz", [str(tmp_path / "new.safetensors")], add=True)
-    assert res["models"][0]["mean_plus_basis"] <= res["models"][0]["mean_only"] + 1e-12
+    assert res.models[0].mean_plus_basis <= res.models[0].mean_only + 1e-12
     arc = Archive(tmp_path / "a.wsz")
     assert arc.model_names[-1] == "new"
-    assert arc.manifest["models"][-1]["added"]
-    reconstruct(arc, tmp_path / "out", ["new"])
+    assert arc.manifest.models[-1].added
+    reconstruct(tmp_path / "a.wsz", tmp_path / "out", ["new"])
     got = _load(tmp_path / "out" / "new.safetensors")
     delta_err = (sum(float(((got[k] - new[k]).double() ** 2).sum()) for k in new)) ** 0.5
     delta_norm = (sum(float(((new[k] - base[k]).double() ** 2).sum()) for k in new)) ** 0.5
-    assert abs(delta_err / delta_norm - res["models"][0]["mean_plus_basis"]) < 1e-5
+    assert abs(delta_err / delta_norm - res.models[0].mean_plus_basis) < 1e-5
 
 
 def test_project_rejects_incompatible_model(tmp_path: Path, gen: torch.Generator) -> None:
@@ -191,11 +192,11 @@ def test_project_rejects_incompatible_model(tmp_path: Path, gen: torch.Generator
 def test_corrupted_or_incomplete_archives_are_refused(tmp_path: Path, gen: torch.Generator) -> None:
     write_models(tmp_path / "m", [mlp_like(gen) for _ in range(3)])
     compress(Collection.from_paths([str(tmp_path / "m")]), tmp_path / "a.wsz", n_components=2)
-    member = tmp_path / "a.wsz" / "basis.safetensors"
+    member = tmp_path / "a.wsz" / "units" / "00000.safetensors"
     raw = bytearray(member.read_bytes())
     raw[-3] ^= 0xFF
     member.write_bytes(bytes(raw))
-    with pytest.raises(ArchiveError, match=r"basis\.safetensors: member is corrupted"):
+    with pytest.raises(ArchiveError, match=r"units/00000\.safetensors: member is corrupted"):
         reconstruct(tmp_path / "a.wsz", tmp_path / "out")
     assert not (tmp_path / "out").exists()
     (tmp_path / "a.wsz" / "manifest.json").unlink()
@@ -223,7 +224,7 @@ def test_base_identity_is_checked(tmp_path: Path, gen: torch.Generator) -> None:
         (lambda m: m.pop("units"), r"manifest is malformed at units: Field required"),
         (
             lambda m: m["units"][0].pop("k"),
-            r"manifest is malformed at units\.0: Value error, a pca unit needs 'k'",
+            r"manifest is malformed at units: Value error, unit 0 is not a valid 'pca' record: k: Field required",
         ),
         (lambda m: m["models"].append(dict(m["models"][0])), "model names must be unique"),
         (lambda m: m.update(kind="tensorflow"), r"manifest is malformed at kind"),

@@ -31,7 +31,7 @@ def test_init_stores_params_only() -> None:
         ({"n_components": 1.5}, "Got 1.5 instead"),
         (
             {"method": "svd"},
-            r"The 'method' parameter of SharedSubspace must be one of 'pca', 'hosvd'\. Got 'svd' instead\.",
+            r"The 'method' parameter of SharedSubspace must be one of 'hosvd', 'pca'\. Got 'svd' instead\.",
         ),
         ({"center": 1}, "must be a bool"),
         ({"svd_solver": "arpack"}, "'svd_solver'"),

@@ -18,7 +18,7 @@ Kaushik et al., "The Universal Weight Subspace Hypothesis", arXiv:2512.05117.
 """
 
 from weightspace.adapt.config import KCapWarning, SubspaceAdapterConfig
-from weightspace.adapt.layer import SubspaceConv, SubspaceLayer, SubspaceLinear, UnitBasis
+from weightspace.adapt.layer import LayerUnit, SubspaceConv, SubspaceLayer, SubspaceLinear
 from weightspace.adapt.model import (
     adapter_layers,
     inject,
@@ -32,11 +32,11 @@ from weightspace.adapt.train import adaptation_benchmark, check_held_out
 
 __all__ = [
     "KCapWarning",
+    "LayerUnit",
     "SubspaceAdapterConfig",
     "SubspaceConv",
     "SubspaceLayer",
     "SubspaceLinear",
-    "UnitBasis",
     "adaptation_benchmark",
     "adapter_layers",
     "check_held_out",

@@ -3,8 +3,10 @@
 The adapter re-parametrises each targeted layer's weight inside the shared subspace stored in a ``.wsz``
 archive, so that only the coefficients are trained:
 
-* ``variant="pca"``   ``ΔW = m·μ + Σ_j c_j V_j``   (``c`` has ``k`` entries per unit);
-* ``variant="hosvd"`` ``ΔW = m·μ + U C Vᵀ``        (``C`` is a trainable ``k1 × k2`` core per unit);
+* model-axis PCA (``pca``)  ``ΔW = m·μ + Σ_j c_j V_j``   (``c`` has ``k`` entries per unit);
+* Tucker (``hosvd``)        ``ΔW = m·μ + U C Vᵀ``        (``C`` is a trainable ``k1 × k2`` core per unit);
+
+(whatever decomposition the archive holds; see :data:`~weightspace.decompose.UNIT_FITS`)
 
 with ``m = 1`` if ``use_mean`` else ``0``. For an archive of task vectors (built with a base, or of PEFT
 adapters) the layer computes ``W = W0 + ΔW`` on top of the model's own weights; for an archive of raw
@@ -25,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from weightspace._validation import Interval, Kind, Options, PairOf, validate_params
+from weightspace.decompose import UNIT_FITS
 from weightspace.errors import ParameterError
 
 __all__ = ["ADAPTER_TYPE", "KCapWarning", "SubspaceAdapterConfig", "matches_module"]
@@ -64,8 +67,7 @@ def matches_module(name: str, patterns: Sequence[str]) -> bool:
 _K_RULES = [Interval(int, 0, None), PairOf((Interval(int, 0, None),))]
 
 _CONSTRAINTS: dict[str, list[Any]] = {
-    "archive": [Kind((str, os.PathLike), "a path to a .wsz archive")],
-    "variant": [Options(("pca", "hosvd"))],
+    "archive": [Kind((str, os.PathLike), "a path to a .wsz archive"), Options((None,))],
     "use_mean": [Kind((bool,), "a bool")],
     "init": [Options(("zero", "mean"))],
     "bias": [Options(("subspace", "frozen"))],
@@ -80,8 +82,9 @@ class SubspaceAdapterConfig:
 
     Parameters
     ----------
-    archive : str or os.PathLike
-        The ``.wsz`` archive holding the shared subspace (mean, PCA basis or HOSVD factors per unit).
+    archive : str, os.PathLike or None
+        The ``.wsz`` archive holding the shared subspace (mean, PCA basis or HOSVD factors per unit). None
+        when the :class:`~weightspace.decompose.SharedSubspace` is passed to ``inject`` directly.
     target_modules : sequence of str, optional
         Patterns over module names or unit keys (``"q"``, ``"blocks.*.mlp.fc1"``, ``"fc.weight"``). Default:
         every ``nn.Linear`` / ``nn.Conv1d/2d/3d`` whose weight key is a matrix unit of the archive, minus
@@ -91,8 +94,9 @@ class SubspaceAdapterConfig:
         both ``k1``, ``k2`` for HOSVD); a pair gives HOSVD ``(k1, k2)``; a mapping gives a value per module
         pattern (first match wins, unmatched units keep the archive's ``k``). ``0`` is allowed: no
         coefficient for that unit (only the mean, if ``use_mean``).
-    variant : {"pca", "hosvd"}, default "pca"
-        Must equal the archive's method for every targeted unit.
+    variant : str or None, default None
+        A registered decomposition name; when given it must equal the archive's method for every targeted
+        unit. None takes whatever the archive holds.
     use_mean : bool, default True
         Include the archive mean ``μ`` as a fixed (frozen) offset.
     init : {"zero", "mean"}, default "zero"
@@ -119,17 +123,17 @@ class SubspaceAdapterConfig:
     --------
     >>> cfg = SubspaceAdapterConfig("zoo.wsz", target_modules=["fc"], k=4)
     >>> cfg.k_for("fc.weight"), cfg.variant, cfg.init
-    (4, 'pca', 'zero')
+    (4, None, 'zero')
     >>> SubspaceAdapterConfig("zoo.wsz", init="ones")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
     weightspace.errors.ParameterError: The 'init' parameter of ... must be one of 'zero', 'mean'. Got 'ones' instead.
     """
 
-    archive: str | os.PathLike[str]
+    archive: str | os.PathLike[str] | None
     target_modules: tuple[str, ...] | None = None
     k: KValue | Mapping[str, KValue] | None = None
-    variant: Literal["pca", "hosvd"] = "pca"
+    variant: str | None = None
     use_mean: bool = True
     init: Literal["zero", "mean"] = "zero"
     bias: Literal["subspace", "frozen"] = "subspace"
@@ -141,8 +145,10 @@ class SubspaceAdapterConfig:
 
     def __post_init__(self) -> None:
         owner = "SubspaceAdapterConfig"
-        validate_params(owner, _CONSTRAINTS, asdict(self) | {"archive": self.archive})
-        object.__setattr__(self, "archive", os.fspath(self.archive))
+        rules = {**_CONSTRAINTS, "variant": [Options((None, *UNIT_FITS.names()))]}
+        validate_params(owner, rules, asdict(self) | {"archive": self.archive})
+        if self.archive is not None:
+            object.__setattr__(self, "archive", os.fspath(self.archive))
         for name in ("target_modules", "modules_to_save"):
             value = getattr(self, name)
             if value is None:
@@ -181,9 +187,10 @@ class SubspaceAdapterConfig:
                 f"The 'k' parameter of {owner} must be None, an int >= 0, a pair of ints >= 0 or a mapping of "
                 f"patterns to those. Got {self.k!r} instead."
             )
-        if self.variant == "pca" and _has_pair(k):
+        if self.variant is not None and _has_pair(k) and UNIT_FITS.get(self.variant).coef_axes == 1:
             raise ParameterError(
-                f"The 'k' parameter of {owner} may only be a (k1, k2) pair with variant='hosvd'. Got {self.k!r}."
+                f"The 'k' parameter of {owner} may only be a (k1, k2) pair for a two-mode decomposition; "
+                f"variant={self.variant!r} has one coefficient axis. Got {self.k!r}."
             )
         object.__setattr__(self, "k", k)
 
@@ -205,7 +212,7 @@ class SubspaceAdapterConfig:
         --------
         >>> SubspaceAdapterConfig("a.wsz", k=3).capped("fc.weight", 5)
         3
-        >>> strict = SubspaceAdapterConfig("a.wsz", k=(2, 9), variant="hosvd", strict_k=True)
+        >>> strict = SubspaceAdapterConfig("a.wsz", k=(2, 9), strict_k=True)
         >>> strict.capped("fc.weight", (4, 4))  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...

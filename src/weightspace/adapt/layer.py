@@ -1,16 +1,18 @@
 """Subspace layers: a frozen shared basis in buffers and only the coefficients as ``nn.Parameter`` (VeRA-style).
 
 A :class:`SubspaceLinear` (or :class:`SubspaceConv` for ``nn.Conv1d/2d/3d``) wraps a base layer and computes, per
-re-parametrised tensor (the weight, and optionally the bias),
+re-parametrised tensor (the weight, and optionally the bias), ``T = m·μ + S(c)`` where ``S`` is the
+decomposition's own map from coefficients to a tensor (:meth:`~weightspace.decompose.UnitFit.synthesize`):
 
-* PCA:   ``T = m·μ + Σ_j c_j V_j``   with ``V`` of shape ``(k, rows * cols)`` and trainable ``c`` of shape ``(k,)``;
-* HOSVD: ``T = m·μ + U C Vᵀ``       with ``U (rows, k1)``, ``V (cols, k2)`` and a trainable core ``C (k1, k2)``;
+* model-axis PCA: ``S(c) = Σ_j c_j V_j``  with ``V`` of shape ``(k, rows * cols)`` and trainable ``c`` of shape ``(k,)``;
+* Tucker (HOSVD):  ``S(C) = U C Vᵀ``      with ``U (rows, k1)``, ``V (cols, k2)`` and a trainable core ``C (k1, k2)``;
 
 then uses ``W = W0 + T`` (archive of task vectors, ``delta=True``) or ``W = T`` (archive of raw weights,
 ``delta=False``). A conv weight ``out × in × kh × kw`` is the unit ``out × in·kh·kw`` and ``T`` is reshaped back.
 
-The basis, factors and mean are buffers registered with ``persistent=`` the config's ``save_basis``, so a
-``state_dict`` holds them only when the adapter is meant to be self-contained.
+The frozen pieces and the mean are buffers registered with ``persistent=`` the config's ``save_basis``, so a
+``state_dict`` holds them only when the adapter is meant to be self-contained. The layer never branches on the
+method: it looks the decomposition up in :data:`~weightspace.decompose.UNIT_FITS`.
 """
 
 from __future__ import annotations
@@ -24,52 +26,39 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from weightspace.decompose import UNIT_FITS, Parametrisation, UnitFit
 from weightspace.errors import ParameterError, ShapeMismatchError
 from weightspace.units import UnitSpec
 
-__all__ = ["SubspaceConv", "SubspaceLayer", "SubspaceLinear", "UnitBasis", "wrap_layer"]
+__all__ = ["LayerUnit", "SubspaceConv", "SubspaceLayer", "SubspaceLinear", "wrap_layer"]
 
 Role = Literal["weight", "bias"]
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
-@dataclass
-class UnitBasis:
-    """The frozen pieces of one unit as a layer uses them, plus the initial coefficients.
+@dataclass(frozen=True)
+class LayerUnit:
+    """What a layer remembers of one re-parametrised tensor (its tensors live in buffers and the parameter).
 
     Attributes
     ----------
     unit : str
         The archive unit key (``"blocks.0.attn.q.weight"``).
-    method : {"pca", "hosvd"}
+    method : str
+        The decomposition's registry name.
     shape : tuple of int
-        The unit's shape in its own layout (the layer tensor's shape).
-    mean : Tensor of shape (rows, cols) or None
-        ``μ``; None when the mean is not used.
-    basis : Tensor of shape (k, rows * cols) or None
-        PCA basis (row ``j`` is ``V_j`` flattened); None for HOSVD.
-    u : Tensor of shape (rows, k1) or None
-        HOSVD mode-1 factor; None for PCA.
-    v : Tensor of shape (cols, k2) or None
-        HOSVD mode-2 factor; None for PCA.
-    init : Tensor of shape (k,) or (k1, k2)
-        Initial coefficients (PCA) or core (HOSVD).
-
-    Examples
-    --------
-    >>> b = UnitBasis("fc.weight", "pca", (3, 2), None, torch.eye(6)[:2], None, None, torch.zeros(2))
-    >>> b.rows, b.cols, b.k
-    (3, 2, 2)
+        The unit's shape in its own layout.
+    buffers : tuple of str
+        Names of the frozen pieces (besides the mean).
+    k : int or tuple of int
+        Coefficient shape.
     """
 
     unit: str
-    method: Literal["pca", "hosvd"]
+    method: str
     shape: tuple[int, ...]
-    mean: torch.Tensor | None
-    basis: torch.Tensor | None
-    u: torch.Tensor | None
-    v: torch.Tensor | None
-    init: torch.Tensor
+    buffers: tuple[str, ...]
+    k: int | tuple[int, ...]
 
     @property
     def rows(self) -> int:
@@ -80,38 +69,8 @@ class UnitBasis:
         return UnitSpec(self.unit, self.shape).cols
 
     @property
-    def k(self) -> int | tuple[int, int]:
-        """``k`` (PCA) or ``(k1, k2)`` (HOSVD)."""
-        if self.method == "hosvd":
-            return (int(self.init.shape[0]), int(self.init.shape[1]))
-        return int(self.init.shape[0])
-
-    def check(self) -> None:
-        """Raise :class:`ShapeMismatchError` if the pieces do not fit ``shape`` together."""
-        rows, cols = self.rows, self.cols
-        want: dict[str, tuple[int, ...]] = {}
-        if self.mean is not None:
-            want["mean"] = (rows, cols)
-        if self.method == "pca":
-            k = self.init.shape[0] if self.init.dim() == 1 else -1
-            want["basis"] = (k, rows * cols)
-            got = {"basis": None if self.basis is None else tuple(self.basis.shape)}
-        else:
-            k1, k2 = (self.init.shape[0], self.init.shape[1]) if self.init.dim() == 2 else (-1, -1)
-            want["u"], want["v"] = (rows, k1), (cols, k2)
-            got = {
-                "u": None if self.u is None else tuple(self.u.shape),
-                "v": None if self.v is None else tuple(self.v.shape),
-            }
-        if self.mean is not None:
-            got["mean"] = tuple(self.mean.shape)
-        for name, shape in want.items():
-            if got.get(name) != shape:
-                raise ShapeMismatchError(
-                    f"{self.method} {name} has shape {got.get(name)}, expected {shape} for a unit of shape "
-                    f"{self.shape} with {'k' if self.method == 'pca' else '(k1, k2)'}={self.k}",
-                    tensor=self.unit,
-                )
+    def fit_class(self) -> type[UnitFit]:
+        return UNIT_FITS.get(self.method)
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -135,8 +94,11 @@ class SubspaceLayer(nn.Module):
         Trainable coefficients of the weight unit (after :meth:`update_layer`).
     bias_coef : Parameter of shape (k_b,) or None
         Trainable coefficients of the bias unit, if the bias is re-parametrised.
-    weight_mean, weight_basis, weight_u, weight_v, bias_mean, bias_basis : buffers or None
-        The frozen subspace (see :class:`UnitBasis`).
+    weight_mean, bias_mean : buffer or None
+        The frozen mean (None when the mean is not used).
+    weight_<piece>, bias_<piece> : buffers
+        The frozen pieces of the decomposition (``weight_basis`` for PCA, ``weight_u`` / ``weight_v`` for
+        Tucker; see :class:`~weightspace.decompose.Parametrisation`).
     merged : bool
         Whether the adapted weights are currently written into the base layer.
     """
@@ -146,7 +108,7 @@ class SubspaceLayer(nn.Module):
         self.base_layer = base_layer
         self.delta = bool(delta)
         self.merged = False
-        self.units: dict[str, UnitBasis] = {}  # role -> basis record (tensors dropped after registration)
+        self.units: dict[str, LayerUnit] = {}  # role -> what was re-parametrised (tensors live in buffers)
         self._backup: dict[str, torch.Tensor] = {}
 
     # ------------------------------------------------------------------------------------------------
@@ -157,13 +119,13 @@ class SubspaceLayer(nn.Module):
         return t
 
     def update_layer(
-        self, weight: UnitBasis | None, bias: UnitBasis | None = None, *, persistent: bool = True
+        self, weight: Parametrisation | None, bias: Parametrisation | None = None, *, persistent: bool = True
     ) -> None:
         """Register the frozen subspace of the weight (and bias) and create the trainable coefficients.
 
         Parameters
         ----------
-        weight, bias : UnitBasis or None
+        weight, bias : Parametrisation or None
             The subspace of ``base_layer.weight`` / ``.bias``; None leaves that tensor untouched.
         persistent : bool, default True
             Whether the mean/basis buffers are part of ``state_dict`` (the config's ``save_basis``).
@@ -179,9 +141,10 @@ class SubspaceLayer(nn.Module):
             target = self._target(role)  # type: ignore[arg-type]
             rows = target.shape[0] if target.dim() else 1
             cols = math.prod(target.shape[1:]) if target.dim() > 1 else 1
-            if (basis.rows, basis.cols) != (rows, cols):
+            spec = basis.spec
+            if (spec.rows, spec.cols) != (rows, cols):
                 raise ShapeMismatchError(
-                    f"unit shape {tuple(basis.shape)} (rows×cols {basis.rows}×{basis.cols}) does not match the "
+                    f"unit shape {tuple(basis.shape)} (rows×cols {spec.rows}×{spec.cols}) does not match the "
                     f"layer's {role} shape {tuple(target.shape)} (rows×cols {rows}×{cols})",
                     tensor=basis.unit,
                 )
@@ -192,15 +155,12 @@ class SubspaceLayer(nn.Module):
                 return None if x is None else x.detach().to(device=dev, dtype=dt).contiguous()
 
             self.register_buffer(f"{role}_mean", buf(basis.mean), persistent=persistent)
-            if basis.method == "pca":
-                self.register_buffer(f"{role}_basis", buf(basis.basis), persistent=persistent)
-            else:
-                self.register_buffer(f"{role}_u", buf(basis.u), persistent=persistent)
-                self.register_buffer(f"{role}_v", buf(basis.v), persistent=persistent)
+            for piece, tensor in basis.buffers.items():
+                self.register_buffer(f"{role}_{piece}", buf(tensor), persistent=persistent)
             coef = nn.Parameter(basis.init.detach().to(device=dev, dtype=dt).clone(), requires_grad=True)
             setattr(self, f"{role}_coef", coef)
-            self.units[role] = UnitBasis(
-                basis.unit, basis.method, tuple(basis.shape), None, None, None, None, coef
+            self.units[role] = LayerUnit(
+                basis.unit, basis.method, tuple(basis.shape), tuple(basis.buffers), basis.k
             )
 
     # ------------------------------------------------------------------------------------------------
@@ -209,8 +169,11 @@ class SubspaceLayer(nn.Module):
         """Number of coefficient entries (``k`` or ``k1·k2`` per re-parametrised tensor)."""
         return sum(getattr(self, f"{role}_coef").numel() for role in self.units)
 
+    def _pieces(self, role: str) -> dict[str, torch.Tensor]:
+        return {piece: getattr(self, f"{role}_{piece}") for piece in self.units[role].buffers}
+
     def subspace_tensor(self, role: Role = "weight") -> torch.Tensor:
-        """``T = m·μ + Σ c_j V_j`` (PCA) or ``m·μ + U C Vᵀ`` (HOSVD), in the layer tensor's shape.
+        """``T = m·μ + S(c)`` (e.g. ``Σ c_j V_j`` or ``U C Vᵀ``), in the layer tensor's shape.
 
         Gradients flow to the coefficients. Computed in float32 for half-precision base layers.
         """
@@ -218,19 +181,10 @@ class SubspaceLayer(nn.Module):
         target = self._target(role)
         coef: torch.Tensor = getattr(self, f"{role}_coef")
         mean: torch.Tensor | None = getattr(self, f"{role}_mean")
-        rows, cols = rec.rows, rec.cols
-        if rec.method == "pca":
-            basis: torch.Tensor = getattr(self, f"{role}_basis")
-            flat = mean.reshape(-1) if mean is not None else coef.new_zeros(rows * cols)  # (rows * cols,)
-            if coef.numel():
-                flat = torch.addmv(flat, basis.T, coef)  # μ + Vᵀ c, one fused kernel
-            return flat.reshape(target.shape)
-        u: torch.Tensor = getattr(self, f"{role}_u")
-        v: torch.Tensor = getattr(self, f"{role}_v")
-        core = (u @ coef) @ v.T  # (rows, cols); k1, k2 are small so (U C) first is the cheap order
+        t = rec.fit_class.synthesize(self._pieces(role), coef, rec.rows, rec.cols)  # (rows, cols)
         if mean is not None:
-            core = core + mean
-        return core.reshape(target.shape)
+            t = t + mean
+        return t.reshape(target.shape)
 
     def effective(self, role: Role = "weight") -> torch.Tensor:
         """The tensor the layer applies: ``W0 + T`` (delta) or ``T`` (replace); ``W0`` if ``role`` is not adapted."""
@@ -305,13 +259,15 @@ class SubspaceLayer(nn.Module):
 class SubspaceLinear(SubspaceLayer):
     """A :class:`SubspaceLayer` around ``nn.Linear``.
 
-    For HOSVD with ``delta=True`` the update is applied as a low-rank product ``((x V) Cᵀ) Uᵀ`` when that costs
-    fewer flops than forming ``U C Vᵀ`` (large ``k1·k2`` or few tokens per call).
+    With ``delta=True`` the update is applied without forming it when the decomposition offers a cheaper
+    product (:meth:`~weightspace.decompose.UnitFit.lowrank_apply`; e.g. Tucker's ``((x V) Cᵀ) Uᵀ`` for large
+    ``k1·k2`` or few tokens per call).
 
     Examples
     --------
+    >>> from weightspace.decompose import PCAUnit
     >>> base = nn.Linear(3, 2, bias=False)
-    >>> basis = UnitBasis("fc.weight", "pca", (2, 3), None, torch.eye(6)[:1], None, None, torch.zeros(1))
+    >>> basis = Parametrisation("fc.weight", PCAUnit.method, (2, 3), {"basis": torch.eye(6)[:1]}, None, torch.zeros(1))
     >>> layer = SubspaceLinear(base)
     >>> layer.update_layer(basis)
     >>> x = torch.randn(4, 3)
@@ -329,25 +285,17 @@ class SubspaceLinear(SubspaceLayer):
             raise ParameterError(f"SubspaceLinear wraps nn.Linear, got {type(base_layer).__name__}")
         super().__init__(base_layer, delta=delta)
 
-    def _lowrank_pays(self, x: torch.Tensor) -> bool:
-        rec = self.units.get("weight")
-        if rec is None or rec.method != "hosvd" or not self.delta:
-            return False
-        k1, k2 = rec.k  # type: ignore[misc]
-        tokens = x.numel() // max(1, rec.cols)
-        dense = rec.rows * k2 * (k1 + rec.cols)  # (U C) then (U C) Vᵀ
-        lowrank = tokens * (rec.cols * k2 + k2 * k1 + k1 * rec.rows)
-        return lowrank < dense
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.merged or not self._lowrank_pays(x):
+        rec = self.units.get("weight")
+        if self.merged or rec is None or not self.delta:
+            return super().forward(x)
+        z = rec.fit_class.lowrank_apply(x, self._pieces("weight"), self.weight_coef)
+        if z is None:
             return super().forward(x)
         bias = self.effective("bias") if self.base_layer.bias is not None else None
         w0 = self.base_layer.weight
         mean = self.weight_mean
         dense = w0 if mean is None else w0 + mean.to(w0.dtype)
-        z = F.linear(x.to(self.weight_u.dtype), self.weight_v.T)  # (..., k2)
-        z = F.linear(F.linear(z, self.weight_coef), self.weight_u)  # (..., k1) then (..., rows)
         return F.linear(x, dense, bias) + z.to(x.dtype)
 
     def _apply(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -361,8 +309,9 @@ class SubspaceConv(SubspaceLayer):
     --------
     >>> base = nn.Conv1d(2, 3, kernel_size=2)
     >>> layer = SubspaceConv(base)
-    >>> layer.update_layer(UnitBasis("c.weight", "pca", (3, 2, 2), None, torch.eye(12)[:2], None, None,
-    ...                                torch.zeros(2)))
+    >>> from weightspace.decompose import PCAUnit
+    >>> layer.update_layer(Parametrisation("c.weight", PCAUnit.method, (3, 2, 2), {"basis": torch.eye(12)[:2]},
+    ...                                    None, torch.zeros(2)))
     >>> x = torch.randn(1, 2, 5)
     >>> torch.equal(layer(x), base(x))
     True

@@ -27,11 +27,11 @@ from typing import Any
 import torch
 from torch import nn
 
-import weightspace
 from weightspace._atomic import atomic_dir
+from weightspace._version import __version__
 from weightspace.adapt.config import ADAPTER_TYPE, SubspaceAdapterConfig, matches_module
-from weightspace.adapt.layer import SubspaceLayer, UnitBasis, supports, wrap_layer
-from weightspace.compress import Archive
+from weightspace.adapt.layer import SubspaceLayer, supports, wrap_layer
+from weightspace.decompose import UNIT_FITS, Parametrisation, SharedSubspace
 from weightspace.errors import (
     ArchiveError,
     CorruptFileError,
@@ -41,6 +41,7 @@ from weightspace.errors import (
     TensorKeyError,
 )
 from weightspace.io import SafetensorsFile, save_safetensors
+from weightspace.units import UnitSpec
 
 __all__ = [
     "ADAPTER_CONFIG",
@@ -67,8 +68,8 @@ class _AdapterState:
 
     config: SubspaceAdapterConfig
     delta: bool
-    archive_path: str
-    archive_sha256: str
+    archive_path: str | None
+    archive_sha256: str | None
     modules_to_save: list[str]
     requires_grad: dict[str, bool] = field(default_factory=dict)
 
@@ -77,8 +78,8 @@ class _AdapterState:
 class _Target:
     name: str
     module: nn.Module
-    weight: UnitBasis
-    bias: UnitBasis | None
+    weight: Parametrisation
+    bias: Parametrisation | None
 
 
 def archive_fingerprint(path: str | os.PathLike[str]) -> str:
@@ -124,13 +125,13 @@ def _listing(names: list[str], limit: int = 8) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ planning
-def _plan(model: nn.Module, config: SubspaceAdapterConfig, archive: Archive) -> list[_Target]:
+def _plan(model: nn.Module, config: SubspaceAdapterConfig, archive: SharedSubspace) -> list[_Target]:
     save_names = _modules_to_save(model, config.modules_to_save) if config.modules_to_save else []
 
     def saved(name: str) -> bool:
         return any(name == s or name.startswith(s + ".") for s in save_names)
 
-    matrix_units = [u for u, r in archive.units.items() if r.get("kind", "matrix") == "matrix"]
+    matrix_units = [u for u, fit in archive.units_.items() if fit.spec.kind == "matrix"]
     chosen: list[tuple[str, nn.Module]] = []
     if config.target_modules is None:
         for name, mod in model.named_modules():
@@ -142,7 +143,7 @@ def _plan(model: nn.Module, config: SubspaceAdapterConfig, archive: Archive) -> 
                 "no Linear/Conv module of the model has a weight key that is a matrix unit of the archive "
                 f"(modules: {_listing(supported)}; archive units: {_listing(matrix_units)}); pass target_modules "
                 "or use the model the archive was fitted on",
-                path=archive.path,
+                path=archive.path_,
             )
     else:
         for name, mod in model.named_modules():
@@ -173,7 +174,7 @@ def _plan(model: nn.Module, config: SubspaceAdapterConfig, archive: Archive) -> 
         if (
             config.bias == "subspace"
             and getattr(mod, "bias", None) is not None
-            and f"{name}.bias" in archive.units
+            and f"{name}.bias" in archive.units_
         ):
             bias = _unit_basis(archive, config, name, mod, "bias")
         targets.append(_Target(name, mod, weight, bias))
@@ -181,49 +182,34 @@ def _plan(model: nn.Module, config: SubspaceAdapterConfig, archive: Archive) -> 
 
 
 def _unit_basis(
-    archive: Archive, config: SubspaceAdapterConfig, name: str, mod: nn.Module, role: str
-) -> UnitBasis:
+    archive: SharedSubspace, config: SubspaceAdapterConfig, name: str, mod: nn.Module, role: str
+) -> Parametrisation:
     unit = f"{name}.{role}"
     tensor: torch.Tensor = getattr(mod, role)
-    rec = archive.units.get(unit)
-    if rec is None:
-        near = [u for u in archive.units if u.endswith("." + role)]
+    fit = archive.units_.get(unit)
+    if fit is None:
+        near = [u for u in archive.units_ if u.endswith("." + role)]
         raise TensorKeyError(
             f"target module '{name}' has no matching unit in the archive (looked for '{unit}'; archive units: "
             f"{_listing(near)}); check target_modules or the archive",
-            path=archive.path,
+            path=archive.path_,
             tensor=unit,
         )
-    if tuple(rec["shape"]) != tuple(tensor.shape):
+    if tuple(fit.spec.shape) != tuple(tensor.shape):
         raise ShapeMismatchError(
             f"module '{name}' {role} has shape {tuple(tensor.shape)} but archive unit '{unit}' has shape "
-            f"{tuple(rec['shape'])}; the archive was fitted on another architecture",
-            path=archive.path,
+            f"{tuple(fit.spec.shape)}; the archive was fitted on another architecture",
+            path=archive.path_,
             tensor=unit,
         )
-    method = rec["method"]
-    if role == "weight" and method != config.variant:
+    if role == "weight" and config.variant is not None and fit.method != config.variant:
         raise ParameterError(
-            f"archive unit '{unit}' was fitted with {method}, but the adapter variant is {config.variant!r}; "
-            f"pass variant={method!r} (or recompress the archive with --method {config.variant})"
+            f"archive unit '{unit}' was fitted with {fit.method}, but the adapter variant is {config.variant!r}; "
+            f"pass variant={fit.method!r} or leave variant unset (or recompress the archive with --method "
+            f"{config.variant})"
         )
-    mean = archive.mean(unit) if config.use_mean else None
-    if method == "hosvd":
-        k1, k2 = config.capped(unit, (int(rec["k1"]), int(rec["k2"])))  # type: ignore[misc]
-        u, v = archive.factors(unit)
-        u, v = u[:, :k1], v[:, :k2]  # factor columns are sorted by decreasing mode energy
-        init = torch.zeros(k1, k2, dtype=torch.float64)
-        if config.init == "mean" and k1 and k2:
-            init = archive.coefficients(unit).mean(0)[:k1, :k2]  # (k1, k2) mean core
-        return UnitBasis(unit, "hosvd", tuple(rec["shape"]), mean, None, u.contiguous(), v.contiguous(), init)
-    # An int: the config forbids (k1, k2) pairs with variant='pca', and a pair capped against an int is an int.
-    k = int(config.capped(unit, int(rec["k"])))  # type: ignore[arg-type]
-    d = int(rec["rows"]) * int(rec["cols"])
-    basis = archive.basis(unit)[:k] if k else torch.zeros(0, d, dtype=torch.float64)  # (k, rows * cols)
-    init = torch.zeros(k, dtype=torch.float64)
-    if config.init == "mean" and k:
-        init = archive.coefficients(unit).mean(0)[:k]  # c̄: mean of the stored coefficient rows
-    return UnitBasis(unit, "pca", tuple(rec["shape"]), mean, basis.contiguous(), None, None, init)
+    k = config.capped(unit, fit.k)  # type: ignore[arg-type]
+    return fit.parametrisation(k, init=config.init, use_mean=config.use_mean)
 
 
 # ------------------------------------------------------------------------------------------------ install
@@ -234,7 +220,7 @@ def _install(
     save_names: list[str],
     *,
     delta: bool,
-    archive_path: str,
+    archive_path: str | None,
     archive_sha256: str,
 ) -> nn.Module:
     flags = {n: p.requires_grad for n, p in model.named_parameters()}
@@ -261,15 +247,18 @@ def _install(
     return model
 
 
-def inject(model: nn.Module, config: SubspaceAdapterConfig) -> nn.Module:
-    """Re-parametrise the targeted layers of ``model`` inside the archive's subspace (in place).
+def inject(model: nn.Module, config: SubspaceAdapterConfig, subspace: SharedSubspace | None = None) -> nn.Module:
+    """Re-parametrise the targeted layers of ``model`` inside a shared subspace (in place).
 
     Parameters
     ----------
     model : nn.Module
-        A model whose targeted layers' weight keys (``"<module>.weight"``) are units of the archive. For a
-        task-vector archive it must hold the archive's base weights.
+        A model whose targeted layers' weight keys (``"<module>.weight"``) are units of the subspace. For a
+        task-vector subspace it must hold the base weights the subspace was fitted against.
     config : SubspaceAdapterConfig
+    subspace : SharedSubspace, optional
+        The fitted subspace; default ``SharedSubspace.load(config.archive)``. A subspace that lives only in
+        memory (never saved) can be trained, merged and saved with ``save_basis=True``.
 
     Returns
     -------
@@ -309,10 +298,15 @@ def inject(model: nn.Module, config: SubspaceAdapterConfig) -> nn.Module:
         raise ParameterError(f"config must be a SubspaceAdapterConfig, got {type(config).__name__}")
     if getattr(model, _STATE_ATTR, None) is not None or adapter_layers(model):
         raise ParameterError("model already carries a subspace adapter; call unload() or merge_into_base() first")
-    archive = Archive(config.archive)
-    sha = archive_fingerprint(archive.path)
-    delta = bool(archive.manifest.get("delta"))
-    if not delta and not config.use_mean and archive.manifest.get("center", True):
+    if subspace is None:
+        if config.archive is None:
+            raise ParameterError("pass a SharedSubspace, or an archive path in the config")
+        subspace = SharedSubspace.load(config.archive)
+    archive = subspace
+    path = archive.path_
+    sha = archive_fingerprint(path) if path is not None else None
+    delta = archive.delta_
+    if not delta and not config.use_mean and archive.center:
         warnings.warn(
             "raw-weight archive (no base) with use_mean=False: W = Σ c_j V_j replaces the model's weights without "
             "the mean, far from any trained model; use_mean=True is almost always what you want",
@@ -327,7 +321,7 @@ def inject(model: nn.Module, config: SubspaceAdapterConfig) -> nn.Module:
         targets,
         save_names,
         delta=delta,
-        archive_path=str(archive.path.resolve()),
+        archive_path=None if path is None else str(path.resolve()),
         archive_sha256=sha,
     )
 
@@ -390,8 +384,7 @@ def _layer_tensors(name: str, layer: SubspaceLayer, with_basis: bool) -> Iterato
         yield f"{name}.{role}_coef", getattr(layer, f"{role}_coef")
         if not with_basis:
             continue
-        pieces = ("mean", "basis") if u.method == "pca" else ("mean", "u", "v")
-        for piece in pieces:
+        for piece in ("mean", *u.buffers):
             t = getattr(layer, f"{role}_{piece}")
             if t is not None:
                 yield f"{name}.{role}_{piece}", t
@@ -411,6 +404,11 @@ def save(model: nn.Module, directory: str | os.PathLike[str]) -> Path:
         ``directory``.
     """
     state = _state(model)
+    if state.archive_path is None and not state.config.save_basis:
+        raise ParameterError(
+            "the adapter's subspace was never saved, so the adapter cannot reference it; inject with "
+            "save_basis=True (self-contained adapter) or save the SharedSubspace first"
+        )
     layers = adapter_layers(model)
     tensors: dict[str, torch.Tensor] = {}
     for name, layer in layers.items():
@@ -426,7 +424,7 @@ def save(model: nn.Module, directory: str | os.PathLike[str]) -> Path:
         "archive": state.archive_path,
         "archive_sha256": state.archive_sha256,
         "format_version": _FORMAT_VERSION,
-        "created_by": f"weightspace {weightspace.__version__}",
+        "created_by": f"weightspace {__version__}",
         "delta": state.delta,
         "layers": {name: _layer_record(layer) for name, layer in layers.items()},
         "saved_modules": state.modules_to_save,
@@ -485,21 +483,21 @@ def load(model: nn.Module, directory: str | os.PathLike[str]) -> nn.Module:
     if getattr(model, _STATE_ATTR, None) is not None or adapter_layers(model):
         raise ParameterError("model already carries a subspace adapter; call unload() or merge_into_base() first")
     wpath = d / ADAPTER_WEIGHTS
-    archive: Archive | None = None
+    archive: SharedSubspace | None = None
     if not config.save_basis:
-        if not Path(doc["archive"]).is_dir():
+        if not isinstance(doc.get("archive"), str) or not Path(doc["archive"]).is_dir():
             raise ArchiveError(
                 "the adapter references this archive (save_basis=False), which no longer exists; restore it or "
                 "re-save the adapter with save_basis=True",
                 path=doc["archive"],
             )
-        archive = Archive(doc["archive"])
-        sha = archive_fingerprint(archive.path)
+        archive = SharedSubspace.load(doc["archive"])
+        sha = archive_fingerprint(doc["archive"])
         if sha != doc.get("archive_sha256"):
             raise ArchiveError(
                 f"archive changed since the adapter was saved (manifest sha256 {sha[:12]}…, adapter records "
                 f"{str(doc.get('archive_sha256'))[:12]}…); the coefficients are meaningless in another basis",
-                path=archive.path,
+                path=doc["archive"],
             )
     targets = []
     for name, rec in doc["layers"].items():
@@ -509,7 +507,7 @@ def load(model: nn.Module, directory: str | os.PathLike[str]) -> nn.Module:
             raise TensorKeyError(
                 f"model has no module '{name}' that the adapter re-parametrises", path=d
             ) from None
-        bases: dict[str, UnitBasis | None] = {"weight": None, "bias": None}
+        bases: dict[str, Parametrisation | None] = {"weight": None, "bias": None}
         for role in ("weight", "bias"):
             if role not in rec:
                 continue
@@ -566,15 +564,19 @@ def _has_module(model: nn.Module, name: str) -> bool:
 
 def _basis_from_file(
     tensors: dict[str, torch.Tensor], name: str, role: str, rec: dict[str, Any], use_mean: bool, where: Path
-) -> UnitBasis:
+) -> Parametrisation:
     shape = tuple(rec["shape"])
+    if rec.get("method") not in UNIT_FITS:
+        raise InputError(f"adapter layer '{name}' uses unknown method {rec.get('method')!r}", path=where)
+    cls = UNIT_FITS.get(rec["method"])
+    k = tuple(rec["k"]) if isinstance(rec["k"], list) else (rec["k"],)
     mean = _need(tensors, f"{name}.{role}_mean", where).to(torch.float64) if use_mean else None
-    if rec["method"] == "hosvd":
-        u = _need(tensors, f"{name}.{role}_u", where).to(torch.float64)
-        v = _need(tensors, f"{name}.{role}_v", where).to(torch.float64)
-        return UnitBasis(rec["unit"], "hosvd", shape, mean, None, u, v, torch.zeros(u.shape[1], v.shape[1]))
-    basis = _need(tensors, f"{name}.{role}_basis", where).to(torch.float64)
-    return UnitBasis(rec["unit"], "pca", shape, mean, basis, None, None, torch.zeros(basis.shape[0]))
+    spec = UnitSpec(rec["unit"], shape)
+    buffers = {
+        piece: _need(tensors, f"{name}.{role}_{piece}", where).to(torch.float64)
+        for piece in cls.buffer_shapes(spec, tuple(int(d) for d in k))
+    }
+    return Parametrisation(rec["unit"], rec["method"], shape, buffers, mean, torch.zeros(k, dtype=torch.float64))
 
 
 # ------------------------------------------------------------------------------------------------ merge/unload

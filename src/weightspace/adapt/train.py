@@ -49,7 +49,7 @@ from weightspace.adapt.model import (
     save,
     trainable_parameters,
 )
-from weightspace.compress import Archive
+from weightspace.decompose import UNIT_FITS, Archive, PCAUnit
 from weightspace.errors import DependencyError, InputError, ParameterError
 from weightspace.io import file_sha256
 
@@ -81,8 +81,8 @@ def check_held_out(archive: Archive, task_models: Sequence[Any], task: str) -> N
     A model counts as a member when its resolved path or its file's sha256 equals a model record of the
     archive, so copies and moved files are caught too.
     """
-    paths = {str(m.get("source_path")) for m in archive.manifest.get("models", [])}
-    shas = {m.get("source_sha256") for m in archive.manifest.get("models", [])}
+    paths = {m.source_path for m in archive.manifest.models}
+    shas = {m.source_sha256 for m in archive.manifest.models}
     for zm in task_models:
         p = Path(zm.path).resolve()
         if str(p) in paths or (p.is_file() and file_sha256(p) in shas):
@@ -323,8 +323,8 @@ def adaptation_benchmark(
         values are reported).
     k : int, optional
         ``k`` of the main coefficient-only adapter (the one written to ``out``); default ``max(ks)``.
-    variant : {"pca", "hosvd"}, optional
-        Default: the archive's method (``"pca"`` when the archive is built here).
+    variant : str, optional
+        A registered decomposition; default: the archive's method (``pca`` when the archive is built here).
     steps : int, optional
         Optimiser steps of every run (default: the zoo's fine-tuning steps).
     seed : int, default 0
@@ -369,8 +369,8 @@ def adaptation_benchmark(
     if main_k < 0:
         raise ParameterError(f"k must be an int >= 0, got {k!r}")
     sweep = sorted(set(ks) | {main_k})
-    if variant is not None and variant not in ("pca", "hosvd"):
-        raise ParameterError(f"variant must be 'pca' or 'hosvd', got {variant!r}")
+    if variant is not None and variant not in UNIT_FITS:
+        raise ParameterError(f"variant must be one of {UNIT_FITS.names()}, got {variant!r}")
     task_models = [m for m in info.models if m.task == task]
     grids = {fam: tuple(v) for fam, v in LR_GRIDS.items()}
     for fam, v in (lrs or {}).items():
@@ -402,30 +402,30 @@ def adaptation_benchmark(
             tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ws-adapt-")))
             coll = Collection.from_paths([m.path for m in others], base=info.base_path, private=[head + "*"])
             apath = tmp / "leave-task-out.wsz"
-            compress(coll, apath, method=variant or "pca", n_components=max(1, *sweep))
+            compress(coll, apath, method=variant or PCAUnit.method, n_components=max(1, *sweep))
             if progress is not None:
                 progress("archive", 1, 1)
         else:
             apath = Path(archive)
         arch = Archive(apath)
         check_held_out(arch, task_models, task)
-        method = str(arch.manifest.get("method", "pca"))
+        method = arch.manifest.method
         variant = variant or method
         if variant != method:
             raise ParameterError(
                 f"archive was compressed with --method {method}; variant {variant!r} needs an archive compressed "
                 f"with --method {variant}"
             )
-        base_rec = arch.manifest.get("base")
-        if not arch.manifest.get("delta") or base_rec is None:
+        base_rec = arch.manifest.base
+        if not arch.manifest.delta or base_rec is None:
             raise InputError(
                 "archive stores raw weights (compressed without --base); the benchmark adapts the zoo base, so "
                 f"compress the other models with --base {info.base_path}",
                 path=arch.path,
             )
-        if base_rec.get("sha256") != base_sha:
+        if base_rec.sha256 != base_sha:
             raise InputError(
-                f"archive task vectors are relative to another base ({base_rec.get('path')}), not this zoo's "
+                f"archive task vectors are relative to another base ({base_rec.path}), not this zoo's "
                 f"{info.base_path}",
                 path=arch.path,
             )
@@ -460,10 +460,7 @@ def adaptation_benchmark(
                     "method": method,
                     "n_models": arch.n_models,
                     "models": arch.model_names,
-                    "units": {
-                        u: ({"k": r["k"]} if r["method"] == "pca" else {"k1": r["k1"], "k2": r["k2"]})
-                        for u, r in arch.units.items()
-                    },
+                    "units": {u: _k_record(r) for u, r in arch.units.items()},
                 },
                 "held_out_models": [m.name for m in task_models],
                 "reference_test_accuracy": {m.name: m.test_accuracy for m in task_models},
@@ -525,6 +522,11 @@ def _jsonable(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     return obj
+
+
+def _k_record(rec: Any) -> dict[str, Any]:
+    """The ranks of a unit record (``k``, or ``k1``/``k2`` for two-mode methods)."""
+    return {name: getattr(rec, name) for name in ("k", "k1", "k2") if hasattr(rec, name)}
 
 
 def _run_all(

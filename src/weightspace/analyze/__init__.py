@@ -16,6 +16,7 @@ References
 Kaushik et al., "The Universal Weight Subspace Hypothesis", arXiv:2512.05117.
 """
 
+from weightspace._callable import make_callable
 from weightspace.analyze._analyze import (
     DEFAULT_KS,
     HOSVD_LOO_MAX_MODELS,
@@ -28,6 +29,7 @@ from weightspace.analyze._analyze import (
 )
 from weightspace.analyze._groups import unit_groups, unit_type
 from weightspace.analyze._loo import HeldOut, fit_subset, heldout_evr_from_gram, heldout_from_gram, make_folds
+from weightspace.analyze._methods import UNIT_ANALYZERS, UnitAnalyzer, analyzer_for
 from weightspace.analyze._nulls import (
     center_gram,
     gaussian_null_gram,
@@ -47,12 +49,15 @@ __all__ = [
     "KFOLD_DEFAULT",
     "LOO_MAX_MODELS",
     "REPORT_VERSION",
+    "UNIT_ANALYZERS",
     "VERDICTS",
     "AnalysisReport",
     "HeldOut",
     "Thresholds",
+    "UnitAnalyzer",
     "analyze",
     "analyze_unit",
+    "analyzer_for",
     "center_gram",
     "decide_verdict",
     "fit_subset",
@@ -71,3 +76,5 @@ __all__ = [
     "unit_type",
     "wishart_gram",
 ]
+
+make_callable(__name__)  # weightspace.analyze(...) calls analyze(...)

@@ -24,17 +24,17 @@ from typing import Any
 
 import torch
 
-import weightspace
 from weightspace._progress import Progress, report
 from weightspace._validation import Interval, Kind, Options, validate_params
+from weightspace._version import __version__
 from weightspace.analyze._groups import unit_groups
-from weightspace.analyze._hosvd_unit import analyze_hosvd_unit
 from weightspace.analyze._loo import make_folds
-from weightspace.analyze._pca_unit import Plan, analyze_pca_unit
+from weightspace.analyze._methods import HOSVD_LOO_MAX_MODELS, LOO_MAX_MODELS, UNIT_ANALYZERS, analyzer_for
+from weightspace.analyze._pca_unit import Plan
 from weightspace.analyze._stability import split_halves
 from weightspace.analyze._verdict import VERDICTS, Thresholds
-from weightspace.collection import Collection
-from weightspace.decompose.pca import DEFAULT_CHUNK_BYTES
+from weightspace.collection import Collection, as_collection
+from weightspace.decompose import DEFAULT_CHUNK_BYTES, PCAUnit
 from weightspace.errors import ParameterError
 from weightspace.units import UnitStack
 
@@ -50,11 +50,7 @@ __all__ = [
 ]
 
 DEFAULT_KS = (1, 2, 4, 8, 16, 32)
-# Leave-one-out costs one N×N eigendecomposition per model: N⁴ in all, trivial up to N = 64; above, K-fold.
-LOO_MAX_MODELS = 64
 KFOLD_DEFAULT = 10
-# HOSVD folds cost two reads of the fold and two (rows², cols²) eigendecompositions each: K-fold sooner.
-HOSVD_LOO_MAX_MODELS = 10
 REPORT_VERSION = 1
 
 _KS_RULE = [Kind((list, tuple), "a non-empty sequence of ints >= 1")]
@@ -98,7 +94,7 @@ def _plan(
         raise ParameterError(
             f"The 'folds' parameter of analyze must be an int in [2, {n}] (n_models). Got {folds}."
         )
-    loo_max = HOSVD_LOO_MAX_MODELS if method == "hosvd" else LOO_MAX_MODELS
+    loo_max = UNIT_ANALYZERS.get(method).loo_max_models
     n_folds = folds if folds is not None else (n if n <= loo_max else min(KFOLD_DEFAULT, n))
     g = torch.Generator().manual_seed(seed)
     fold_sets = make_folds(n, n_folds, generator=g)
@@ -110,7 +106,7 @@ def _validate(method: str, seed: int, n_null: int, folds: int | None, chunk_byte
     validate_params(
         "analyze",
         {
-            "method": [Options(("pca", "hosvd"))],
+            "method": [Options(UNIT_ANALYZERS.names())],
             "seed": [Interval(int, 0, None)],
             "n_null": [Interval(int, 1, None)],
             "folds": [Options((None,)), Interval(int, 2, None)],
@@ -156,7 +152,7 @@ def _at(rec: dict[str, Any]) -> dict[str, Any]:
 def analyze_unit(
     stack: UnitStack | Sequence[torch.Tensor],
     *,
-    method: str = "pca",
+    method: str = PCAUnit.method,
     seed: int = 0,
     n_null: int = 5,
     ks: Sequence[int] = DEFAULT_KS,
@@ -170,8 +166,9 @@ def analyze_unit(
     ----------
     stack : UnitStack or sequence of Tensor
         N ≥ 2 members of one shape.
-    method : {"pca", "hosvd"}
-        ``hosvd`` applies to 2-D members; vectors always use PCA.
+    method : str
+        A registered analysis method (:data:`UNIT_ANALYZERS`: ``pca``, ``hosvd``); units the method cannot fit
+        (vectors under ``hosvd``) use its fallback.
     seed, n_null, ks, folds, thresholds, chunk_bytes
         As in :func:`analyze`.
 
@@ -196,10 +193,7 @@ def analyze_unit(
     t = thresholds or Thresholds()
     plan = _plan(stack.n, method, seed, n_null, _check_ks(ks), folds, t)
     gen = torch.Generator().manual_seed(_unit_seed(seed, stack.spec.name))
-    if method == "hosvd" and stack.spec.kind == "matrix":
-        rec = analyze_hosvd_unit(stack, plan, generator=gen)
-    else:
-        rec = analyze_pca_unit(stack, plan, generator=gen, chunk_bytes=chunk_bytes)
+    rec = analyzer_for(method, stack.spec).run(stack, plan, gen, chunk_bytes)
     rec["at_k_ref"] = _at(rec)
     return rec
 
@@ -322,14 +316,9 @@ def _notes(plan: Plan, method: str, n: int, is_peft: bool) -> list[str]:
             "rank, matched centered norms; its Gram needs only R × R Wishart draws (R = Σ r_i). The verdict must "
             "beat the higher of the two null bands."
         )
-    if method == "hosvd":
-        notes.append(
-            "HOSVD: 'evr'/'null_evr'/'k90' refer to mode 1 (rows); 'modes' holds both. Mode-1 null = "
-            "Wishart((N_eff − 1)·cols, I_rows) with Kish's effective count N_eff matching the per-model norms "
-            "(mode 2 alike). Held-out: k1 = k2 = k, per-fold training scatters = totals − fold (3 reads per model); "
-            "held-out null = k²/(rows·cols), stability null = k/dim (isotropic expectations). Vectors use PCA; the "
-            "rank-r LoRA null is computed for PCA units only."
-        )
+    note = UNIT_ANALYZERS.get(method).note
+    if note:
+        notes.append(note)
     if n < 4:
         notes.append(f"Only {n} models: held-out and stability tests have little or no power.")
     return notes
@@ -392,9 +381,9 @@ class AnalysisReport:
 
 
 def analyze(
-    collection: Collection,
+    collection: Collection | Sequence[str | os.PathLike[str]],
     *,
-    method: str = "pca",
+    method: str = PCAUnit.method,
     seed: int = 0,
     n_null: int = 5,
     ks: Sequence[int] = DEFAULT_KS,
@@ -407,10 +396,11 @@ def analyze(
 
     Parameters
     ----------
-    collection : Collection
-        N ≥ 2 models.
-    method : {"pca", "hosvd"}, default "pca"
-        Model-axis PCA (one streamed pass per unit), or HOSVD of order 2 for matrix units (three reads).
+    collection : Collection or sequence of path-like
+        N ≥ 2 models (paths are opened with :func:`~weightspace.collection.as_collection`).
+    method : str, default ``pca``
+        A registered analysis method: model-axis PCA (one streamed pass per unit), or ``hosvd`` (HOSVD of
+        order 2 for matrix units, three reads).
     seed : int, default 0
         Seeds the folds, the stability split and (with the unit name) each unit's null draws.
     n_null : int, default 5
@@ -444,6 +434,7 @@ def analyze(
     """
     t0 = time.perf_counter()
     _validate(method, seed, n_null, folds, chunk_bytes)
+    collection = as_collection(collection)
     ks_t = _check_ks(ks)
     t = thresholds or Thresholds()
     n = collection.n_models
@@ -457,10 +448,7 @@ def analyze(
     for i, spec in enumerate(collection.units):
         stack = collection.stack(spec.name)
         gen = torch.Generator().manual_seed(_unit_seed(seed, spec.name))
-        if method == "hosvd" and spec.kind == "matrix":
-            rec = analyze_hosvd_unit(stack, plan, generator=gen)
-        else:
-            rec = analyze_pca_unit(stack, plan, generator=gen, chunk_bytes=chunk_bytes)
+        rec = analyzer_for(method, spec).run(stack, plan, gen, chunk_bytes)
         del stack
         typ, depth = groups[spec.name]
         units.append(
@@ -479,11 +467,12 @@ def analyze(
     a, b = plan.split
     data = {
         "version": REPORT_VERSION,
-        "created_by": f"weightspace {weightspace.__version__}",
+        "created_by": f"weightspace {__version__}",
         "n_models": n,
         "models": list(collection.names),
         "sources": [str(s.path) for s in collection.sources],
         "method": method,
+        "spectrum_label": UNIT_ANALYZERS.get(method).spectrum_label,
         "seed": seed,
         "n_null": n_null,
         "ks": list(ks_t),

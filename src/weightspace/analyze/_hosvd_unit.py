@@ -33,7 +33,7 @@ import torch
 from weightspace.analyze._nulls import mp_edge, wishart_gram
 from weightspace.analyze._pca_unit import FRACTIONS, Plan, _band, _cum_at, _ref_k, capped, mean_energy, nanmean
 from weightspace.analyze._verdict import decide_verdict
-from weightspace.decompose import Tick
+from weightspace.decompose import Tick, TuckerUnit
 from weightspace.decompose.rank import explained_variance_ratio, k_for_fraction, zero_tolerance
 from weightspace.units import UnitStack
 
@@ -274,7 +274,7 @@ def analyze_hosvd_unit(
     )
     m1 = modes["1"]
     return {
-        "method": "hosvd",
+        "method": TuckerUnit.method,
         "solver": "hosvd-scatter",
         "n_models": n,
         "n_features": rows * cols,

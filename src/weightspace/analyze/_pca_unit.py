@@ -21,7 +21,7 @@ from weightspace.analyze._stability import subspace_overlap
 from weightspace.analyze._threads import single_thread
 from weightspace.analyze._verdict import Thresholds, decide_verdict
 from weightspace.decompose import Tick
-from weightspace.decompose.pca import DEFAULT_CHUNK_BYTES, PCASpectrum, pca_spectrum
+from weightspace.decompose.pca import DEFAULT_CHUNK_BYTES, PCASpectrum, PCAUnit, pca_spectrum
 from weightspace.decompose.rank import explained_variance_ratio, k_for_fraction, zero_tolerance
 from weightspace.units import UnitStack
 
@@ -261,7 +261,7 @@ def _from_spectrum(stack: UnitStack, sp: PCASpectrum, plan: Plan, generator: tor
     mp_edge = mp_edge_evr(n, d)
     full_evr = evr[: max(n - 1, 1)]
     return {
-        "method": "pca",
+        "method": PCAUnit.method,
         "solver": sp.solver,
         "n_models": n,
         "n_features": d,

@@ -44,13 +44,13 @@ def adapt(
 ) -> None:
     """Coefficient-only adapters (mean- and zero-init, k sweep) vs LoRA r=8, full FT, head-only, mean-only."""
     from weightspace.adapt import adaptation_benchmark
-    from weightspace.compress import Archive
+    from weightspace.decompose import UNIT_FITS, Archive
 
     if not archive.exists():
         raise InputError("archive does not exist", path=archive)
     Archive(archive, verify=False)  # fail fast (exit 2) on a non-archive before any training
-    if variant is not None and variant not in ("pca", "hosvd"):
-        raise InputError(f"--variant must be 'pca' or 'hosvd', got {variant!r}")
+    if variant is not None and variant not in UNIT_FITS:
+        raise InputError(f"--variant must be one of {', '.join(UNIT_FITS.names())}, got {variant!r}")
     if k is not None and k < 0:
         raise InputError(f"--k must be an int >= 0, got {k}")
     if steps is not None and steps < 1:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.markup import escape
@@ -96,7 +96,7 @@ def compress(
         models, base=base, allow_pickle=allow_pickle, private=private or (), exclude=exclude or ()
     )
     with progress_bar("compress") as cb:
-        summary = run(
+        result = run(
             coll,
             output,
             method=method,
@@ -107,7 +107,7 @@ def compress(
             progress=cb,
         )
     dups = coll.duplicates()
-    summary["duplicates"] = dups
+    summary = {**result.to_dict(), "duplicates": dups}
     if json_out:
         emit_json(summary)
     for group in dups:
@@ -146,8 +146,8 @@ def reconstruct(
     with progress_bar("reconstruct") as cb:
         results = run(archive, output, names or None, base=base, allow_pickle=allow_pickle, progress=cb)
     if json_out:
-        emit_json({"archive": str(archive), "output": str(output), "models": results})
-    worst = max((r["max_lora_truncation_error"] for r in results), default=0.0)
+        emit_json({"archive": str(archive), "output": str(output), "models": [r.to_dict() for r in results]})
+    worst = max((r.max_lora_truncation_error for r in results), default=0.0)
     extra = f"; largest LoRA re-factoring error {worst:.2e}" if worst else ""
     err_console.print(f"rebuilt {len(results)} model(s) into {output}{extra}")
 
@@ -165,15 +165,15 @@ def project(
     from weightspace.compress import project as run
 
     with progress_bar("project") as cb:
-        result: dict[str, Any] = run(archive, models, add=add, base=base, allow_pickle=allow_pickle, progress=cb)
+        result = run(archive, models, add=add, base=base, allow_pickle=allow_pickle, progress=cb)
     if json_out:
-        emit_json(result)
+        emit_json(result.to_dict())
         return
     t = Table(title="relative residual ‖x − x̂‖ / ‖x‖ (lower is better)")
     for col in ("model", "mean + basis", "mean only", "basis only"):
         t.add_column(col)
-    for m in result["models"]:
-        t.add_row(m["name"], f"{m['mean_plus_basis']:.4f}", f"{m['mean_only']:.4f}", f"{m['basis_only']:.4f}")
+    for m in result.models:
+        t.add_row(m.name, f"{m.mean_plus_basis:.4f}", f"{m.mean_only:.4f}", f"{m.basis_only:.4f}")
     err_console.print(t)
     if add:
-        err_console.print(f"added {len(result['models'])} model(s) to {archive}")
+        err_console.print(f"added {len(result.models)} model(s) to {archive}")

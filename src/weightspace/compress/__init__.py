@@ -1,8 +1,27 @@
-"""Compression archives (``.wsz``): compress a collection, reconstruct models, project unseen ones."""
+"""Compression archives (``.wsz``): compress a collection, reconstruct models, project unseen ones.
 
-from weightspace.compress._archive import FORMAT, VERSION, Archive
-from weightspace.compress._compress import compress
+Each entry point is a few lines over :class:`~weightspace.decompose.SharedSubspace`, whose saved form the
+archive is: ``compress`` = ``fit(..., out=)``, ``project`` = ``load(...).project(...)``, ``reconstruct`` writes
+``load(...).reconstruct(i)`` back in each model's source format.
+"""
+
+from weightspace._callable import make_callable
+from weightspace.compress._compress import CompressResult, UnitSummary, compress
 from weightspace.compress._project import project
-from weightspace.compress._reconstruct import reconstruct, reconstruct_tensors
+from weightspace.compress._reconstruct import ReconstructedModel, reconstruct, reconstruct_tensors
+from weightspace.decompose._project import ProjectedModel, ProjectResult, UnitResidual
 
-__all__ = ["FORMAT", "VERSION", "Archive", "compress", "project", "reconstruct", "reconstruct_tensors"]
+__all__ = [
+    "CompressResult",
+    "ProjectResult",
+    "ProjectedModel",
+    "ReconstructedModel",
+    "UnitResidual",
+    "UnitSummary",
+    "compress",
+    "project",
+    "reconstruct",
+    "reconstruct_tensors",
+]
+
+make_callable(__name__)  # weightspace.compress(...) calls compress(...)

@@ -10,58 +10,54 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from weightspace._progress import Progress, report
-from weightspace.compress._archive import Archive
-from weightspace.errors import ArchiveError, InputError
-from weightspace.io import DTYPES, ModelSource, lora_factors_from_delta, open_source, output_name, write_model
+from weightspace.decompose import Archive, ModelRecord, SharedSubspace
+from weightspace.decompose._project import open_base
+from weightspace.errors import ArchiveError
+from weightspace.io import DTYPES, ModelSource, lora_factors_from_delta, output_name, write_model
 
-__all__ = ["open_base", "reconstruct", "reconstruct_tensors"]
+__all__ = ["ReconstructedModel", "reconstruct", "reconstruct_tensors"]
 
 
-def _torch_dtype(tag: str) -> torch.dtype:
-    dt = DTYPES[tag][0]
-    assert dt is not None
+@dataclass(frozen=True)
+class ReconstructedModel:
+    """One model written back by :func:`reconstruct`."""
+
+    name: str
+    path: str
+    format: str
+    max_lora_truncation_error: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _torch_dtype(tag: str, model: str) -> torch.dtype:
+    dt = DTYPES[tag][0] if tag in DTYPES else None
+    if dt is None:
+        raise ArchiveError(f"manifest records dtype {tag!r}, which cannot be written", tensor=model)
     return dt
 
 
-def open_base(
-    arc: Archive, base: str | os.PathLike[str] | None, *, allow_pickle: bool = False
-) -> ModelSource | None:
-    """The base model a task-vector archive was built against, checked by sha256 (None if not needed)."""
-    rec = arc.manifest.get("base")
-    if rec is None or arc.manifest["kind"] == "peft":
-        return None
-    path = base if base is not None else rec["path"]
-    if not Path(path).exists():
-        raise InputError(
-            "the archive stores task vectors relative to a base model that is not at its recorded path; "
-            "pass --base PATH",
-            path=path,
-        )
-    src = open_source(path, allow_pickle=allow_pickle)
-    if src.sha256() != rec["sha256"]:
-        raise ArchiveError(
-            f"base model differs from the one the archive was built with (sha256 {src.sha256()[:12]}… vs "
-            f"{rec['sha256'][:12]}…); reconstructing against it would give wrong weights",
-            path=path,
-        )
-    return src
-
-
-def _source_layout(model: dict[str, Any]) -> str:
-    fmt = model["source_format"]
-    if fmt == "torch" and Path(model["source_path"]).suffix == "":
+def _source_layout(model: ModelRecord) -> str:
+    fmt = model.source_format
+    if fmt == "torch" and Path(model.source_path).suffix == "":
         return "torch-dir"
+    if fmt == "memory":
+        return "safetensors"
     return fmt
 
 
-def reconstruct_tensors(arc: Archive, i: int, base: ModelSource | None) -> tuple[dict[str, torch.Tensor], float]:
-    """File tensors of archived model ``i`` and the largest LoRA truncation error (0 for full checkpoints).
+def reconstruct_tensors(
+    subspace: SharedSubspace, i: int, base: ModelSource | None
+) -> tuple[dict[str, torch.Tensor], float]:
+    """File tensors of fitted model ``i`` and the largest LoRA truncation error (0 for full checkpoints).
 
     Returns
     -------
@@ -70,63 +66,72 @@ def reconstruct_tensors(arc: Archive, i: int, base: ModelSource | None) -> tuple
     max_truncation : float
         Largest relative Frobenius error of re-factoring a reconstructed ``ΔW`` at the source rank.
     """
-    model = arc.manifest["models"][i]
-    name = model["name"]
-    units = arc.units
+    model = subspace.models_[i]
+    name = model.name
+    units = subspace.units_
+    arc = subspace.archive_
     out: dict[str, torch.Tensor] = {}
     worst = 0.0
-    if arc.manifest["kind"] == "peft":
-        lora = model["lora"]
-        extras = model.get("extra_keys", {})
+    if subspace.kind_ == "peft":
+        if not model.lora:
+            raise ArchiveError("a PEFT model record holds no LoRA modules", tensor=name)
         by_file_key: dict[str, torch.Tensor] = {}
-        for key, rec in lora.items():
-            member = arc.member(i, key)  # (rows, cols) in the base weight's layout
-            a_shape = tuple(rec["a_shape"])
+        for key, rec in model.lora.items():
+            if key not in units:
+                raise ArchiveError("LoRA record names a unit the archive lacks", tensor=key)
+            member = units[key].member(i)  # (rows, cols) in the base weight's layout
+            a_shape = tuple(rec.a_shape)
             b, a, err = lora_factors_from_delta(
                 member,
-                rec["rank"],
-                rec["scaling"],
-                fan_in_fan_out=rec["fan_in_fan_out"],
+                rec.rank,
+                rec.scaling,
+                fan_in_fan_out=rec.fan_in_fan_out,
                 a_shape=a_shape if len(a_shape) > 2 else None,
             )
             worst = max(worst, err)
-            dt = _torch_dtype(model["dtypes"][key])
-            by_file_key[rec["a_key"]] = a.to(dt)
-            by_file_key[rec["b_key"]] = b.reshape(rec["b_shape"]).to(dt)
-        for key in model["private"]:
-            by_file_key[extras.get(key, key)] = arc.private(name, key)
-        for fk in model.get("file_key_order", list(by_file_key)):
+            dt = _torch_dtype(model.dtypes.get(key, "F32"), name)
+            by_file_key[rec.a_key] = a.to(dt)
+            by_file_key[rec.b_key] = b.reshape(rec.b_shape).to(dt)
+        for key in model.private:
+            by_file_key[model.extra_keys.get(key, key)] = _private(arc, name, key)
+        for fk in model.file_key_order or list(by_file_key):
             if fk in by_file_key:
                 out[fk] = by_file_key.pop(fk)
         out.update(by_file_key)
         return out, worst
-    private = set(model["private"])
-    for key in model["key_order"]:
+    private = set(model.private)
+    for key in model.key_order:
         if key in units:
-            shape = tuple(units[key]["shape"])
-            w = arc.member(i, key).reshape(shape)
+            shape = tuple(units[key].spec.shape)
+            w = units[key].member(i).reshape(shape)
             if base is not None:
                 w = w + base.read(key).to(torch.float64).reshape(shape)
-            out[key] = w.to(_torch_dtype(model["dtypes"][key]))
+            out[key] = w.to(_torch_dtype(model.dtypes.get(key, "F32"), name))
         elif key in private:
-            out[key] = arc.private(name, key)
+            out[key] = _private(arc, name, key)
     return out, worst
 
 
+def _private(arc: Archive | None, model: str, key: str) -> torch.Tensor:
+    if arc is None:
+        raise ArchiveError("private tensors live in a saved archive; save() the subspace first", tensor=key)
+    return arc.private(model, key)
+
+
 def reconstruct(
-    archive: str | os.PathLike[str] | Archive,
+    archive: str | os.PathLike[str] | SharedSubspace,
     out_dir: str | os.PathLike[str],
     names: Sequence[str] | None = None,
     *,
     base: str | os.PathLike[str] | None = None,
     allow_pickle: bool = False,
     progress: Progress | None = None,
-) -> list[dict[str, Any]]:
-    """Write archived models back as checkpoints under ``out_dir``.
+) -> list[ReconstructedModel]:
+    """Write fitted models back as checkpoints under ``out_dir``.
 
     Parameters
     ----------
-    archive : path or Archive
+    archive : path or SharedSubspace
     out_dir : path
         Created if needed; each model is written atomically as ``<name>.safetensors`` or ``<name>/``.
     names : sequence of str, optional
@@ -137,23 +142,20 @@ def reconstruct(
 
     Returns
     -------
-    list of dict
-        Per model: ``name``, ``path``, ``format`` and ``max_lora_truncation_error``.
+    list of ReconstructedModel
     """
-    arc = archive if isinstance(archive, Archive) else Archive(archive)
-    wanted = list(names) if names else list(arc.model_names)
-    indices = [arc.model_index(n) for n in wanted]
-    base_src = open_base(arc, base, allow_pickle=allow_pickle)
+    ss = archive if isinstance(archive, SharedSubspace) else SharedSubspace.load(archive)
+    wanted = list(names) if names else list(ss.model_names_)
+    indices = [ss.model_index(n) for n in wanted]
+    base_src = open_base(ss, base, allow_pickle=allow_pickle)
     out_dir = Path(out_dir)
     results = []
     for done, i in enumerate(indices, 1):
-        model = arc.manifest["models"][i]
-        tensors, worst = reconstruct_tensors(arc, i, base_src)
+        model = ss.models_[i]
+        tensors, worst = reconstruct_tensors(ss, i, base_src)
         fmt = _source_layout(model)
-        dest = out_dir / output_name(model["name"], "torch" if fmt == "torch" else fmt)
-        write_model(dest, fmt, tensors, metadata=model.get("metadata") or None, configs=model.get("configs"))
-        results.append(
-            {"name": model["name"], "path": str(dest), "format": fmt, "max_lora_truncation_error": worst}
-        )
+        dest = out_dir / output_name(model.name, "torch" if fmt == "torch" else fmt)
+        write_model(dest, fmt, tensors, metadata=model.metadata or None, configs=model.configs)
+        results.append(ReconstructedModel(model.name, str(dest), fmt, worst))
         report(progress, "reconstruct", done, len(indices))
     return results

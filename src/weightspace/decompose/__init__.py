@@ -1,10 +1,36 @@
-"""Shared-subspace extraction: model-axis PCA (streaming float64 Gram / TSQR) and HOSVD of order 1–2."""
+"""Shared-subspace extraction: the unit-fit registry (model-axis PCA, HOSVD), streaming passes, and the one
+fitted object, :class:`SharedSubspace`, whose saved form is the ``.wsz`` archive."""
 
+from weightspace.decompose._archive import (
+    FORMAT,
+    STORAGE_DTYPES,
+    VERSION,
+    Archive,
+    ArchiveWriter,
+    BaseRecord,
+    LoraRecord,
+    Manifest,
+    ModelRecord,
+    PrivateRecord,
+    model_record,
+)
 from weightspace.decompose._gram import GramResult, Tick, center_gram
-from weightspace.decompose.hosvd import HOSVDUnitFit, hosvd, hosvd_cores, hosvd_factors
-from weightspace.decompose.pca import (
+from weightspace.decompose._unitfit import (
     DEFAULT_CHUNK_BYTES,
+    UNIT_FITS,
+    FitParams,
+    MemoryStore,
+    Parametrisation,
+    Residuals,
+    UnitFit,
+    UnitRecord,
+    unit_fit_for,
+)
+from weightspace.decompose.hosvd import HOSVDUnitFit, TuckerRecord, TuckerUnit, hosvd, hosvd_cores, hosvd_factors
+from weightspace.decompose.pca import (
+    PCARecord,
     PCASpectrum,
+    PCAUnit,
     PCAUnitFit,
     pca_basis,
     pca_components,
@@ -15,12 +41,33 @@ from weightspace.decompose.subspace import SharedSubspace
 
 __all__ = [
     "DEFAULT_CHUNK_BYTES",
+    "FORMAT",
+    "STORAGE_DTYPES",
+    "UNIT_FITS",
+    "VERSION",
+    "Archive",
+    "ArchiveWriter",
+    "BaseRecord",
+    "FitParams",
     "GramResult",
     "HOSVDUnitFit",
+    "LoraRecord",
+    "Manifest",
+    "MemoryStore",
+    "ModelRecord",
+    "PCARecord",
     "PCASpectrum",
+    "PCAUnit",
     "PCAUnitFit",
+    "Parametrisation",
+    "PrivateRecord",
+    "Residuals",
     "SharedSubspace",
     "Tick",
+    "TuckerRecord",
+    "TuckerUnit",
+    "UnitFit",
+    "UnitRecord",
     "center_gram",
     "choose_rank",
     "explained_variance_ratio",
@@ -28,7 +75,9 @@ __all__ = [
     "hosvd_cores",
     "hosvd_factors",
     "k_for_fraction",
+    "model_record",
     "pca_basis",
     "pca_components",
     "pca_spectrum",
+    "unit_fit_for",
 ]

@@ -19,17 +19,28 @@ De Lathauwer et al., "A multilinear singular value decomposition", SIAM J. Matri
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
+from pydantic import Field, StrictInt
 
 from weightspace.decompose._gram import Tick
+from weightspace.decompose._unitfit import (
+    UNIT_FITS,
+    FitParams,
+    Parametrisation,
+    TensorStore,
+    UnitFit,
+    UnitRecord,
+)
+from weightspace.decompose.pca import PCAUnit
 from weightspace.decompose.rank import choose_rank, sign_fix, zero_tolerance
 from weightspace.errors import ParameterError
-from weightspace.units import UnitStack
+from weightspace.units import UnitSpec, UnitStack
 
-__all__ = ["HOSVDUnitFit", "hosvd", "hosvd_cores", "hosvd_factors"]
+__all__ = ["HOSVDUnitFit", "TuckerRecord", "TuckerUnit", "hosvd", "hosvd_cores", "hosvd_factors"]
 
 Ranks = int | float | tuple[int | float, int | float]
 
@@ -192,3 +203,154 @@ def hosvd(
     fit = hosvd_factors(stack, ranks, center=center, modes=modes)
     hosvd_cores(stack, fit)
     return fit
+
+
+class TuckerRecord(UnitRecord):
+    """Manifest record of a zero-centered HOSVD (Tucker) unit.
+
+    Attributes
+    ----------
+    k1, k2 : int
+        Mode ranks.
+    modes : list of int
+        Compressed modes.
+    mode1_singular_values, mode2_singular_values : list of float
+        ``sqrt(eig(S1))``, ``sqrt(eig(S2))``, decreasing.
+    """
+
+    k1: StrictInt
+    k2: StrictInt
+    modes: list[StrictInt] = Field(default_factory=lambda: [1, 2])
+    mode1_singular_values: list[float] = Field(default_factory=list)
+    mode2_singular_values: list[float] = Field(default_factory=list)
+
+
+@UNIT_FITS.decorator("hosvd")
+class TuckerUnit(UnitFit):
+    """Zero-centered HOSVD of order 1–2 of one unit: ``X_i ≈ μ + U C_i Vᵀ``.
+
+    Stored tensors: ``mean`` (the unit's shape), ``U`` (rows, k1), ``V`` (cols, k2). Coefficients are the cores,
+    ``(n_models, k1, k2)``. 1-D units fall back to :class:`~weightspace.decompose.pca.PCAUnit`.
+
+    Examples
+    --------
+    >>> g = torch.Generator().manual_seed(0)
+    >>> stack = UnitStack.from_tensors([torch.randn(6, 5, generator=g) for _ in range(4)], name="w")
+    >>> from weightspace.decompose._unitfit import MemoryStore
+    >>> unit = TuckerUnit.fit(stack, FitParams(n_components=(6, 5)), MemoryStore())
+    >>> unit.k, round(unit.evr_at_k, 6)
+    ((6, 5), 1.0)
+    """
+
+    method = "hosvd"
+    record_type = TuckerRecord
+    fallback = PCAUnit
+    coef_axes = 2
+
+    @classmethod
+    def supports(cls, spec: UnitSpec) -> bool:
+        return spec.kind == "matrix"
+
+    @classmethod
+    def fit(cls, stack: UnitStack, params: FitParams, store: TensorStore, tick: Tick | None = None) -> TuckerUnit:
+        fit = hosvd_factors(stack, params.n_components, center=params.center, modes=params.modes, tick=tick)
+        cores = hosvd_cores(stack, fit, tick=tick)
+        spec = stack.spec
+        store.declare(cls.layout(spec, (fit.k1, fit.k2)))
+        store.write("mean", fit.mean.reshape(spec.shape))
+        store.write("U", fit.u)
+        store.write("V", fit.v)
+        record = TuckerRecord(
+            name=spec.name,
+            shape=list(spec.shape),
+            rows=spec.rows,
+            cols=spec.cols,
+            kind=spec.kind,
+            lora=spec.lora,
+            method=cls.method,
+            k1=fit.k1,
+            k2=fit.k2,
+            modes=list(fit.modes),
+            mode1_singular_values=fit.mode1_values.tolist(),
+            mode2_singular_values=fit.mode2_values.tolist(),
+            evr_at_k=fit.captured_fraction,
+            mean_energy_fraction=fit.mean_energy_fraction,
+        )
+        return cls(spec, cores, store, record)
+
+    @property
+    def coef_shape(self) -> tuple[int, ...]:
+        return (int(self._record.k1), int(self._record.k2))  # type: ignore[attr-defined]
+
+    @property
+    def modes(self) -> tuple[int, ...]:
+        return tuple(self._record.modes)  # type: ignore[attr-defined]
+
+    @property
+    def singular_values(self) -> torch.Tensor:
+        return torch.tensor(self._record.mode1_singular_values, dtype=torch.float64)  # type: ignore[attr-defined]
+
+    @property
+    def mode2_singular_values(self) -> torch.Tensor:
+        return torch.tensor(self._record.mode2_singular_values, dtype=torch.float64)  # type: ignore[attr-defined]
+
+    @classmethod
+    def layout(cls, spec: UnitSpec, coef_shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
+        k1, k2 = coef_shape
+        return {"mean": tuple(spec.shape), "U": (spec.rows, k1), "V": (spec.cols, k2)}
+
+    def factors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(U (rows, k1), V (cols, k2))``, float64."""
+        return self.tensor("U"), self.tensor("V")
+
+    def transform(self, x: torch.Tensor) -> torch.Tensor:
+        u, v = self.factors()
+        xc = x.to(torch.float64).reshape(self.spec.rows, self.spec.cols) - self.mean()
+        return u.T @ xc @ v  # (k1, k2)
+
+    def inverse_transform(self, coefficients: torch.Tensor) -> torch.Tensor:
+        u, v = self.factors()
+        return self.mean() + u @ coefficients.to(torch.float64) @ v.T
+
+    @classmethod
+    def buffer_shapes(cls, spec: UnitSpec, coef_shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
+        k1, k2 = coef_shape
+        return {"u": (spec.rows, k1), "v": (spec.cols, k2)}
+
+    def parametrisation(
+        self, k: int | tuple[int, ...], *, init: str = "zero", use_mean: bool = True
+    ) -> Parametrisation:
+        k1, k2 = (int(k[0]), int(k[1])) if isinstance(k, tuple) else (int(k), int(k))
+        u, v = self.factors()
+        u, v = u[:, :k1], v[:, :k2]  # factor columns are sorted by decreasing mode energy
+        start = torch.zeros(k1, k2, dtype=torch.float64)
+        if init == "mean" and k1 and k2:
+            start = self.coefficients.mean(0)[:k1, :k2]  # (k1, k2) mean core
+        return Parametrisation(
+            self.spec.name,
+            self.method,
+            tuple(self.spec.shape),
+            {"u": u.contiguous(), "v": v.contiguous()},
+            self.mean() if use_mean else None,
+            start,
+        )
+
+    @staticmethod
+    def synthesize(buffers: Mapping[str, torch.Tensor], coef: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+        # k1, k2 are small, so (U C) first is the cheap order.
+        return (buffers["u"] @ coef) @ buffers["v"].T  # (rows, cols)
+
+    @staticmethod
+    def lowrank_apply(
+        x: torch.Tensor, buffers: Mapping[str, torch.Tensor], coef: torch.Tensor
+    ) -> torch.Tensor | None:
+        u, v = buffers["u"], buffers["v"]
+        rows, k1 = u.shape
+        cols, k2 = v.shape
+        tokens = x.numel() // max(1, cols)
+        dense = rows * k2 * (k1 + cols)  # (U C) then (U C) Vᵀ
+        lowrank = tokens * (cols * k2 + k2 * k1 + k1 * rows)
+        if lowrank >= dense:
+            return None
+        z = F.linear(x.to(u.dtype), v.T)  # (..., k2)
+        return F.linear(F.linear(z, coef), u)  # (..., k1) then (..., rows)

@@ -19,28 +19,39 @@ Kaushik et al., "The Universal Weight Subspace Hypothesis", arXiv:2512.05117.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
 import torch
+from pydantic import Field, StrictInt
 
 from weightspace.decompose._gram import GramResult, Tick, centered_chunk, centered_gram, factored_gram, tsqr_r
+from weightspace.decompose._unitfit import (
+    DEFAULT_CHUNK_BYTES,
+    UNIT_FITS,
+    FitParams,
+    Parametrisation,
+    TensorStore,
+    UnitFit,
+    UnitRecord,
+)
 from weightspace.decompose.rank import choose_rank, explained_variance_ratio, sign_fix, zero_tolerance
 from weightspace.errors import ParameterError
-from weightspace.units import UnitStack
+from weightspace.units import UnitSpec, UnitStack
 
 __all__ = [
     "DEFAULT_CHUNK_BYTES",
     "ILL_CONDITIONED",
+    "PCARecord",
     "PCASpectrum",
+    "PCAUnit",
     "PCAUnitFit",
     "pca_basis",
     "pca_components",
     "pca_spectrum",
 ]
 
-DEFAULT_CHUNK_BYTES = 32 * 1024 * 1024
 ILL_CONDITIONED = 1e-7
 SvdSolver = Literal["auto", "gram", "tsqr"]
 Sink = Callable[[int, int, torch.Tensor, torch.Tensor], None]
@@ -316,3 +327,151 @@ def pca_basis(
     spectrum = pca_spectrum(stack, n_components, center=center, svd_solver=svd_solver, chunk_bytes=chunk_bytes)
     mean, basis = pca_components(stack, spectrum, chunk_bytes=chunk_bytes)
     return PCAUnitFit(**vars(spectrum), mean=mean, basis=basis)
+
+
+class PCARecord(UnitRecord):
+    """Manifest record of a model-axis PCA unit.
+
+    Attributes
+    ----------
+    k : int
+        Components kept.
+    solver : str
+        Route that produced the spectrum (``gram``, ``factored-gram``, ``tsqr``, ``incremental``).
+    singular_values : list of float
+        Full spectrum of the centered stack (length n_models).
+    evr : list of float
+        Explained-variance ratio of each component against the full spectrum.
+    """
+
+    k: StrictInt
+    solver: str = "gram"
+    singular_values: list[float] = Field(default_factory=list)
+    evr: list[float] = Field(default_factory=list)
+
+
+@UNIT_FITS.decorator("pca")
+class PCAUnit(UnitFit):
+    """Model-axis PCA of one unit: ``x_i ≈ μ + c_i V`` with ``V`` of shape (k, rows * cols), orthonormal rows.
+
+    Stored tensors: ``mean`` (the unit's shape) and ``basis`` (``(k, *shape)``). Coefficients ``(n_models, k)``.
+
+    Examples
+    --------
+    >>> g = torch.Generator().manual_seed(0)
+    >>> stack = UnitStack.from_tensors([torch.randn(3, 4, generator=g) for _ in range(5)], name="w")
+    >>> from weightspace.decompose._unitfit import MemoryStore
+    >>> unit = PCAUnit.fit(stack, FitParams(n_components=2), MemoryStore())
+    >>> unit.k, unit.coef_shape, tuple(unit.basis().shape)
+    (2, (2,), (2, 12))
+    >>> bool(torch.allclose(unit.transform(unit.member(1)), unit.coefficients[1]))
+    True
+    """
+
+    method = "pca"
+    record_type = PCARecord
+
+    @classmethod
+    def fit(cls, stack: UnitStack, params: FitParams, store: TensorStore, tick: Tick | None = None) -> PCAUnit:
+        spectrum = pca_spectrum(
+            stack,
+            params.scalar_rank,
+            center=params.center,
+            svd_solver=params.svd_solver,  # type: ignore[arg-type]
+            chunk_bytes=params.chunk_bytes,
+            tick=tick,
+        )
+        spec = stack.spec
+        store.declare(cls.layout(spec, (spectrum.k,)))
+        cols, d = spec.cols, spec.numel
+
+        def stream(r0: int, r1: int, mean_c: torch.Tensor, basis_c: torch.Tensor) -> None:
+            store.write_flat("mean", r0 * cols, mean_c)
+            for j in range(basis_c.shape[0]):
+                store.write_flat("basis", j * d + r0 * cols, basis_c[j])
+
+        pca_components(stack, spectrum, chunk_bytes=params.chunk_bytes, sink=stream, tick=tick)
+        record = cls.make_record(
+            spec, spectrum.singular_values, spectrum.k, spectrum.solver, spectrum.mean_energy_fraction
+        )
+        return cls(spec, spectrum.coefficients, store, record)
+
+    @classmethod
+    def make_record(
+        cls, spec: UnitSpec, singular_values: torch.Tensor, k: int, solver: str, mean_energy_fraction: float
+    ) -> PCARecord:
+        """The manifest record of a PCA unit with this spectrum and rank."""
+        evr = explained_variance_ratio(singular_values)
+        return PCARecord(
+            name=spec.name,
+            shape=list(spec.shape),
+            rows=spec.rows,
+            cols=spec.cols,
+            kind=spec.kind,
+            lora=spec.lora,
+            method=cls.method,
+            k=k,
+            solver=solver,
+            singular_values=singular_values.tolist(),
+            evr=evr.tolist(),
+            evr_at_k=float(evr[:k].sum()),
+            mean_energy_fraction=mean_energy_fraction,
+        )
+
+    @property
+    def coef_shape(self) -> tuple[int, ...]:
+        return (int(self._record.k),)  # type: ignore[attr-defined]
+
+    @property
+    def singular_values(self) -> torch.Tensor:
+        return torch.tensor(self._record.singular_values, dtype=torch.float64)  # type: ignore[attr-defined]
+
+    @property
+    def solver(self) -> str:
+        return str(self._record.solver)  # type: ignore[attr-defined]
+
+    @classmethod
+    def layout(cls, spec: UnitSpec, coef_shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
+        return {"mean": tuple(spec.shape), "basis": (coef_shape[0], *spec.shape)}
+
+    def basis(self) -> torch.Tensor:
+        """Orthonormal rows, float64, shape (k, rows * cols)."""
+        return self.tensor("basis").reshape(self.coef_shape[0], self.spec.numel)
+
+    def transform(self, x: torch.Tensor) -> torch.Tensor:
+        xc = x.to(torch.float64).reshape(-1) - self.mean().reshape(-1)  # (rows * cols,)
+        return self.basis() @ xc  # (k,)
+
+    def inverse_transform(self, coefficients: torch.Tensor) -> torch.Tensor:
+        mean = self.mean()
+        if self.coef_shape[0] == 0:
+            return mean.clone()
+        return mean + (coefficients.to(torch.float64) @ self.basis()).reshape(mean.shape)
+
+    @classmethod
+    def buffer_shapes(cls, spec: UnitSpec, coef_shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
+        return {"basis": (coef_shape[0], spec.numel)}
+
+    def parametrisation(
+        self, k: int | tuple[int, ...], *, init: str = "zero", use_mean: bool = True
+    ) -> Parametrisation:
+        k = int(k[0] if isinstance(k, tuple) else k)
+        basis = self.basis()[:k] if k else torch.zeros(0, self.spec.numel, dtype=torch.float64)  # (k, rows * cols)
+        start = torch.zeros(k, dtype=torch.float64)
+        if init == "mean" and k:
+            start = self.coefficients[:, :k].mean(0)  # c̄: mean of the stored coefficient rows
+        return Parametrisation(
+            self.spec.name,
+            self.method,
+            tuple(self.spec.shape),
+            {"basis": basis.contiguous()},
+            self.mean() if use_mean else None,
+            start,
+        )
+
+    @staticmethod
+    def synthesize(buffers: Mapping[str, torch.Tensor], coef: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+        basis = buffers["basis"]  # (k, rows * cols)
+        if coef.numel() == 0:
+            return basis.new_zeros(rows, cols)
+        return (coef @ basis).reshape(rows, cols)

@@ -18,10 +18,11 @@ from typing import Any
 
 import torch
 
-import weightspace
 from weightspace._atomic import atomic_write_bytes, atomic_write_text
+from weightspace._version import __version__
 from weightspace.collection import Collection
-from weightspace.compress import Archive, compress
+from weightspace.compress import compress
+from weightspace.decompose import SharedSubspace
 from weightspace.demo._claims import (
     ACC_TOL,
     MIN_RATIO,
@@ -142,7 +143,7 @@ def run_zoo(
     for label, n_comp in settings.items():
         path = out / name / "archives" / f"{label}.wsz"
         summary = compress(coll, path, n_components=n_comp)
-        ks = [u["k"] for u in summary["units"]]
+        ks = [u.k for u in summary.units if isinstance(u.k, int)]
         archives[label] = {
             "path": str(path),
             "n_components": n_comp,
@@ -172,16 +173,16 @@ def run_zoo(
         row["original"] = zoo.accuracy(m.path)
         tick()
     for label, rec in archives.items():
-        arc = Archive(rec["path"])
+        arc = SharedSubspace.load(rec["path"])
         for i, row in enumerate(rows):
-            members = {u.name: arc.member(i, u.name) for u in coll.units}
+            members = {u.name: arc.units_[u.name].member(i) for u in coll.units}
             row[f"rebuilt_{label}"] = zoo.accuracy(
                 state_from_members(coll, i, members, base_state), task=row["task"]
             )
             tick()
         if label == "full":
             for i, row in enumerate(rows):
-                members = {u.name: arc.mean(u.name) for u in coll.units}
+                members = {u.name: arc.units_[u.name].mean() for u in coll.units}
                 row["mean_in_sample"] = zoo.accuracy(
                     state_from_members(coll, i, members, base_state), task=row["task"]
                 )
@@ -325,7 +326,7 @@ def run_demo(
     threads = torch.get_num_threads()
     result: dict[str, Any] = {
         "version": 1,
-        "created_by": f"weightspace {weightspace.__version__}",
+        "created_by": f"weightspace {__version__}",
         "quick": quick,
         "seed": seed,
         "torch_threads": threads,

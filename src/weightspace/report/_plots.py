@@ -270,8 +270,7 @@ def make_plots(data: dict[str, Any]) -> dict[str, bytes]:
         File name → PNG content, in reading order.
     """
     figure_cls, canvas_cls = require_matplotlib()
-    method = data["method"]
-    scree_title = "Spectrum vs matched null" + (" (HOSVD: mode 1)" if method == "hosvd" else "")
+    scree_title = "Spectrum vs matched null" + str(data.get("spectrum_label") or "")
     figs = {
         "verdicts.png": _verdict_map(data, figure_cls),
         "scree.png": _panels(data, figure_cls, scree_title, lambda ax, u: _scree(ax, u, cumulative=False)),

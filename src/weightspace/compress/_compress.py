@@ -15,7 +15,7 @@ from typing import Any
 
 from weightspace._progress import Progress
 from weightspace.collection import Collection, as_collection
-from weightspace.decompose import DEFAULT_CHUNK_BYTES, SharedSubspace
+from weightspace.decompose import DEFAULT_CHUNK_BYTES, PCAUnit, SharedSubspace
 
 __all__ = ["CompressResult", "UnitSummary", "compress"]
 
@@ -86,7 +86,7 @@ def compress(
     out: PathLike,
     *,
     base: PathLike | None = None,
-    method: str = "pca",
+    method: str = PCAUnit.method,
     n_components: int | float | tuple[int | float, int | float] = 16,
     center: bool = True,
     svd_solver: str = "auto",

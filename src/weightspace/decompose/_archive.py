@@ -45,6 +45,7 @@ from pydantic import (
 from weightspace._atomic import atomic_dir
 from weightspace._version import __version__
 from weightspace.decompose._unitfit import UNIT_FITS, UnitRecord
+from weightspace.decompose.pca import PCAUnit
 from weightspace.errors import ArchiveError, CorruptFileError, WeightspaceError
 from weightspace.io import DTYPES, ModelSource, PeftSource, SafetensorsFile, SafetensorsWriter, file_sha256
 from weightspace.units import UnitSpec
@@ -152,7 +153,7 @@ class Manifest(_Record):
     format: Literal["weightspace-archive"]
     version: StrictInt
     created_by: str = ""
-    method: str = "pca"
+    method: str = PCAUnit.method
     n_components: StrictInt | float | list[StrictInt | float] = 16
     center: StrictBool = True
     svd_solver: str = "auto"

@@ -225,7 +225,6 @@ class TuckerRecord(UnitRecord):
     mode2_singular_values: list[float] = Field(default_factory=list)
 
 
-@UNIT_FITS.decorator("hosvd")
 class TuckerUnit(UnitFit):
     """Zero-centered HOSVD of order 1–2 of one unit: ``X_i ≈ μ + U C_i Vᵀ``.
 
@@ -354,3 +353,6 @@ class TuckerUnit(UnitFit):
             return None
         z = F.linear(x.to(u.dtype), v.T)  # (..., k2)
         return F.linear(F.linear(z, coef), u)  # (..., k1) then (..., rows)
+
+
+UNIT_FITS.register(TuckerUnit.method, TuckerUnit)

@@ -350,7 +350,6 @@ class PCARecord(UnitRecord):
     evr: list[float] = Field(default_factory=list)
 
 
-@UNIT_FITS.decorator("pca")
 class PCAUnit(UnitFit):
     """Model-axis PCA of one unit: ``x_i ≈ μ + c_i V`` with ``V`` of shape (k, rows * cols), orthonormal rows.
 
@@ -475,3 +474,6 @@ class PCAUnit(UnitFit):
         if coef.numel() == 0:
             return basis.new_zeros(rows, cols)
         return (coef @ basis).reshape(rows, cols)
+
+
+UNIT_FITS.register(PCAUnit.method, PCAUnit)

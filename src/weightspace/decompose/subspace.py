@@ -147,7 +147,7 @@ class SharedSubspace:
         self,
         *,
         n_components: int | float | tuple[int | float, int | float] = 16,
-        method: str = "pca",
+        method: str = PCAUnit.method,
         center: bool = True,
         svd_solver: str = "auto",
         modes: tuple[int, ...] = (1, 2),

@@ -158,7 +158,7 @@ def render_html(data: Mapping[str, Any], plots: Mapping[str, bytes] | None = Non
 
     Examples
     --------
-    >>> page = render_html({"method": "pca", "n_models": 2, "models": ["a", "b"], "units": [], "notes": [],
+    >>> page = render_html({"method": "any", "n_models": 2, "models": ["a", "b"], "units": [], "notes": [],
     ...     "summary": {"headline": {"verdict": "null-like", "text": "x"}, "verdict_counts": {}, "groups": []},
     ...     "thresholds": {"rule": []}, "folds": {"scheme": "leave-one-out", "n_folds": 2, "held_out": []},
     ...     "split": {"a": ["a"], "b": ["b"]}, "collection": {"private": [], "excluded": []}})

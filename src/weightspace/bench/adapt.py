@@ -23,6 +23,9 @@ training data; the test split is never used to choose. Pass fixed rates to skip 
 The archive must not contain the held-out task's model: a given archive is checked (path and sha256 of every
 model of the task against the archive's model records); without one, a leave-task-out archive is compressed
 from the zoo's other models relative to the zoo base.
+
+The harness reads the zoo (manifest, base checkpoint, data, training loop, evaluator) and calls the adapter
+library (:mod:`weightspace.adapt`) and :func:`~weightspace.compress.compress`; the library knows nothing of zoos.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import tempfile
 import time
 import warnings
@@ -41,6 +45,7 @@ import torch
 from torch import nn
 
 from weightspace._atomic import atomic_dir
+from weightspace._validation import Interval, Kind, Options, validate_params
 from weightspace.adapt.config import KCapWarning, SubspaceAdapterConfig
 from weightspace.adapt.model import (
     adapter_layers,
@@ -49,13 +54,25 @@ from weightspace.adapt.model import (
     save,
     trainable_parameters,
 )
-from weightspace.compress import Archive
+from weightspace.collection import Collection
+from weightspace.compress import Archive, compress
 from weightspace.errors import DependencyError, InputError, ParameterError
 from weightspace.io import file_sha256
+from weightspace.zoo import (
+    Zoo,
+    ZooInfo,
+    ZooModel,
+    get_zoo,
+    load_zoo_info,
+    pinned_threads,
+    read_checkpoint,
+    train_threads,
+)
 
 __all__ = ["DEFAULT_KS", "LR_GRIDS", "adaptation_benchmark", "check_held_out"]
 
 Progress = Callable[[str, int, int], None]
+PathLike = str | os.PathLike[str]
 
 DEFAULT_KS: tuple[int, ...] = (1, 4, 16)
 
@@ -74,8 +91,16 @@ LORA_RANK = 8
 LORA_ALPHA = 16
 _VAL_FRACTION = 0.2
 
+_K_VALUE = Interval(int, 0, None)
+_NONE = Kind((type(None),), "None")
+_CONSTRAINTS = {
+    "k": [_K_VALUE, _NONE],
+    "variant": [Options(("pca", "hosvd")), _NONE],
+    "steps": [Interval(int, 1, None)],
+}
 
-def check_held_out(archive: Archive, task_models: Sequence[Any], task: str) -> None:
+
+def check_held_out(archive: Archive, task_models: Sequence[ZooModel], task: str) -> None:
     """Raise :class:`InputError` if any of ``task_models`` (zoo models of ``task``) is a member of ``archive``.
 
     A model counts as a member when its resolved path or its file's sha256 equals a model record of the
@@ -95,22 +120,14 @@ def check_held_out(archive: Archive, task_models: Sequence[Any], task: str) -> N
 
 
 # ------------------------------------------------------------------------------------------------ setup
-def _zoo_api() -> tuple[Any, Any, Any]:
-    from weightspace.zoo import get_zoo, load_zoo_info, read_checkpoint
-
-    return get_zoo, load_zoo_info, read_checkpoint
-
-
 @contextlib.contextmanager
-def _zoo_threads(zoo: Any) -> Iterator[None]:
+def _zoo_threads(zoo: Zoo) -> Iterator[None]:
     """The thread count the zoo's training loop pins, so step timings compare with ``train_wall_s``."""
-    from weightspace.zoo import pinned_threads, train_threads
-
     with pinned_threads(train_threads(getattr(zoo, "threads", 1))):
         yield
 
 
-def _step_ms(zoo: Any, model: nn.Module, params: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> float:
+def _step_ms(zoo: Zoo, model: nn.Module, params: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> float:
     """Best-of-5 CPU time of one forward + backward (gradients of ``params`` only), in milliseconds.
 
     Process CPU time (not wall time) and the minimum over repeats make this robust to other processes on a
@@ -145,9 +162,8 @@ def _step_ms(zoo: Any, model: nn.Module, params: list[torch.Tensor], x: torch.Te
     return best * 1e3
 
 
-def _resolve(zoo_dir: str | Any, task: str | None) -> tuple[Any, Any, str, str]:
-    get_zoo, load_zoo_info, _ = _zoo_api()
-    info = load_zoo_info(zoo_dir)
+def _resolve(zoo_dir: PathLike | ZooInfo, task: str | None) -> tuple[ZooInfo, Zoo, str, str]:
+    info = zoo_dir if isinstance(zoo_dir, ZooInfo) else load_zoo_info(zoo_dir)
     zoo = get_zoo(info.zoo)
     if zoo.kind != "finetune" or info.base_path is None or not Path(info.base_path).is_file():
         raise InputError(
@@ -164,7 +180,7 @@ def _resolve(zoo_dir: str | Any, task: str | None) -> tuple[Any, Any, str, str]:
     return info, zoo, task, head
 
 
-def _fresh_model(zoo: Any, base_state: Mapping[str, torch.Tensor], task: str, seed: int, head: str) -> nn.Module:
+def _fresh_model(zoo: Zoo, base_state: Mapping[str, torch.Tensor], task: str, seed: int, head: str) -> nn.Module:
     """Base backbone + a fresh head seeded by ``seed`` (the same for every variant)."""
     model = zoo.make_model(task, seed=seed)
     backbone = {k: v for k, v in base_state.items() if not k.startswith(head)}
@@ -291,7 +307,7 @@ def _head_builder() -> Callable[[nn.Module], Any]:
 
 # ------------------------------------------------------------------------------------------------ benchmark
 def adaptation_benchmark(
-    zoo_dir: str | Any,
+    zoo_dir: PathLike | ZooInfo,
     archive: str | Any | None = None,
     task: str | None = None,
     *,
@@ -310,8 +326,9 @@ def adaptation_benchmark(
 
     Parameters
     ----------
-    zoo_dir : path
-        A built fine-tune zoo (``zoo.json`` + ``base.safetensors`` + models).
+    zoo_dir : path or ZooInfo
+        A built fine-tune zoo (``zoo.json`` + ``base.safetensors`` + models), or its parsed
+        :class:`~weightspace.zoo.ZooInfo`.
     archive : path, optional
         A ``.wsz`` archive of task vectors relative to the zoo base that does **not** contain the task's model
         (checked; :class:`InputError` otherwise). Default: compress a leave-task-out archive from the zoo's
@@ -353,6 +370,7 @@ def adaptation_benchmark(
 
     Examples
     --------
+    >>> from weightspace.bench import adaptation_benchmark
     >>> from weightspace.zoo import build_zoo
     >>> info = build_zoo("mnist1d-cnn", "zoos/cnn", quick=True)  # doctest: +SKIP
     >>> res = adaptation_benchmark(info.dir, task="reverse", ks=(1, 4, 16))  # doctest: +SKIP
@@ -360,17 +378,16 @@ def adaptation_benchmark(
     [('full', 26944, 0.792), ('lora-r8', 5416, 0.783)]
     """
     t_start = time.perf_counter()
-    _, _, read_checkpoint = _zoo_api()
     info, zoo, task, head = _resolve(zoo_dir, task)
+    ks = list(ks)
+    if not ks or not all(_K_VALUE.accepts(v) for v in ks):
+        raise ParameterError(
+            f"The 'ks' parameter of adaptation_benchmark must be a non-empty sequence of ints >= 0. Got {ks!r} instead."
+        )
     ks = [int(v) for v in ks]
-    if not ks or any(isinstance(v, bool) or v < 0 for v in ks):
-        raise ParameterError(f"ks must be a non-empty sequence of ints >= 0, got {list(ks)!r}")
+    validate_params("adaptation_benchmark", _CONSTRAINTS, {"k": k, "variant": variant})
     main_k = max(ks) if k is None else int(k)
-    if main_k < 0:
-        raise ParameterError(f"k must be an int >= 0, got {k!r}")
     sweep = sorted(set(ks) | {main_k})
-    if variant is not None and variant not in ("pca", "hosvd"):
-        raise ParameterError(f"variant must be 'pca' or 'hosvd', got {variant!r}")
     task_models = [m for m in info.models if m.task == task]
     grids = {fam: tuple(v) for fam, v in LR_GRIDS.items()}
     for fam, v in (lrs or {}).items():
@@ -382,8 +399,7 @@ def adaptation_benchmark(
         grids[fam] = tuple(float(x) for x in vals)
     if steps is None:
         steps = int(info.meta.get("settings", {}).get("finetune", {}).get("steps", 300))
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ParameterError(f"steps must be an int >= 1, got {steps!r}")
+    validate_params("adaptation_benchmark", _CONSTRAINTS, {"steps": steps})
     base_state, _ = read_checkpoint(info.base_path)
     base_sha = file_sha256(Path(info.base_path))
 
@@ -396,9 +412,6 @@ def adaptation_benchmark(
                     f"the zoo has {len(others)} model(s) of other tasks; a leave-task-out archive needs >= 2",
                     path=info.dir,
                 )
-            from weightspace.collection import Collection
-            from weightspace.compress import compress
-
             tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ws-adapt-")))
             coll = Collection.from_paths([m.path for m in others], base=info.base_path, private=[head + "*"])
             apath = tmp / "leave-task-out.wsz"
@@ -529,7 +542,7 @@ def _jsonable(obj: Any) -> Any:
 
 def _run_all(
     *,
-    zoo: Any,
+    zoo: Zoo,
     task: str,
     head: str,
     base_state: Mapping[str, torch.Tensor],

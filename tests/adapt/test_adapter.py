@@ -148,9 +148,7 @@ def test_hosvd_low_rank_path_matches_dense() -> None:
     layer = SubspaceLinear(base)
     layer.update_layer(Parametrisation("w.weight", "hosvd", (30, 40), {"u": u, "v": v}, mean, init))
     x = torch.randn(3, 40, generator=g)  # few tokens: the low-rank route pays
-    assert (
-        layer.units["weight"].fit_class.lowrank_apply(x, layer._pieces("weight"), layer.weight_coef) is not None
-    )
+    assert layer.units["weight"].fit_class.lowrank_apply(x, layer._pieces("weight"), layer.weight_coef) is not None
     dense = F.linear(x, layer.effective("weight"), base.bias)
     assert torch.allclose(layer(x), dense, atol=1e-5)
     layer(x).sum().backward()

@@ -29,7 +29,8 @@ def _expected(kind: str) -> dict[str, torch.Tensor]:
 def test_format_1_archives_stay_readable(kind: str, tmp_path: Path) -> None:
     src = DATA / f"v1-{kind}-archive"
     ss = SharedSubspace.load(src)
-    assert ss.manifest_ is not None and ss.manifest_.version == 1
+    assert ss.manifest_ is not None
+    assert ss.manifest_.version == 1
     expected = _expected(kind)
     for i, name in enumerate(ss.model_names_):
         got, _ = reconstruct_tensors(ss, i, None)
@@ -46,7 +47,8 @@ def test_format_1_archives_stay_readable(kind: str, tmp_path: Path) -> None:
     # Saving a format-1 fit writes format 2 with the same maths.
     out = ss.save(tmp_path / "v2.wsz")
     again = SharedSubspace.load(out)
-    assert again.manifest_ is not None and again.manifest_.version == 2
+    assert again.manifest_ is not None
+    assert again.manifest_.version == 2
     for key in ss.units_:
         torch.testing.assert_close(again.units_[key].mean(), ss.units_[key].mean())
         torch.testing.assert_close(again.units_[key].coefficients, ss.units_[key].coefficients)

@@ -58,7 +58,9 @@ def test_quick_demo_json(quick_demo: Path) -> None:
             assert abs(row["rebuilt_full"] - row["original"]) <= 0.001, (z["zoo"], row)
         assert set(z["archives"]) >= {"k90", "full"}
         for arc in z["archives"].values():
-            assert arc["archive_bytes"] == sum(p.stat().st_size for p in Path(arc["path"]).rglob("*") if p.is_file())
+            assert arc["archive_bytes"] == sum(
+                p.stat().st_size for p in Path(arc["path"]).rglob("*") if p.is_file()
+            )
         assert (quick_demo / z["analysis_report"]).is_file()
     merge = data["merge"]
     assert merge["centered_coefficients"]["rel_diff_from_mean"] < 1e-10

@@ -2,8 +2,8 @@
 
 With the shared subspace fixed, a layer's weight becomes ``W = W0 + m·μ + Σ_j c_j V_j`` (PCA) or
 ``W0 + m·μ + U C Vᵀ`` (HOSVD) and only ``c`` (``C``) trains — VeRA's mechanics with the archive's basis in
-frozen buffers. :func:`adaptation_benchmark` measures it honestly against LoRA, full fine-tuning and
-head-only / mean-only controls on a held-out zoo task.
+frozen buffers. :func:`weightspace.bench.adaptation_benchmark` measures it honestly against LoRA, full
+fine-tuning and head-only / mean-only controls on a held-out zoo task.
 
 Examples
 --------
@@ -28,7 +28,6 @@ from weightspace.adapt.model import (
     trainable_parameters,
     unload,
 )
-from weightspace.adapt.train import adaptation_benchmark, check_held_out
 
 __all__ = [
     "KCapWarning",
@@ -37,9 +36,7 @@ __all__ = [
     "SubspaceConv",
     "SubspaceLayer",
     "SubspaceLinear",
-    "adaptation_benchmark",
     "adapter_layers",
-    "check_held_out",
     "inject",
     "load",
     "merge_into_base",

@@ -43,7 +43,7 @@ def adapt(
     json_out: JsonOpt = False,
 ) -> None:
     """Coefficient-only adapters (mean- and zero-init, k sweep) vs LoRA r=8, full FT, head-only, mean-only."""
-    from weightspace.adapt import adaptation_benchmark
+    from weightspace.bench import adaptation_benchmark
     from weightspace.decompose import UNIT_FITS, Archive
 
     if not archive.exists():

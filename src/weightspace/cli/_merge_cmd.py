@@ -140,8 +140,8 @@ def merge(
     private: PrivateOpt = None,
     exclude: ExcludeOpt = None,
 ) -> None:
-    from weightspace.merge import evaluate_merged, merge_benchmark, merge_models
-    from weightspace.merge._eval import load_zoo
+    from weightspace.bench import evaluate_merged, load_zoo, merge_benchmark
+    from weightspace.merge import merge_models
 
     if list_all:
         if json_out:

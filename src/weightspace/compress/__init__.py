@@ -9,7 +9,7 @@ from weightspace._callable import make_callable
 from weightspace.compress._compress import CompressResult, UnitSummary, compress
 from weightspace.compress._project import project
 from weightspace.compress._reconstruct import ReconstructedModel, reconstruct, reconstruct_tensors
-from weightspace.decompose._project import ProjectedModel, ProjectResult, UnitResidual
+from weightspace.decompose import ProjectedModel, ProjectResult, UnitResidual
 
 __all__ = [
     "CompressResult",

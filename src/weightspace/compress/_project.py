@@ -10,8 +10,7 @@ import os
 from collections.abc import Sequence
 
 from weightspace._progress import Progress
-from weightspace.decompose import SharedSubspace
-from weightspace.decompose._project import ProjectResult
+from weightspace.decompose import ProjectResult, SharedSubspace
 
 __all__ = ["project"]
 

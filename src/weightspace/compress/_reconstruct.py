@@ -17,8 +17,7 @@ from typing import Any
 import torch
 
 from weightspace._progress import Progress, report
-from weightspace.decompose import Archive, ModelRecord, SharedSubspace
-from weightspace.decompose._project import open_base
+from weightspace.decompose import Archive, ModelRecord, SharedSubspace, open_base
 from weightspace.errors import ArchiveError
 from weightspace.io import DTYPES, ModelSource, lora_factors_from_delta, output_name, write_model
 

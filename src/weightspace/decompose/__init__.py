@@ -15,6 +15,7 @@ from weightspace.decompose._archive import (
     model_record,
 )
 from weightspace.decompose._gram import GramResult, Tick, center_gram
+from weightspace.decompose._project import ProjectedModel, ProjectResult, UnitResidual, open_base
 from weightspace.decompose._unitfit import (
     DEFAULT_CHUNK_BYTES,
     UNIT_FITS,
@@ -61,6 +62,8 @@ __all__ = [
     "PCAUnitFit",
     "Parametrisation",
     "PrivateRecord",
+    "ProjectResult",
+    "ProjectedModel",
     "Residuals",
     "SharedSubspace",
     "Tick",
@@ -68,6 +71,7 @@ __all__ = [
     "TuckerUnit",
     "UnitFit",
     "UnitRecord",
+    "UnitResidual",
     "center_gram",
     "choose_rank",
     "explained_variance_ratio",
@@ -76,6 +80,7 @@ __all__ = [
     "hosvd_factors",
     "k_for_fraction",
     "model_record",
+    "open_base",
     "pca_basis",
     "pca_components",
     "pca_spectrum",

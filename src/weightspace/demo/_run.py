@@ -250,7 +250,7 @@ def _k_label(k: int | list[int]) -> int:
 
 
 def _merge_section(zoo_dir: Path, progress: Progress | None) -> dict[str, Any]:
-    from weightspace.merge import merge_benchmark
+    from weightspace.bench import merge_benchmark
 
     result = merge_benchmark(zoo_dir, sweep=True, progress=progress)
     result["zoo"] = BENCH_ZOO
@@ -262,7 +262,7 @@ def _merge_section(zoo_dir: Path, progress: Progress | None) -> dict[str, Any]:
 
 
 def _adapt_section(zoo_dir: Path, seed: int, progress: Progress | None) -> dict[str, Any]:
-    from weightspace.adapt import adaptation_benchmark
+    from weightspace.bench import adaptation_benchmark
 
     result = adaptation_benchmark(zoo_dir, task=ADAPT_TASK, ks=(1, 4, 16), seed=seed, progress=progress)
     result["zoo"] = BENCH_ZOO

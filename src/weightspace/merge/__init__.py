@@ -9,9 +9,9 @@ On top of that core:
   format (full checkpoints: ``base + merged ΔW`` in the base's layout; LoRA adapters: merged as ``ΔW = s·B·A``,
   never factor-wise, and written as a rank-R adapter or into the base); :func:`merged_state_dict` /
   :func:`merge_to_memory` return it in memory. ``subspace`` can take the basis per unit from a ``.wsz`` archive.
-* :func:`merge_benchmark` and :func:`evaluate_merged` measure task accuracy on a built fine-tune zoo (merged
-  backbone + each task's own head), with upper/lower bounds, untuned defaults, validation-tuned sweeps, and the
-  check that summing centered coefficients is the mean (:func:`centered_coefficient_sum`).
+* :func:`centered_coefficient_sum` sums the coefficients of the centered task vectors in their PCA basis, which
+  is identically the mean (kept to measure that identity). The task-accuracy benchmark on built zoos lives in
+  :mod:`weightspace.bench` (:func:`~weightspace.bench.merge_benchmark`).
 
 =================== ==================================== ===================================================
 name                parameters                           1-D units (bias, norm)
@@ -43,30 +43,20 @@ tensor([ 2., -2.], dtype=torch.float64)
 from __future__ import annotations
 
 from weightspace.merge._apply import list_methods, merge_models, merge_to_memory, merged_state_dict, unit_seed
-from weightspace.merge._eval import (
-    DEFAULT_SWEEPS,
-    benchmark_table,
-    centered_coefficient_sum,
-    evaluate_merged,
-    merge_benchmark,
-)
+from weightspace.merge._centered import centered_coefficient_sum
 from weightspace.merge._methods import dare, dare_ties, knots, mean, subspace, task_arithmetic, ties, tsv
 from weightspace.merge._registry import MERGE_METHODS, MergeMethod, Param, merge_deltas, merge_method
 
 __all__ = [
-    "DEFAULT_SWEEPS",
     "MERGE_METHODS",
     "MergeMethod",
     "Param",
-    "benchmark_table",
     "centered_coefficient_sum",
     "dare",
     "dare_ties",
-    "evaluate_merged",
     "knots",
     "list_methods",
     "mean",
-    "merge_benchmark",
     "merge_deltas",
     "merge_method",
     "merge_models",

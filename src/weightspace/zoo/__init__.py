@@ -36,21 +36,13 @@ from __future__ import annotations
 import os
 
 from weightspace._registry import Registry
-from weightspace.zoo._base import (
-    ModelSource,
-    ProgressFn,
-    Zoo,
-    ZooInfo,
-    ZooKind,
-    ZooModel,
-    load_zoo_info,
-    pinned_threads,
-    read_checkpoint,
-    train_threads,
-)
+from weightspace.zoo._base import ModelSource, Zoo, ZooKind
+from weightspace.zoo._checkpoint import read_checkpoint
 from weightspace.zoo._cnn import MNIST1DCNNZoo
+from weightspace.zoo._manifest import ZooInfo, ZooModel, load_zoo_info
 from weightspace.zoo._mlp import DigitsMLPInitZoo, DigitsMLPZoo
 from weightspace.zoo._text import MiniLMLoRAZoo
+from weightspace.zoo._train import ProgressFn, pinned_threads, train_threads
 from weightspace.zoo._vit import DigitsViTZoo
 
 __all__ = [

@@ -11,16 +11,9 @@ import torch
 from torch import Tensor, nn
 
 from weightspace.zoo import _data
-from weightspace.zoo._base import (
-    ProgressFn,
-    Zoo,
-    ZooKind,
-    check_split,
-    derive_seed,
-    evaluate,
-    save_checkpoint,
-    seeded,
-)
+from weightspace.zoo._base import Zoo, ZooKind
+from weightspace.zoo._checkpoint import save_checkpoint
+from weightspace.zoo._train import ProgressFn, check_split, derive_seed, evaluate, seeded
 
 __all__ = ["DigitsMLP", "DigitsMLPInitZoo", "DigitsMLPZoo"]
 

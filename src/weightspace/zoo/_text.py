@@ -37,18 +37,9 @@ from torch import Tensor, nn
 from weightspace._atomic import atomic_dir, atomic_write_text
 from weightspace.errors import InputError, ShapeMismatchError, TensorKeyError, UnsupportedFormatError
 from weightspace.zoo import _data
-from weightspace.zoo._base import (
-    ModelSource,
-    ProgressFn,
-    Zoo,
-    ZooKind,
-    check_split,
-    derive_seed,
-    evaluate,
-    require,
-    save_checkpoint,
-    seeded,
-)
+from weightspace.zoo._base import ModelSource, Zoo, ZooKind, require
+from weightspace.zoo._checkpoint import save_checkpoint
+from weightspace.zoo._train import ProgressFn, check_split, derive_seed, evaluate, seeded
 
 __all__ = [
     "LORA_ALPHA",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -10,10 +11,11 @@ import pytest
 import torch
 
 import weightspace.cli._adapt_cmd  # noqa: F401  (registers the command)
-from weightspace.adapt import adaptation_benchmark, load
+from weightspace.adapt import load
+from weightspace.bench import adaptation_benchmark
 from weightspace.cli import main
 from weightspace.errors import InputError, ParameterError
-from weightspace.zoo import get_zoo
+from weightspace.zoo import get_zoo, load_zoo_info, read_checkpoint
 
 FIXED_LRS = {"full": 3e-3, "lora": 1e-2, "head-only": 1e-2, "mean-only": 1e-2, "coef": 3e-2}
 
@@ -25,9 +27,9 @@ def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, 
     return int(info.value.code or 0), out, err
 
 
-def test_benchmark_end_to_end_on_a_fake_zoo(fake_zoo: Path, tmp_path: Path) -> None:
+def test_benchmark_end_to_end_on_a_fake_zoo(fake_cnn_zoo: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    res = adaptation_benchmark(fake_zoo, task="reverse", ks=(1, 2), steps=3, seed=0, lrs=FIXED_LRS, out=out)
+    res = adaptation_benchmark(fake_cnn_zoo, task="reverse", ks=(1, 2), steps=3, seed=0, lrs=FIXED_LRS, out=out)
     names = [r["name"] for r in res["rows"]]
     assert names == [
         "full",
@@ -65,18 +67,16 @@ def test_benchmark_end_to_end_on_a_fake_zoo(fake_zoo: Path, tmp_path: Path) -> N
     assert cfg["k"] == 2
     assert cfg["init"] == "mean"
     fresh = get_zoo("mnist1d-cnn").make_model("reverse")
-    from weightspace.zoo._base import read_checkpoint
-
-    base, _ = read_checkpoint(fake_zoo / "base.safetensors")
+    base, _ = read_checkpoint(fake_cnn_zoo / "base.safetensors")
     fresh.load_state_dict({k: v for k, v in base.items() if not k.startswith("head.")}, strict=False)
     acc = get_zoo("mnist1d-cnn").accuracy(load(fresh, out / "adapter"), "reverse")
     assert acc == pytest.approx(rows["coef-mean-k2"]["test_accuracy"])
 
 
-def test_benchmark_is_deterministic(fake_zoo: Path, fake_zoo_archive: tuple[Path, Path]) -> None:
+def test_benchmark_is_deterministic(fake_cnn_zoo: Path, fake_cnn_zoo_archive: tuple[Path, Path]) -> None:
     kw = {"task": "reverse", "ks": (1,), "steps": 2, "seed": 3, "lrs": {**FIXED_LRS, "coef": (1e-2, 3e-2)}}
-    a = adaptation_benchmark(fake_zoo, fake_zoo_archive[0], **kw)
-    b = adaptation_benchmark(fake_zoo, fake_zoo_archive[0], **kw)
+    a = adaptation_benchmark(fake_cnn_zoo, fake_cnn_zoo_archive[0], **kw)
+    b = adaptation_benchmark(fake_cnn_zoo, fake_cnn_zoo_archive[0], **kw)
     for ra, rb in zip(a["rows"], b["rows"], strict=True):
         assert (ra["test_accuracy"], ra["final_loss"], ra["lr"]) == (
             rb["test_accuracy"],
@@ -88,21 +88,44 @@ def test_benchmark_is_deterministic(fake_zoo: Path, fake_zoo_archive: tuple[Path
 
 
 def test_benchmark_refuses_an_archive_holding_the_task_model(
-    fake_zoo: Path, fake_zoo_archive: tuple[Path, Path]
+    fake_cnn_zoo: Path, fake_cnn_zoo_archive: tuple[Path, Path]
 ) -> None:
     with pytest.raises(InputError, match="contains zoo model '002_reverse' of the held-out task 'reverse'"):
-        adaptation_benchmark(fake_zoo, fake_zoo_archive[1], task="reverse", steps=1, lrs=FIXED_LRS)
+        adaptation_benchmark(fake_cnn_zoo, fake_cnn_zoo_archive[1], task="reverse", steps=1, lrs=FIXED_LRS)
 
 
-def test_benchmark_parameter_errors(fake_zoo: Path, fake_zoo_archive: tuple[Path, Path]) -> None:
+def test_benchmark_parameter_errors(fake_cnn_zoo: Path, fake_cnn_zoo_archive: tuple[Path, Path]) -> None:
     with pytest.raises(ParameterError, match="Unknown task 'nope'"):
-        adaptation_benchmark(fake_zoo, task="nope")
+        adaptation_benchmark(fake_cnn_zoo, task="nope")
     with pytest.raises(ParameterError, match="what the base was pretrained on"):
-        adaptation_benchmark(fake_zoo, task="pretrain")
+        adaptation_benchmark(fake_cnn_zoo, task="pretrain")
     with pytest.raises(ParameterError, match="unknown learning-rate family 'adam'"):
-        adaptation_benchmark(fake_zoo, task="reverse", lrs={"adam": 1e-3})
+        adaptation_benchmark(fake_cnn_zoo, task="reverse", lrs={"adam": 1e-3})
     with pytest.raises(ParameterError, match="variant 'hosvd' needs an archive compressed with --method hosvd"):
-        adaptation_benchmark(fake_zoo, fake_zoo_archive[0], task="reverse", variant="hosvd", lrs=FIXED_LRS)
+        adaptation_benchmark(fake_cnn_zoo, fake_cnn_zoo_archive[0], task="reverse", variant="hosvd", lrs=FIXED_LRS)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (
+            {"ks": ()},
+            "The 'ks' parameter of adaptation_benchmark must be a non-empty sequence of ints >= 0. Got []",
+        ),
+        ({"ks": (1, -1)}, "The 'ks' parameter of adaptation_benchmark must be a non-empty sequence of ints >= 0"),
+        ({"k": -1}, "The 'k' parameter of adaptation_benchmark must be an int >= 0 or None. Got -1 instead."),
+        (
+            {"variant": "svd"},
+            "The 'variant' parameter of adaptation_benchmark must be one of 'hosvd', 'pca' or None",
+        ),
+        ({"steps": 0}, "The 'steps' parameter of adaptation_benchmark must be an int >= 1. Got 0 instead."),
+        ({"steps": True}, "The 'steps' parameter of adaptation_benchmark must be an int >= 1. Got True instead."),
+    ],
+)
+def test_benchmark_parameter_messages(fake_cnn_zoo: Path, kwargs: dict, message: str) -> None:
+    """Declarative checks, one message format; a parsed ZooInfo is accepted in place of the directory."""
+    with pytest.raises(ParameterError, match=re.escape(message)):
+        adaptation_benchmark(load_zoo_info(fake_cnn_zoo), task="reverse", lrs=FIXED_LRS, **kwargs)
 
 
 # ------------------------------------------------------------------------------------------------ CLI
@@ -117,30 +140,32 @@ def _assert_exit_2_nothing_written(
     assert not [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}")]  # no temporaries left
 
 
-def test_cli_missing_archive_exits_2(fake_zoo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_missing_archive_exits_2(
+    fake_cnn_zoo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "out"
-    argv = ["adapt", str(tmp_path / "none.wsz"), "--zoo", str(fake_zoo), "--task", "reverse", "-o", str(out)]
+    argv = ["adapt", str(tmp_path / "none.wsz"), "--zoo", str(fake_cnn_zoo), "--task", "reverse", "-o", str(out)]
     _assert_exit_2_nothing_written(argv, out, capsys, "archive does not exist")
 
 
 def test_cli_unknown_task_exits_2(
-    fake_zoo: Path, fake_zoo_archive: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    fake_cnn_zoo: Path, fake_cnn_zoo_archive: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "out"
-    argv = ["adapt", str(fake_zoo_archive[0]), "--zoo", str(fake_zoo), "--task", "nope", "-o", str(out)]
+    argv = ["adapt", str(fake_cnn_zoo_archive[0]), "--zoo", str(fake_cnn_zoo), "--task", "nope", "-o", str(out)]
     _assert_exit_2_nothing_written(argv, out, capsys, "Unknown task 'nope'")
 
 
 def test_cli_task_model_inside_archive_exits_2(
-    fake_zoo: Path, fake_zoo_archive: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    fake_cnn_zoo: Path, fake_cnn_zoo_archive: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "out"
-    argv = ["adapt", str(fake_zoo_archive[1]), "--zoo", str(fake_zoo), "--task", "reverse", "-o", str(out)]
+    argv = ["adapt", str(fake_cnn_zoo_archive[1]), "--zoo", str(fake_cnn_zoo), "--task", "reverse", "-o", str(out)]
     _assert_exit_2_nothing_written(argv, out, capsys, "of the held-out task 'reverse'")
 
 
 def test_cli_copied_task_model_is_caught_by_hash(
-    fake_zoo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    fake_cnn_zoo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A copy of the task's checkpoint under another name is still the task's model."""
     from weightspace.collection import Collection
@@ -148,27 +173,27 @@ def test_cli_copied_task_model_is_caught_by_hash(
 
     copies = tmp_path / "copies"
     copies.mkdir()
-    for p in sorted((fake_zoo / "models").glob("*.safetensors")):
+    for p in sorted((fake_cnn_zoo / "models").glob("*.safetensors")):
         shutil.copy(p, copies / f"x{p.name}")
     compress(
-        Collection.from_paths([copies], base=fake_zoo / "base.safetensors", private=["head.*"]),
+        Collection.from_paths([copies], base=fake_cnn_zoo / "base.safetensors", private=["head.*"]),
         tmp_path / "c.wsz",
         n_components=2,
     )
     out = tmp_path / "out"
-    argv = ["adapt", str(tmp_path / "c.wsz"), "--zoo", str(fake_zoo), "--task", "reverse", "-o", str(out)]
+    argv = ["adapt", str(tmp_path / "c.wsz"), "--zoo", str(fake_cnn_zoo), "--task", "reverse", "-o", str(out)]
     _assert_exit_2_nothing_written(argv, out, capsys, "contains zoo model '002_reverse'")
 
 
 def test_cli_bad_zoo_and_variant_exit_2(
-    fake_zoo_archive: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    fake_cnn_zoo_archive: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "out"
-    argv = ["adapt", str(fake_zoo_archive[0]), "--zoo", str(tmp_path), "--task", "reverse", "-o", str(out)]
+    argv = ["adapt", str(fake_cnn_zoo_archive[0]), "--zoo", str(tmp_path), "--task", "reverse", "-o", str(out)]
     _assert_exit_2_nothing_written(argv, out, capsys, "not a zoo directory")
     argv = [
         "adapt",
-        str(fake_zoo_archive[0]),
+        str(fake_cnn_zoo_archive[0]),
         "--zoo",
         str(tmp_path),
         "--task",
@@ -182,14 +207,14 @@ def test_cli_bad_zoo_and_variant_exit_2(
 
 
 def test_cli_json_run(
-    fake_zoo: Path, fake_zoo_archive: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    fake_cnn_zoo: Path, fake_cnn_zoo_archive: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "out"
     argv = [
         "adapt",
-        str(fake_zoo_archive[0]),
+        str(fake_cnn_zoo_archive[0]),
         "--zoo",
-        str(fake_zoo),
+        str(fake_cnn_zoo),
         "--task",
         "reverse",
         "-o",
@@ -214,7 +239,7 @@ def test_cli_json_run(
     # An archive given on the command line is referenced, not copied.
     cfg = json.loads((out / "adapter" / "adapter_config.json").read_text())
     assert cfg["save_basis"] is False
-    assert Path(cfg["archive"]) == fake_zoo_archive[0].resolve()
+    assert Path(cfg["archive"]) == fake_cnn_zoo_archive[0].resolve()
 
 
 @pytest.mark.slow

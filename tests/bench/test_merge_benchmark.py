@@ -6,16 +6,14 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
+import weightspace.bench.merge as bench_merge
+import weightspace.cli._merge_cmd  # noqa: F401  (registers the command)
+from weightspace.bench import benchmark_table, evaluate_merged, merge_benchmark
+from weightspace.cli import main
 from weightspace.errors import InputError, ParameterError
-from weightspace.merge import (
-    benchmark_table,
-    centered_coefficient_sum,
-    evaluate_merged,
-    merge_benchmark,
-    merge_models,
-)
+from weightspace.merge import merge_models
+from weightspace.zoo import load_zoo_info
 
 SMALL_SWEEPS = {
     "task_arithmetic": {"lam": (0.3, 0.6, 1.0)},
@@ -92,12 +90,6 @@ def test_centered_coefficients_equal_the_mean(result: tuple[dict, object]) -> No
     assert {p["key"] for p in res["not_merged"]} == {"head.weight", "head.bias"}
 
 
-def test_centered_coefficient_sum_is_the_mean_on_random_deltas() -> None:
-    g = torch.Generator().manual_seed(0)
-    deltas = [torch.randn(5, 7, generator=g, dtype=torch.float64) for _ in range(4)]
-    torch.testing.assert_close(centered_coefficient_sum(deltas), torch.stack(deltas).mean(0), atol=1e-12, rtol=0)
-
-
 def test_evaluate_merged_output(fake_zoo_dir: Path, fake_zoo, tmp_path: Path) -> None:
     models = sorted((fake_zoo_dir / "models").glob("*.safetensors"))
     out = tmp_path / "merged.safetensors"
@@ -116,6 +108,71 @@ def test_benchmark_argument_errors(fake_zoo_dir: Path, fake_zoo, tmp_path: Path)
         merge_benchmark(fake_zoo_dir, ["ties"], sweeps={"ties": {"density": (0.5, 2.0)}}, zoo=fake_zoo)
     with pytest.raises(InputError, match=r"zoo\.json is missing"):
         merge_benchmark(tmp_path, zoo=fake_zoo)
+
+
+def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    out, err = capsys.readouterr()
+    return int(info.value.code or 0), out, err
+
+
+def test_benchmark_accepts_a_parsed_zoo(fake_zoo_dir: Path, fake_zoo) -> None:
+    """A ZooInfo from build_zoo/load_zoo_info gives the same result as its directory."""
+    info = load_zoo_info(fake_zoo_dir)
+    kw = {"sweep": False, "zoo": fake_zoo}
+    a, b = merge_benchmark(fake_zoo_dir, ["mean"], **kw), merge_benchmark(info, ["mean"], **kw)
+    assert (a["zoo_dir"], a["columns"], a["rows"]) == (b["zoo_dir"], b["columns"], b["rows"])
+    model = info.models[0].path
+    assert (
+        evaluate_merged(info, model, zoo=fake_zoo)["rows"]
+        == evaluate_merged(fake_zoo_dir, model, zoo=fake_zoo)["rows"]
+    )
+    with pytest.raises(
+        ParameterError, match=r"The 'val_fraction' parameter of merge_benchmark must be a float in \(0, 1\)"
+    ):
+        merge_benchmark(info, ["mean"], val_fraction=1.0, **kw)
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+def test_eval_with_a_fake_zoo(
+    fake_zoo_dir: Path,
+    fake_zoo_class: type,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # The zoo.json names "fake-finetune", which is not registered: the harness's zoo lookup returns the fake.
+    monkeypatch.setattr(bench_merge, "get_zoo", lambda name: fake_zoo_class())
+    models = sorted(str(p) for p in (fake_zoo_dir / "models").glob("*.safetensors"))
+    out = tmp_path / "merged.safetensors"
+    argv = [
+        "merge",
+        *models,
+        "--base",
+        str(fake_zoo_dir / "base.safetensors"),
+        "-m",
+        "mean",
+        "--private",
+        "head.*",
+    ]
+    code, stdout, stderr = run([*argv, "-o", str(out), "--eval", str(fake_zoo_dir), "--json"], capsys)
+    assert code == 0, stderr
+    result = json.loads(stdout)["eval"]
+    assert [r["kind"] for r in result["rows"]] == ["upper_bound", "lower_bound", "merged"]
+    assert "lower bound" in stderr
+
+    code, stdout, stderr = run(
+        ["merge", "--eval", str(fake_zoo_dir), "-m", "ties", "--no-sweep", "--json"], capsys
+    )
+    assert code == 0, stderr
+    bench = json.loads(stdout)
+    assert [r["label"] for r in bench["rows"]][2:] == ["ties", "centered coefficients, summed (= mean)"]
+
+    code, _, stderr = run([*argv, "-o", str(tmp_path / "x.safetensors"), "--eval", str(tmp_path)], capsys)
+    assert code == 2
+    assert "zoo.json is missing" in stderr
+    assert not (tmp_path / "x.safetensors").exists()
 
 
 def _build_zoo():

@@ -2,7 +2,7 @@
 
 It follows the ``weightspace.zoo`` contract the merge benchmark relies on (``zoo.json`` with ``base``, ``models``
 and ``head_prefix``; an evaluator with ``load_model``, ``accuracy`` and ``task_data``), so the benchmark can be
-tested without training a real zoo.
+tested without training a real zoo. The fixtures are in ``conftest.py``.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import pytest
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -132,18 +131,3 @@ def _build(root: Path, zoo: FakeZoo) -> Path:
     }
     (root / "zoo.json").write_text(json.dumps(doc))
     return root
-
-
-@pytest.fixture(scope="session")
-def fake_zoo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_fake_zoo(tmp_path_factory.mktemp("fakezoo"), FakeZoo())
-
-
-@pytest.fixture
-def fake_zoo() -> FakeZoo:
-    return FakeZoo()
-
-
-@pytest.fixture(scope="session")
-def fake_zoo_class() -> type[FakeZoo]:
-    return FakeZoo

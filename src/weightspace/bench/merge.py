@@ -21,6 +21,9 @@ method alike; only the ranking of grid values is used.
 Two checks of the paper's claims ride along: ``subspace`` against ``mean``, and the merge that sums the
 coefficients of the *centered* task vectors in their PCA basis, which is identically the mean (its coefficients
 sum to zero over the models); the measured difference is reported.
+
+The harness reads the zoo (its ``zoo.json`` and evaluator) and calls the merge library
+(:func:`~weightspace.merge.merge_to_memory`); nothing in :mod:`weightspace.merge` knows about zoos.
 """
 
 from __future__ import annotations
@@ -36,17 +39,19 @@ import torch
 from torch import Tensor
 
 from weightspace._progress import Progress, report
+from weightspace._validation import Interval, validate_params
 from weightspace.collection import Collection
 from weightspace.errors import InputError, ParameterError, UnsupportedFormatError
 from weightspace.io import open_source
-from weightspace.merge._apply import merge_to_memory
-from weightspace.merge._registry import MERGE_METHODS
+from weightspace.merge import MERGE_METHODS, centered_coefficient_sum, merge_to_memory
+from weightspace.zoo import ZooInfo, get_zoo, load_zoo_info
 
 __all__ = [
     "DEFAULT_SWEEPS",
+    "ZooLike",
     "benchmark_table",
-    "centered_coefficient_sum",
     "evaluate_merged",
+    "load_zoo",
     "merge_benchmark",
 ]
 
@@ -63,6 +68,7 @@ DEFAULT_SWEEPS: dict[str, dict[str, tuple[float | int, ...]]] = {
 """Grids searched on validation by :func:`merge_benchmark` (one parameter per method, others at defaults)."""
 
 _VAL_SEED = 0x5EED
+_CONSTRAINTS = {"val_fraction": [Interval(float, 0.0, 1.0, closed="neither")]}
 
 
 class ZooLike(Protocol):
@@ -75,54 +81,15 @@ class ZooLike(Protocol):
     def task_data(self, task: str, split: str) -> tuple[Tensor, Tensor]: ...
 
 
-# --------------------------------------------------------------------------------------- centered coefficients
-
-
-def centered_coefficient_sum(deltas: Sequence[Tensor]) -> Tensor:
-    """The "merge" that sums the coefficients of the centered task vectors in their PCA basis.
-
-    With :math:`\\mu = \\frac1N\\sum_i \\delta_i`, the centered PCA
-    :math:`\\delta_i - \\mu = \\sum_j c_{ij} v_j` and the merge :math:`\\mu + \\sum_j (\\sum_i c_{ij}) v_j`: since
-    :math:`\\sum_i (\\delta_i - \\mu) = 0`, every :math:`\\sum_i c_{ij}` is zero and the result is the mean, up to
-    rounding. Kept to *measure* that identity.
-
-    Parameters
-    ----------
-    deltas : sequence of Tensor
-        N task vectors of one unit, each ``(d,)`` or ``(d_out, d_in)``.
-
-    Returns
-    -------
-    Tensor
-        float64, same shape as one delta.
-
-    Examples
-    --------
-    >>> import torch
-    >>> ds = [torch.tensor([1.0, 0.0, 2.0]), torch.tensor([0.0, 3.0, 1.0]), torch.tensor([2.0, 0.0, -1.0])]
-    >>> torch.allclose(centered_coefficient_sum(ds), torch.stack(ds).double().mean(0))
-    True
-    """
-    x = torch.stack([d.reshape(-1).to(torch.float64) for d in deltas])  # (n_models, numel)
-    mu = x.mean(dim=0)
-    u, s, vh = torch.linalg.svd(x - mu, full_matrices=False)  # (n, r), (r,), (r, numel)
-    coefficients = u * s  # (n_models, r): row i holds model i's coordinates in the centered basis
-    return (mu + coefficients.sum(dim=0) @ vh).reshape(deltas[0].shape)
-
-
 # ------------------------------------------------------------------------------------------------ zoo access
 
 
-def _zoo_api() -> tuple[Callable[[str], Any], Callable[[PathLike], Any]]:
-    # Imported lazily: the zoos pull in optional dependencies (sklearn, mnist1d ...) that merging does not need.
-    from weightspace.zoo import get_zoo, load_zoo_info
+def load_zoo(zoo_dir: PathLike | ZooInfo) -> ZooInfo:
+    """Parse ``zoo_dir/zoo.json`` (raises :class:`InputError` for a directory that is not a built zoo).
 
-    return get_zoo, load_zoo_info
-
-
-def load_zoo(zoo_dir: PathLike) -> Any:
-    """Parse ``zoo_dir/zoo.json`` (raises :class:`InputError` for a directory that is not a built zoo)."""
-    return _zoo_api()[1](zoo_dir)
+    A :class:`~weightspace.zoo.ZooInfo` that is already parsed is returned as is.
+    """
+    return zoo_dir if isinstance(zoo_dir, ZooInfo) else load_zoo_info(zoo_dir)
 
 
 class _Bench:
@@ -130,15 +97,14 @@ class _Bench:
 
     def __init__(
         self,
-        zoo_dir: PathLike,
+        info: ZooInfo,
         zoo: ZooLike | None,
         val_fraction: float,
         max_val: int,
         keep: Callable[[Any], bool] | None = None,
         none_kept: str = "no model of this zoo was selected",
     ):
-        get_zoo, load_info = _zoo_api()
-        self.info = load_info(zoo_dir)
+        self.info = info
         self.models = [m for m in self.info.models if keep is None or keep(m)]
         if not self.models:
             raise InputError(none_kept, path=self.info.dir)
@@ -249,7 +215,7 @@ def _bounds(bench: _Bench) -> list[dict[str, Any]]:
 
 
 def evaluate_merged(
-    zoo_dir: PathLike,
+    zoo_dir: PathLike | ZooInfo,
     merged: PathLike | Mapping[str, Tensor],
     *,
     models: Sequence[PathLike] | None = None,
@@ -259,8 +225,9 @@ def evaluate_merged(
 
     Parameters
     ----------
-    zoo_dir : path
-        A built fine-tune zoo (``zoo.json``, ``base.safetensors``, ``models/``).
+    zoo_dir : path or ZooInfo
+        A built fine-tune zoo (``zoo.json``, ``base.safetensors``, ``models/``), or its parsed
+        :class:`~weightspace.zoo.ZooInfo`.
     merged : path or mapping of str to Tensor
         The merged full model (as written by :func:`~weightspace.merge.merge_models`) or its state dict.
     models : sequence of path, optional
@@ -280,7 +247,7 @@ def evaluate_merged(
     def keep(m: Any) -> bool:
         return wanted is None or Path(m.path).resolve() in wanted
 
-    bench = _Bench(zoo_dir, zoo, 0.2, 1000, keep, "none of the merged models belongs to this zoo")
+    bench = _Bench(load_zoo(zoo_dir), zoo, 0.2, 1000, keep, "none of the merged models belongs to this zoo")
     if isinstance(merged, Mapping):
         state = dict(merged)
     else:
@@ -295,7 +262,7 @@ def evaluate_merged(
 
 
 def merge_benchmark(
-    zoo_dir: PathLike,
+    zoo_dir: PathLike | ZooInfo,
     methods: Sequence[str] | None = None,
     *,
     models: Sequence[str] | None = None,
@@ -310,8 +277,9 @@ def merge_benchmark(
 
     Parameters
     ----------
-    zoo_dir : path
-        A built fine-tune zoo (e.g. ``build_zoo("mnist1d-cnn", dir)``).
+    zoo_dir : path or ZooInfo
+        A built fine-tune zoo directory, or its parsed :class:`~weightspace.zoo.ZooInfo` (e.g. the return value
+        of ``build_zoo("mnist1d-cnn", dir)``).
     methods : sequence of str, optional
         Merge methods to compare (default: every registered one).
     models : sequence of str, optional
@@ -346,10 +314,7 @@ def merge_benchmark(
     names = MERGE_METHODS.names() if methods is None else list(methods)
     for name in names:
         MERGE_METHODS.get(name)  # unknown names raise, listing the valid ones
-    if not 0.0 < float(val_fraction) < 1.0:
-        raise ParameterError(
-            f"The 'val_fraction' parameter of merge_benchmark must be in (0, 1). Got {val_fraction!r}."
-        )
+    validate_params("merge_benchmark", _CONSTRAINTS, {"val_fraction": val_fraction})
     grids = {m: dict(g) for m, g in (DEFAULT_SWEEPS if sweeps is None else sweeps).items()} if sweep else {}
     for m, grid in grids.items():
         if len(grid) != 1:
@@ -363,10 +328,11 @@ def merge_benchmark(
                 MERGE_METHODS.get(m).resolve_params({param: value})  # out-of-range grid values fail here, early
     grids = {m: g for m, g in grids.items() if m in names}
 
+    info = load_zoo(zoo_dir)
     keep = None
     if models is not None:
         chosen = set(models)
-        all_names = [m.name for m in load_zoo(zoo_dir).models]
+        all_names = [m.name for m in info.models]
         unknown = sorted(chosen - set(all_names))
         if unknown:
             valid = ", ".join(repr(name) for name in all_names)
@@ -375,7 +341,7 @@ def merge_benchmark(
         def keep(m: Any) -> bool:
             return m.name in chosen
 
-    bench = _Bench(zoo_dir, zoo, val_fraction, max_val, keep)
+    bench = _Bench(info, zoo, val_fraction, max_val, keep)
     n = bench.coll.n_models
     for name, grid in grids.items():
         (param, values) = next(iter(grid.items()))

@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
+from weightspace._validation import BOOL, NONE, Interval, Kind, StrOptions
 from weightspace.errors import NonFiniteError, ParameterError, ShapeMismatchError
 from weightspace.merge._registry import Param, merge_method
 
@@ -34,14 +35,16 @@ _BASIS_ATOL = 1e-4
 _DEFAULT_K = 16
 
 _LAM = Param(
-    float,
-    1.0,
-    interval="(-inf, inf)",
+    Interval(float, -math.inf, math.inf, closed="neither"),
+    default=1.0,
     doc="scaling λ of the merged delta (task arithmetic is usually tuned to 0.3–0.5; negative subtracts tasks)",
 )
-_DENSITY = Param(float, 0.2, interval="(0, 1]", doc="fraction of entries kept per task, by magnitude")
-_P = Param(float, 0.9, interval="[0, 1)", doc="probability of dropping each entry")
-_SEED = Param(int, 0, interval="[0, inf)", doc="seed of the random drop masks (used modulo 2**64)")
+_FRACTION = Interval(float, 0, 1, closed="right")  # (0, 1]
+_DENSITY = Param(_FRACTION, default=0.2, doc="fraction of entries kept per task, by magnitude")
+_P = Param(Interval(float, 0, 1, closed="left"), default=0.9, doc="probability of dropping each entry")
+_SEED = Param(
+    Interval(int, 0, math.inf, closed="left"), default=0, doc="seed of the random drop masks (used modulo 2**64)"
+)
 
 
 # --------------------------------------------------------------------------------------------------- helpers
@@ -343,7 +346,9 @@ def dare(deltas: Sequence[Tensor], *, p: float = 0.9, lam: float = 1.0, seed: in
         "lam": _LAM,
         "seed": _SEED,
         "normalize": Param(
-            bool, True, doc="disjoint mean of the agreeing entries (True) or their sum (False, mergekit's default)"
+            BOOL,
+            default=True,
+            doc="disjoint mean of the agreeing entries (True) or their sum (False, mergekit's default)",
         ),
     },
 )
@@ -417,10 +422,12 @@ _KNOTS_INNER: dict[str, Callable[[Tensor, float], Tensor]] = {
     "knots",
     reference_url="https://arxiv.org/abs/2410.19735",
     params={
-        "inner": Param(str, "ties", choices=tuple(_KNOTS_INNER), doc="merge applied to the aligned blocks"),
-        "density": Param(float, 0.2, interval="(0, 1]", doc="fraction kept per task when inner='ties'"),
+        "inner": Param(StrOptions(_KNOTS_INNER), default="ties", doc="merge applied to the aligned blocks"),
+        "density": Param(_FRACTION, default=0.2, doc="fraction kept per task when inner='ties'"),
         "lam": _LAM,
-        "s_on_v": Param(bool, True, doc="merge the Σ-scaled blocks ΣV_iᵀ (True, reference default) or V_iᵀ"),
+        "s_on_v": Param(
+            BOOL, default=True, doc="merge the Σ-scaled blocks ΣV_iᵀ (True, reference default) or V_iᵀ"
+        ),
     },
 )
 def knots(
@@ -530,10 +537,9 @@ def knots(
     reference_url="https://arxiv.org/abs/2412.00081",
     params={
         "fraction": Param(
-            float,
-            None,
-            interval="(0, 1]",
-            nullable=True,
+            _FRACTION,
+            NONE,
+            default=None,
             doc="fraction of singular triplets kept per task (default 1/N)",
         ),
         "lam": _LAM,
@@ -648,16 +654,22 @@ def _checked_basis(basis: Tensor, dim: int, like: Tensor) -> Tensor:
     reference_url="https://arxiv.org/abs/2512.05117",
     params={
         "k": Param(
-            (int, float),
-            None,
-            interval=("[1, inf)", "(0, 1)"),
-            nullable=True,
+            Interval(int, 1, math.inf, closed="left"),
+            Interval(float, 0, 1, closed="neither"),
+            NONE,
+            default=None,
             doc="number of components (int) or captured energy fraction (float in (0, 1)); default min(N, 16)",
         ),
         "lam": _LAM,
-        "elect": Param(bool, True, doc="TIES-style sign election per coefficient (True) or plain mean (False)"),
+        "elect": Param(
+            BOOL, default=True, doc="TIES-style sign election per coefficient (True) or plain mean (False)"
+        ),
         "basis": Param(
-            torch.Tensor, None, nullable=True, cli=False, doc="external (k, D) basis with orthonormal rows"
+            Kind((Tensor,), "a torch.Tensor"),
+            NONE,
+            default=None,
+            cli=False,
+            doc="external (k, D) basis with orthonormal rows",
         ),
     },
 )

@@ -13,8 +13,8 @@ from weightspace.merge import (
     benchmark_table,
     centered_coefficient_sum,
     evaluate_merged,
+    merge,
     merge_benchmark,
-    merge_models,
 )
 
 SMALL_SWEEPS = {
@@ -101,7 +101,7 @@ def test_centered_coefficient_sum_is_the_mean_on_random_deltas() -> None:
 def test_evaluate_merged_output(fake_zoo_dir: Path, fake_zoo, tmp_path: Path) -> None:
     models = sorted((fake_zoo_dir / "models").glob("*.safetensors"))
     out = tmp_path / "merged.safetensors"
-    merge_models(models[:2], base=fake_zoo_dir / "base.safetensors", method="mean", out=out, private=["head.*"])
+    merge(models[:2], base=fake_zoo_dir / "base.safetensors", method="mean", out=out, private=["head.*"])
     res = evaluate_merged(fake_zoo_dir, out, models=models[:2], zoo=fake_zoo)
     assert [r["kind"] for r in res["rows"]] == ["upper_bound", "lower_bound", "merged"]
     assert [c["model"] for c in res["columns"]] == [p.stem for p in models[:2]]

@@ -1,5 +1,5 @@
-"""compress, SharedSubspace.fit, project and adapt.inject see the same fitted object: same k, same basis,
-same coefficients (to 1e-10)."""
+"""compress, SharedSubspace.fit, project, the subspace merge and adapt.inject see the same fitted object: same k,
+same basis, same coefficients (to 1e-10)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from weightspace.collection import Collection
 from weightspace.compress import compress, project
 from weightspace.decompose import SharedSubspace
 from weightspace.io import save_safetensors
+from weightspace.merge import merge, subspace_fit
 
 TOL = 1e-10
 
@@ -79,3 +80,22 @@ def _copy(net: nn.Module) -> nn.Module:
     import copy
 
     return copy.deepcopy(net)
+
+
+def test_subspace_merge_uses_the_shared_subspace(tmp_path: Path) -> None:
+    models, base = _zoo(tmp_path)
+    paths = sorted(str(p) for p in (tmp_path / "m").glob("*.safetensors"))
+    deltas = [{k: m[k] - base[k] for k in base} for m in models]
+    # The merge's own basis is SharedSubspace's uncentered unit fit: same rank rule, basis and coefficients.
+    ss = SharedSubspace(n_components=3, center=False).fit(deltas)
+    for key in base:
+        own = subspace_fit([d[key] for d in deltas], 3)
+        assert own.k == ss.n_components_[key]
+        torch.testing.assert_close(own.basis(), ss.basis_[key], rtol=0, atol=TOL)
+        torch.testing.assert_close(own.coefficients, ss.coefficients_[key], rtol=0, atol=TOL)
+    # Handing that fit to merge gives the same merge as letting the method fit it.
+    coll = Collection.from_paths(paths, base=tmp_path / "base.safetensors")
+    given = merge(coll, method="subspace", subspace=ss)
+    fitted = merge(paths, base=tmp_path / "base.safetensors", method="subspace", params={"k": 3})
+    for key in base:
+        torch.testing.assert_close(given.tensors[key].double(), fitted.tensors[key].double(), rtol=0, atol=1e-6)

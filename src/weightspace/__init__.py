@@ -30,6 +30,7 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "analyze": ("weightspace.analyze", None),
     "compress": ("weightspace.compress", None),
     "inject": ("weightspace.adapt", "inject"),
+    "merge": ("weightspace.merge", None),
     "project": ("weightspace.compress", "project"),
     "reconstruct": ("weightspace.compress", "reconstruct"),
 }
@@ -42,12 +43,13 @@ __all__ = [
     "analyze",
     "compress",
     "inject",
+    "merge",
     "project",
     "reconstruct",
 ]
 
 if TYPE_CHECKING:
-    from weightspace import analyze, compress
+    from weightspace import analyze, compress, merge
     from weightspace.adapt import inject
     from weightspace.collection import Collection
     from weightspace.compress import project, reconstruct

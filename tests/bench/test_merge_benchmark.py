@@ -12,7 +12,7 @@ import weightspace.cli._merge_cmd  # noqa: F401  (registers the command)
 from weightspace.bench import benchmark_table, evaluate_merged, merge_benchmark
 from weightspace.cli import main
 from weightspace.errors import InputError, ParameterError
-from weightspace.merge import merge_models
+from weightspace.merge import merge
 from weightspace.zoo import load_zoo_info
 
 SMALL_SWEEPS = {
@@ -93,7 +93,7 @@ def test_centered_coefficients_equal_the_mean(result: tuple[dict, object]) -> No
 def test_evaluate_merged_output(fake_zoo_dir: Path, fake_zoo, tmp_path: Path) -> None:
     models = sorted((fake_zoo_dir / "models").glob("*.safetensors"))
     out = tmp_path / "merged.safetensors"
-    merge_models(models[:2], base=fake_zoo_dir / "base.safetensors", method="mean", out=out, private=["head.*"])
+    merge(models[:2], base=fake_zoo_dir / "base.safetensors", method="mean", out=out, private=["head.*"])
     res = evaluate_merged(fake_zoo_dir, out, models=models[:2], zoo=fake_zoo)
     assert [r["kind"] for r in res["rows"]] == ["upper_bound", "lower_bound", "merged"]
     assert [c["model"] for c in res["columns"]] == [p.stem for p in models[:2]]

@@ -23,11 +23,10 @@ from weightspace.errors import (
 from weightspace.io import open_source
 from weightspace.merge import (
     MERGE_METHODS,
+    MergeResult,
     list_methods,
+    merge,
     merge_deltas,
-    merge_models,
-    merge_to_memory,
-    merged_state_dict,
     unit_seed,
 )
 
@@ -40,6 +39,14 @@ PARAMS: dict[str, dict[str, str]] = {
     "ties": {"density": "0.5"},
     "subspace": {"k": "2"},
 }
+
+
+def merged_tensors(models, **kw) -> dict[str, torch.Tensor]:
+    """``merge`` in memory: the merged model by file key."""
+    result = merge(models, **kw)
+    assert result.out is None
+    assert result.tensors is not None
+    return result.tensors
 
 
 def _g(seed: int) -> torch.Generator:
@@ -116,7 +123,7 @@ UNITS = ["embed.weight", "conv.weight", "conv.bias", "fc1.weight", "fc2.weight",
 def test_full_merge_equals_base_plus_core_merge(zoo: dict, method: str) -> None:
     params = PARAMS.get(method, {})
     out = zoo["dir"] / "merged.safetensors"
-    summary = merge_models(zoo["paths"], base=zoo["base_path"], method=method, params=params, out=out)
+    summary = merge(zoo["paths"], base=zoo["base_path"], method=method, params=params, out=out)
     got = load_file(out)
     for key in UNITS:
         torch.testing.assert_close(
@@ -126,16 +133,20 @@ def test_full_merge_equals_base_plus_core_merge(zoo: dict, method: str) -> None:
     assert torch.equal(got["position_ids"], zoo["base"]["position_ids"])
     assert torch.equal(got["head.weight"], zoo["base"]["head.weight"])
     assert set(got) == set(zoo["base"])  # every base key is there
-    assert summary["n_units"] == len(UNITS)
-    assert {u["name"] for u in summary["units"]} == set(UNITS)
+    assert isinstance(summary, MergeResult)
+    assert summary.out == out
+    assert summary.tensors is None
+    assert summary.n_units == len(UNITS)
+    assert {u.name for u in summary.units} == set(UNITS)
 
 
 def test_dare_seeds_are_per_unit_and_deterministic(zoo: dict) -> None:
     kw = {"base": zoo["base_path"], "method": "dare", "params": {"p": 0.5, "seed": 11}}
-    a, summary = merge_to_memory(zoo["paths"], **kw)
-    b = merged_state_dict(zoo["paths"], **kw)
+    summary = merge(zoo["paths"], **kw)
+    a = summary.tensors
+    b = merged_tensors(zoo["paths"], **kw)
     assert all(torch.equal(a[k], b[k]) for k in a)
-    seeds = {u["name"]: u["seed"] for u in summary["units"]}
+    seeds = {u.name: u.seed for u in summary.units}
     assert seeds["fc1.weight"] == unit_seed(11, "fc1.weight") != seeds["fc2.weight"]
     # fc1 and fc2 have the same shape; with one seed for both they would share their drop masks, which shows as
     # the same pattern of entries where every model was dropped (merged == base).
@@ -145,17 +156,24 @@ def test_dare_seeds_are_per_unit_and_deterministic(zoo: dict) -> None:
 
 
 def test_summary_reports_private_heads_and_comparison_with_mean(zoo: dict) -> None:
-    _, summary = merge_to_memory(zoo["paths"], base=zoo["base_path"], method="ties")
-    heads = {p["key"]: p for p in summary["not_merged"]}
+    summary = merge(zoo["paths"], base=zoo["base_path"], method="ties")
+    heads = {p.key: p for p in summary.not_merged}
     assert set(heads) == {"head.weight", "head.bias"}
-    assert heads["head.weight"]["reason"] == "shape differs across models"
-    assert heads["head.weight"]["shapes"] == {"m0": [5, 6], "m1": [3, 6], "m2": [5, 6]}
-    assert heads["head.weight"]["action"].startswith("kept the base's tensor")
-    assert "position_ids" in summary["copied_from_base"]
-    assert summary["rel_diff_from_mean"] > 0
-    _, mean_summary = merge_to_memory(zoo["paths"], base=zoo["base_path"], method="mean")
-    assert mean_summary["rel_diff_from_mean"] == 0.0
-    json.dumps(summary)  # JSON-able
+    assert heads["head.weight"].reason == "shape differs across models"
+    assert heads["head.weight"].shapes == {"m0": (5, 6), "m1": (3, 6), "m2": (5, 6)}
+    assert heads["head.weight"].action.startswith("kept the base's tensor")
+    assert "position_ids" in summary.copied_from_base
+    assert summary.rel_diff_from_mean > 0
+    mean_summary = merge(zoo["paths"], base=zoo["base_path"], method="mean")
+    assert mean_summary.rel_diff_from_mean == 0.0
+    d = json.loads(json.dumps(summary.to_dict()))  # JSON-able
+    head = next(p for p in d["not_merged"] if p["key"] == "head.weight")
+    assert head["shapes"] == {"m0": [5, 6], "m1": [3, 6], "m2": [5, 6]}
+    assert d["format"] == "full"
+    assert d["layout"] == "safetensors"
+    assert d["out"] is None
+    assert d["n_units"] == len(d["units"]) == len(UNITS)
+    assert "max_truncation_error" not in d
 
 
 def test_private_head_left_out_when_base_shape_matches_no_model(tmp_path: Path) -> None:
@@ -169,22 +187,23 @@ def test_private_head_left_out_when_base_shape_matches_no_model(tmp_path: Path) 
         ShapeMismatchError,
         match=r"base.safetensors: tensor 'head.bias': the base has shape \(5,\) but every model has \(2,\)",
     ):
-        merged_state_dict(paths, base=tmp_path / "base.safetensors", method="mean")
-    sd, summary = merge_to_memory(paths, base=tmp_path / "base.safetensors", method="mean", private=["head.*"])
+        merged_tensors(paths, base=tmp_path / "base.safetensors", method="mean")
+    summary = merge(paths, base=tmp_path / "base.safetensors", method="mean", private=["head.*"])
+    sd = summary.tensors
     assert "head.weight" not in sd
     assert "head.bias" not in sd
-    actions = {p["key"]: p["action"] for p in summary["not_merged"]}
+    actions = {p.key: p.action for p in summary.not_merged}
     assert actions["head.weight"] == "left out (the base's shape (5, 6) matches no model)"
 
 
 def test_private_key_missing_from_base_is_left_out(zoo: dict, tmp_path: Path) -> None:
     for p, sd in zip(zoo["paths"], zoo["models"], strict=True):
         save_file({**sd, "extra.weight": torch.ones(2, 2)}, p)
-    sd, summary = merge_to_memory(zoo["paths"], base=zoo["base_path"], method="mean")
-    assert "extra.weight" not in sd
-    rec = next(p for p in summary["not_merged"] if p["key"] == "extra.weight")
-    assert rec["reason"] == "base lacks this tensor (no task vector)"
-    assert rec["action"] == "left out (the base has no such tensor)"
+    summary = merge(zoo["paths"], base=zoo["base_path"], method="mean")
+    assert "extra.weight" not in summary.tensors
+    rec = next(p for p in summary.not_merged if p.key == "extra.weight")
+    assert rec.reason == "base lacks this tensor (no task vector)"
+    assert rec.action == "left out (the base has no such tensor)"
 
 
 # ------------------------------------------------------------------------------------------- output formats
@@ -220,11 +239,11 @@ def test_output_keeps_the_base_layout(zoo: dict, layout: str) -> None:
     writer = _write_hf_dir if layout == "hf-dir" else _write_sharded
     base_dir = writer(zoo["dir"] / "base_dir", zoo["base"])
     out = zoo["dir"] / "merged"
-    summary = merge_models(zoo["paths"], base=base_dir, method="ties", out=out)
+    summary = merge(zoo["paths"], base=base_dir, method="ties", out=out)
     src = open_source(out)
-    assert src.format == layout == summary["format"]
+    assert src.format == layout == summary.layout
     assert json.loads((out / "config.json").read_text()) == json.loads((base_dir / "config.json").read_text())
-    expected = merged_state_dict(zoo["paths"], base=zoo["base_path"], method="ties")
+    expected = merged_tensors(zoo["paths"], base=zoo["base_path"], method="ties")
     assert set(src.entries) == set(expected)
     for key, t in expected.items():
         assert torch.equal(src.read(key), t), key
@@ -238,7 +257,7 @@ def test_output_keeps_the_base_layout(zoo: dict, layout: str) -> None:
 def test_output_dtype_follows_the_base(zoo: dict) -> None:
     half = {k: (v.to(torch.bfloat16) if v.is_floating_point() else v) for k, v in zoo["base"].items()}
     save_file(half, zoo["dir"] / "base16.safetensors")
-    sd = merged_state_dict(zoo["paths"], base=zoo["dir"] / "base16.safetensors", method="mean")
+    sd = merged_tensors(zoo["paths"], base=zoo["dir"] / "base16.safetensors", method="mean")
     assert sd["fc1.weight"].dtype == torch.bfloat16
     assert sd["position_ids"].dtype == torch.int64
 
@@ -251,7 +270,7 @@ def test_overflow_in_the_base_dtype_is_refused_and_nothing_written(zoo: dict) ->
         NonFiniteError,
         match=r"base16.safetensors: tensor 'conv.bias': base \+ merged update is not finite in torch.float16",
     ):
-        merge_models(
+        merge(
             zoo["paths"],
             base=zoo["dir"] / "base16.safetensors",
             method="task_arithmetic",
@@ -267,13 +286,13 @@ def test_overflow_in_the_base_dtype_is_refused_and_nothing_written(zoo: dict) ->
 
 def test_missing_base_is_an_input_error(zoo: dict) -> None:
     with pytest.raises(InputError, match=r"needs the base model they were fine-tuned from; pass --base"):
-        merge_models(zoo["paths"], method="mean", out=zoo["dir"] / "x.safetensors")
+        merge(zoo["paths"], method="mean", out=zoo["dir"] / "x.safetensors")
     assert not (zoo["dir"] / "x.safetensors").exists()
 
 
 def test_unknown_method_lists_the_valid_ones(zoo: dict) -> None:
     with pytest.raises(ParameterError, match=r"Unknown merge method 'avg'\. Valid choices: 'dare', 'dare_ties'"):
-        merge_models(zoo["paths"], base=zoo["base_path"], method="avg", out=zoo["dir"] / "x.safetensors")
+        merge(zoo["paths"], base=zoo["base_path"], method="avg", out=zoo["dir"] / "x.safetensors")
 
 
 @pytest.mark.parametrize(
@@ -289,15 +308,13 @@ def test_unknown_method_lists_the_valid_ones(zoo: dict) -> None:
 )
 def test_bad_parameters(zoo: dict, params: dict, message: str) -> None:
     with pytest.raises(ParameterError, match=message):
-        merge_models(
-            zoo["paths"], base=zoo["base_path"], method="ties", params=params, out=zoo["dir"] / "x.safetensors"
-        )
+        merge(zoo["paths"], base=zoo["base_path"], method="ties", params=params, out=zoo["dir"] / "x.safetensors")
     assert not (zoo["dir"] / "x.safetensors").exists()
 
 
 def test_tensor_parameters_cannot_be_set_for_a_whole_model(zoo: dict) -> None:
-    with pytest.raises(ParameterError, match=r"Use basis_archive"):
-        merged_state_dict(zoo["paths"], base=zoo["base_path"], method="subspace", params={"basis": torch.eye(2)})
+    with pytest.raises(ParameterError, match=r"Pass subspace= \(--basis-archive\)"):
+        merged_tensors(zoo["paths"], base=zoo["base_path"], method="subspace", params={"basis": torch.eye(2)})
 
 
 def test_base_of_another_architecture_is_refused(zoo: dict) -> None:
@@ -307,31 +324,33 @@ def test_base_of_another_architecture_is_refused(zoo: dict) -> None:
     with pytest.raises(
         ShapeMismatchError, match=r"other.safetensors: tensor 'fc1.weight': the base has shape \(9, 9\)"
     ):
-        merge_models(zoo["paths"], base=zoo["dir"] / "other.safetensors", method="mean", out=out)
+        merge(zoo["paths"], base=zoo["dir"] / "other.safetensors", method="mean", out=out)
     assert not out.exists()
 
 
 def test_output_options_are_checked(zoo: dict) -> None:
     kw = {"base": zoo["base_path"], "method": "mean"}
     with pytest.raises(ParameterError, match=r"does not apply to full output"):
-        merged_state_dict(zoo["paths"], rank=2, **kw)
-    with pytest.raises(InputError, match=r"--output peft needs PEFT LoRA adapters"):
-        merged_state_dict(zoo["paths"], output="peft", **kw)
-    with pytest.raises(ParameterError, match=r"The 'output' parameter of merge_models must be one of"):
-        merged_state_dict(zoo["paths"], output="lora", **kw)  # type: ignore[arg-type]
+        merged_tensors(zoo["paths"], rank=2, **kw)
+    with pytest.raises(InputError, match=r"--format peft needs PEFT LoRA adapters"):
+        merged_tensors(zoo["paths"], format="peft", **kw)
+    with pytest.raises(
+        ParameterError, match=r"The 'format' parameter of merge must be one of 'auto', 'full', 'peft'\. Got 'lora'"
+    ):
+        merged_tensors(zoo["paths"], format="lora", **kw)  # type: ignore[arg-type]
     with pytest.raises(InputError, match=r"refusing to write the merged model over one of its inputs"):
-        merge_models(zoo["paths"], out=zoo["base_path"], **kw)
+        merge(zoo["paths"], out=zoo["base_path"], **kw)
     (zoo["dir"] / "notes").mkdir()
     (zoo["dir"] / "notes" / "a.txt").write_text("keep me")
     base_dir = _write_hf_dir(zoo["dir"] / "base_dir", zoo["base"])
     with pytest.raises(InputError, match=r"refusing to replace a non-empty directory"):
-        merge_models(zoo["paths"], base=base_dir, method="mean", out=zoo["dir"] / "notes")
+        merge(zoo["paths"], base=base_dir, method="mean", out=zoo["dir"] / "notes")
     assert (zoo["dir"] / "notes" / "a.txt").read_text() == "keep me"
 
 
 def test_failed_merge_leaves_previous_output_untouched(zoo: dict) -> None:
     out = zoo["dir"] / "merged.safetensors"
-    merge_models(zoo["paths"], base=zoo["base_path"], method="mean", out=out)
+    merge(zoo["paths"], base=zoo["base_path"], method="mean", out=out)
     before = out.read_bytes()
 
     def explode(deltas, **_):
@@ -340,7 +359,7 @@ def test_failed_merge_leaves_previous_output_untouched(zoo: dict) -> None:
         return torch.stack(deltas).mean(0)
 
     with pytest.raises(NonFiniteError, match=r"tensor 'fc1\.weight'"):
-        merge_models(zoo["paths"], base=zoo["base_path"], method=explode, out=out)
+        merge(zoo["paths"], base=zoo["base_path"], method=explode, out=out)
     assert out.read_bytes() == before
 
 
@@ -348,35 +367,39 @@ def test_failed_merge_leaves_previous_output_untouched(zoo: dict) -> None:
 
 
 def test_subspace_with_an_archive_basis(zoo: dict) -> None:
-    from weightspace.compress import Archive, compress
+    from weightspace.compress import compress
+    from weightspace.decompose import SharedSubspace
 
     coll = Collection.from_paths(zoo["paths"], base=zoo["base_path"])
     compress(coll, zoo["dir"] / "a.wsz", n_components=2, storage_dtype="float64")
-    arc = Archive(zoo["dir"] / "a.wsz")
-    sd, summary = merge_to_memory(
-        zoo["paths"], base=zoo["base_path"], method="subspace", basis_archive=zoo["dir"] / "a.wsz"
-    )
+    arc = SharedSubspace.load(zoo["dir"] / "a.wsz")
+    summary = merge(zoo["paths"], base=zoo["base_path"], method="subspace", subspace=zoo["dir"] / "a.wsz")
+    sd = summary.tensors
+    assert summary.basis_archive == str(zoo["dir"] / "a.wsz")
     for key in UNITS:
         b = zoo["base"][key]
         v = view(tuple(b.shape))
         deltas = [(m[key].double() - b.double()).reshape(v) for m in zoo["models"]]
-        merged = merge_deltas("subspace", deltas, basis=arc.basis(key))
+        merged = merge_deltas("subspace", deltas, basis=arc.basis_[key])
         torch.testing.assert_close(
             sd[key], (b.double().reshape(v) + merged).reshape(b.shape).float(), rtol=0, atol=0
         )
-    assert {u["basis_k"] for u in summary["units"]} <= {1, 2}
+    assert {u.basis_k for u in summary.units} <= {1, 2}
     # The fitted basis of the deltas themselves gives a different merge.
-    fitted = merged_state_dict(zoo["paths"], base=zoo["base_path"], method="subspace", params={"k": 2})
+    fitted = merged_tensors(zoo["paths"], base=zoo["base_path"], method="subspace", params={"k": 2})
     assert not torch.equal(fitted["fc1.weight"], sd["fc1.weight"])
-    with pytest.raises(ParameterError, match=r"basis_archive applies to merge method 'subspace' only"):
-        merged_state_dict(zoo["paths"], base=zoo["base_path"], method="ties", basis_archive=zoo["dir"] / "a.wsz")
-    with pytest.raises(ParameterError, match=r"must be an int or None with basis_archive"):
-        merged_state_dict(
+    # A fitted SharedSubspace in memory gives the same merge as its archive.
+    in_memory = merge(zoo["paths"], base=zoo["base_path"], method="subspace", subspace=arc)
+    assert all(torch.equal(in_memory.tensors[k], sd[k]) for k in sd)
+    with pytest.raises(ParameterError, match=r"--basis-archive\) applies to merge method 'subspace' only"):
+        merged_tensors(zoo["paths"], base=zoo["base_path"], method="ties", subspace=zoo["dir"] / "a.wsz")
+    with pytest.raises(ParameterError, match=r"must be an int or None with a shared subspace"):
+        merged_tensors(
             zoo["paths"],
             base=zoo["base_path"],
             method="subspace",
             params={"k": "0.5"},
-            basis_archive=zoo["dir"] / "a.wsz",
+            subspace=zoo["dir"] / "a.wsz",
         )
 
 
@@ -386,9 +409,7 @@ def test_archive_missing_a_unit_is_refused(zoo: dict) -> None:
     coll = Collection.from_paths(zoo["paths"], base=zoo["base_path"], exclude=["conv.*"])
     compress(coll, zoo["dir"] / "a.wsz", n_components=2)
     with pytest.raises(ArchiveError, match=r"tensor 'conv\.bias': the archive has no basis for this unit"):
-        merged_state_dict(
-            zoo["paths"], base=zoo["base_path"], method="subspace", basis_archive=zoo["dir"] / "a.wsz"
-        )
+        merged_tensors(zoo["paths"], base=zoo["base_path"], method="subspace", subspace=zoo["dir"] / "a.wsz")
 
 
 # ------------------------------------------------------------------------------------------------- LoRA
@@ -439,9 +460,9 @@ def adapter_delta(sd: dict, module: str, scaling: float) -> torch.Tensor:
 
 @pytest.mark.parametrize("method", ["mean", "ties", "subspace", "dare", "knots", "tsv"])
 def test_gauge_rotated_adapters_merge_to_the_same_delta(adapters: dict, method: str) -> None:
-    _, plain = merge_to_memory(adapters["plain"], method=method, rank=6)
-    a = merged_state_dict(adapters["plain"], method=method, rank=6)  # rank 6 = 3 × 2: lossless
-    b = merged_state_dict(adapters["turned"], method=method, rank=6)
+    plain = merge(adapters["plain"], method=method, rank=6)
+    a = merged_tensors(adapters["plain"], method=method, rank=6)  # rank 6 = 3 × 2: lossless
+    b = merged_tensors(adapters["turned"], method=method, rank=6)
     for module in MODULES:
         deltas = [delta_of(f, module, adapters["scaling"]) for f in adapters["factors"]]
         kwargs = {"seed": unit_seed(0, f"{module}.weight")} if method == "dare" else {}
@@ -449,7 +470,8 @@ def test_gauge_rotated_adapters_merge_to_the_same_delta(adapters: dict, method: 
         s_out = 4 / 6  # the output keeps lora_alpha = 4 with r = 6
         torch.testing.assert_close(adapter_delta(a, module, s_out), expected, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(adapter_delta(b, module, s_out), expected, atol=1e-5, rtol=1e-5)
-    assert plain["max_truncation_error"] < 1e-6
+    assert plain.max_truncation_error < 1e-6
+    assert plain.format == plain.layout == "peft"
 
 
 def test_factor_wise_merging_is_not_gauge_invariant(adapters: dict) -> None:
@@ -466,7 +488,7 @@ def test_factor_wise_merging_is_not_gauge_invariant(adapters: dict) -> None:
     fw_plain, fw_turned = factor_wise(adapters["plain"]), factor_wise(adapters["turned"])
     assert (fw_plain - fw_turned).norm() > 0.1 * true_mean.norm()
     assert (fw_plain - true_mean).norm() > 0.1 * true_mean.norm()
-    ours = merged_state_dict(adapters["turned"], method="mean", rank=6)
+    ours = merged_tensors(adapters["turned"], method="mean", rank=6)
     torch.testing.assert_close(adapter_delta(ours, module, 4 / 6), true_mean, atol=1e-5, rtol=1e-5)
 
 
@@ -477,11 +499,11 @@ def test_peft_output_round_trip_and_truncation_error(tmp_path: Path) -> None:
         write_adapter(tmp_path / "a1", f1, r=3, alpha=8),
     ]
     out = tmp_path / "merged"
-    summary = merge_models(paths, method="mean", out=out)
+    summary = merge(paths, method="mean", out=out)
     src = open_source(out)
     assert src.format == "peft"
     cfg = json.loads((out / "adapter_config.json").read_text())
-    assert cfg["r"] == 3 == summary["rank"]  # default: the largest source rank
+    assert cfg["r"] == 3 == summary.rank  # default: the largest source rank
     assert cfg["lora_alpha"] == 8
     assert cfg["lora_dropout"] == 0.1
     worst = 0.0
@@ -489,19 +511,23 @@ def test_peft_output_round_trip_and_truncation_error(tmp_path: Path) -> None:
         true = (delta_of(f0, module, 8 / 2) + delta_of(f1, module, 8 / 3)) / 2  # mean ΔW
         s = torch.linalg.svdvals(true)
         direct = float(s[3:].square().sum().sqrt() / s.square().sum().sqrt())
-        unit = next(u for u in summary["units"] if u["name"] == f"{module}.weight")
-        assert unit["truncation_error"] == pytest.approx(direct, rel=1e-9, abs=1e-12)
+        unit = next(u for u in summary.units if u.name == f"{module}.weight")
+        assert unit.truncation_error == pytest.approx(direct, rel=1e-9, abs=1e-12)
+        assert summary.truncation_errors[unit.name] == unit.truncation_error
         worst = max(worst, direct)
         # What a reader of the adapter sees: s_out · B A is the best rank-3 approximation of the mean ΔW.
         member = Collection.from_paths([out], min_models=1).member(0, f"{module}.weight").full()
         u, sv, vh = torch.linalg.svd(true)
         torch.testing.assert_close(member, (u[:, :3] * sv[:3]) @ vh[:3], atol=1e-5, rtol=1e-5)
-    assert summary["max_truncation_error"] == pytest.approx(worst, rel=1e-9)
-    assert summary["max_truncation_error"] > 0.01  # rank 3 cannot hold a rank-5 mean exactly
+    assert summary.max_truncation_error == pytest.approx(worst, rel=1e-9)
+    assert summary.max_truncation_error > 0.01  # rank 3 cannot hold a rank-5 mean exactly
+    assert summary.truncation_errors[summary.worst_truncation_module] == summary.max_truncation_error
+    d = summary.to_dict()
+    assert (d["format"], d["rank"], d["adapter_config_from"]) == ("peft", 3, "a0")
 
-    summary1 = merge_models(paths, method="mean", out=tmp_path / "r1", rank=1)
+    summary1 = merge(paths, method="mean", out=tmp_path / "r1", rank=1)
     assert json.loads((tmp_path / "r1" / "adapter_config.json").read_text())["r"] == 1
-    assert summary1["max_truncation_error"] > summary["max_truncation_error"]
+    assert summary1.max_truncation_error > summary.max_truncation_error
 
 
 @pytest.mark.slow
@@ -523,8 +549,8 @@ def test_peft_output_loads_with_peft(tmp_path: Path) -> None:
             return self.enc["layer"][0]["q"](x)
 
     paths = [write_adapter(tmp_path / f"a{i}", random_factors(i, 2), r=2, alpha=4) for i in range(2)]
-    merge_models(paths, method="ties", out=tmp_path / "merged", rank=4)
-    expected = merged_state_dict(paths, method="ties", rank=4)
+    merge(paths, method="ties", out=tmp_path / "merged", rank=4)
+    expected = merged_tensors(paths, method="ties", rank=4)
     model = peft.PeftModel.from_pretrained(Tiny(), tmp_path / "merged")
     layer = model.base_model.model.enc["layer"][0]["q"]
     torch.testing.assert_close(
@@ -560,8 +586,8 @@ def test_peft_output_full_into_a_base_with_prefixed_names(tmp_path: Path) -> Non
     }
     base_dir = _write_hf_dir(tmp_path / "base", base)
     out = tmp_path / "merged"
-    summary = merge_models(paths, base=base_dir, method="mean", output="full", out=out)
-    assert summary["format"] == "hf-dir"
+    summary = merge(paths, base=base_dir, method="mean", format="full", out=out)
+    assert (summary.format, summary.layout) == ("full", "hf-dir")
     assert (out / "config.json").exists()
     got = open_source(out)
     for m in mods:
@@ -570,21 +596,21 @@ def test_peft_output_full_into_a_base_with_prefixed_names(tmp_path: Path) -> Non
         torch.testing.assert_close(got.read(key), (base[key].double() + mean).float(), rtol=0, atol=0)
     for key in ("encoder.layer.0.attention.self.query.bias", "pooler.weight"):
         assert torch.equal(got.read(key), base[key])
-    assert {u["base_key"] for u in summary["units"]} == {m.removeprefix("bert.") + ".weight" for m in mods}
+    assert {u.base_key for u in summary.units} == {m.removeprefix("bert.") + ".weight" for m in mods}
 
     with pytest.raises(InputError, match=r"needs the base model"):
-        merged_state_dict(paths, method="mean", output="full")
+        merged_tensors(paths, method="mean", format="full")
     save_file({"decoder.q.weight": torch.zeros(6, 5)}, tmp_path / "wrong.safetensors")
     with pytest.raises(
         TensorKeyError,
         match=r"adapter module weight 'bert.encoder.layer.0.attention.self.query.weight' "
         r"\(from .*a0\) has no counterpart in the base.*base keys look like 'decoder.q.weight'",
     ):
-        merge_models(
+        merge(
             paths,
             base=tmp_path / "wrong.safetensors",
             method="mean",
-            output="full",
+            format="full",
             out=tmp_path / "w.safetensors",
         )
     assert not (tmp_path / "w.safetensors").exists()
@@ -595,12 +621,12 @@ def test_peft_output_full_into_a_base_with_prefixed_names(tmp_path: Path) -> Non
     }
     save_file(ambiguous, tmp_path / "amb.safetensors")
     with pytest.raises(TensorKeyError, match=r"matches several base keys by dotted suffix"):
-        merged_state_dict(paths, base=tmp_path / "amb.safetensors", method="mean", output="full")
+        merged_tensors(paths, base=tmp_path / "amb.safetensors", method="mean", format="full")
     save_file(
         {**base, "encoder.layer.0.attention.self.query.weight": torch.zeros(5, 6)}, tmp_path / "bad.safetensors"
     )
     with pytest.raises(ShapeMismatchError, match=r"the base has shape \(5, 6\) but the adapter update"):
-        merged_state_dict(paths, base=tmp_path / "bad.safetensors", method="mean", output="full")
+        merged_tensors(paths, base=tmp_path / "bad.safetensors", method="mean", format="full")
 
 
 def test_adapter_full_tensors_are_reported_not_merged(tmp_path: Path) -> None:
@@ -615,12 +641,12 @@ def test_adapter_full_tensors_are_reported_not_merged(tmp_path: Path) -> None:
         )
         for i in range(2)
     ]
-    sd, summary = merge_to_memory(paths, method="mean")
-    assert not any("classifier" in k for k in sd)
-    rec = summary["not_merged"][0]
-    assert rec["key"] == "classifier.weight"
-    assert rec["action"].startswith("left out")
-    merge_models(paths, method="mean", out=tmp_path / "m")
+    summary = merge(paths, method="mean")
+    assert not any("classifier" in k for k in summary.tensors)
+    rec = summary.not_merged[0]
+    assert rec.key == "classifier.weight"
+    assert rec.action.startswith("left out")
+    merge(paths, method="mean", out=tmp_path / "m")
     assert json.loads((tmp_path / "m" / "adapter_config.json").read_text())["modules_to_save"] is None
 
 
@@ -644,7 +670,7 @@ def test_fan_in_fan_out_adapters_round_trip(tmp_path: Path) -> None:
         for i in range(2)
     ]
     out = tmp_path / "merged"
-    merge_models(paths, method="mean", out=out, rank=4)
+    merge(paths, method="mean", out=out, rank=4)
     merged = Collection.from_paths([out], min_models=1)
     sources = Collection.from_paths(paths)
     for module, (d_out, d_in) in MODULES.items():
@@ -658,10 +684,64 @@ def test_pickled_base_gives_a_pickled_output(zoo: dict) -> None:
     torch.save(zoo["base"], zoo["dir"] / "base.bin")
     out = zoo["dir"] / "merged.bin"
     with pytest.raises(InputError, match=r"allow.pickle"):
-        merge_models(zoo["paths"], base=zoo["dir"] / "base.bin", method="mean", out=out)
-    summary = merge_models(zoo["paths"], base=zoo["dir"] / "base.bin", method="mean", out=out, allow_pickle=True)
-    assert summary["format"] == "torch"
+        merge(zoo["paths"], base=zoo["dir"] / "base.bin", method="mean", out=out)
+    summary = merge(zoo["paths"], base=zoo["dir"] / "base.bin", method="mean", out=out, allow_pickle=True)
+    assert summary.layout == "torch"
     got = torch.load(out, weights_only=True)
-    expected = merged_state_dict(zoo["paths"], base=zoo["base_path"], method="mean")
+    expected = merged_tensors(zoo["paths"], base=zoo["base_path"], method="mean")
     assert set(got) == set(expected)
     assert all(torch.equal(got[k], expected[k]) for k in expected)
+
+
+# ---------------------------------------------------------------------------------------------- the entry point
+
+
+def test_models_are_a_collection_or_paths_normalised_at_the_boundary(zoo: dict) -> None:
+    kw = {"method": "ties", "params": {"density": "0.5"}}
+    from_paths = merge(zoo["paths"], base=zoo["base_path"], **kw)
+    from_strings = merge([str(p) for p in zoo["paths"]], base=str(zoo["base_path"]), **kw)
+    coll = Collection.from_paths(zoo["paths"], base=zoo["base_path"])
+    from_coll = merge(coll, **kw)
+    for other in (from_strings, from_coll):
+        assert list(other.tensors) == list(from_paths.tensors)
+        assert all(torch.equal(other.tensors[k], from_paths.tensors[k]) for k in from_paths.tensors)
+        assert other.units == from_paths.units
+    single = merge(zoo["paths"][0], base=zoo["base_path"], method="mean")  # one path is a collection of one
+    assert single.models == ("m0",)
+    with pytest.raises(ParameterError, match=r"base, private and exclude belong to the Collection"):
+        merge(coll, base=zoo["base_path"], method="mean")
+
+
+def test_result_is_frozen_and_its_dict_is_the_json_summary(zoo: dict) -> None:
+    out = zoo["dir"] / "merged.safetensors"
+    result = merge(zoo["paths"], base=zoo["base_path"], method="dare", params={"seed": "5"}, out=out)
+    with pytest.raises(AttributeError):
+        result.method = "mean"  # type: ignore[misc]
+    d = result.to_dict()
+    assert list(d) == [
+        "method",
+        "params",
+        "n_models",
+        "models",
+        "model_paths",
+        "input",
+        "format",
+        "layout",
+        "out",
+        "base",
+        "basis_archive",
+        "n_units",
+        "units",
+        "rel_diff_from_mean",
+        "not_merged",
+        "excluded",
+        "copied_from_base",
+        "wall_s",
+    ]
+    assert d["params"] == {"p": 0.9, "lam": 1.0, "seed": 5}
+    assert (d["input"], d["format"], d["layout"], d["out"]) == ("full", "full", "safetensors", str(out))
+    assert d["base"] == str(zoo["base_path"])
+    assert d["units"][0]["seed"] == unit_seed(5, d["units"][0]["name"])
+    assert "truncation_error" not in d["units"][0]
+    assert result.truncation_errors == {}
+    json.dumps(d)

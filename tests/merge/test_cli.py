@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 import weightspace.cli._merge_cmd  # noqa: F401  (registers the command until cli/__init__ imports it)
 from helpers import write_adapter
 from weightspace.cli import main
-from weightspace.merge import MERGE_METHODS, merged_state_dict
+from weightspace.merge import MERGE_METHODS, merge
 
 
 def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
@@ -47,12 +47,13 @@ def test_merge_writes_and_prints_json(models: dict[str, Path], capsys: pytest.Ca
     assert summary["method"] == "ties"
     assert summary["params"] == {"density": 0.5, "lam": 0.8}
     assert summary["out"] == str(out)
+    assert (summary["format"], summary["layout"]) == ("full", "safetensors")
     assert [p["key"] for p in summary["not_merged"]] == ["head.weight"]
     assert "not merged" in stderr
     assert "head.weight" in stderr
-    expected = merged_state_dict(
+    expected = merge(
         [models["m0"], models["m1"]], base=models["base"], method="ties", params={"density": 0.5, "lam": 0.8}
-    )
+    ).tensors
     got = load_file(out)
     assert all(torch.equal(got[k], expected[k]) for k in expected)
 
@@ -74,7 +75,7 @@ def test_merge_peft_adapters(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     )
     assert code == 0, stderr
     summary = json.loads(stdout)
-    assert summary["output"] == "peft"
+    assert summary["format"] == "peft"
     assert summary["rank"] == 3
     assert summary["max_truncation_error"] > 0
     assert "truncation error" in stderr
@@ -111,8 +112,11 @@ def test_help_lists_methods(capsys: pytest.CaptureFixture[str]) -> None:
         (["--method", "ties", "--param", "rho=0.1"], "Unknown parameter 'rho' for merge method 'ties'"),
         (["--method", "ties", "--param", "density"], "--param expects KEY=VALUE"),
         (["--method", "ties", "--rank", "2"], "does not apply to full output"),
-        (["--method", "ties", "--output", "peft"], "--output peft needs PEFT LoRA adapters"),
-        (["--method", "ties", "--output", "lora"], "The 'output' parameter of merge_models must be one of"),
+        (["--method", "ties", "--format", "peft"], "--format peft needs PEFT LoRA adapters"),
+        (
+            ["--method", "ties", "--format", "lora"],
+            "The 'format' parameter of merge must be one of 'auto', 'full'",
+        ),
         ([], "--method is required. Valid choices: dare, dare_ties"),
     ],
 )
@@ -150,3 +154,20 @@ def test_no_models_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
     code, _, stderr = run(["merge"], capsys)
     assert code == 2
     assert "name the models to merge" in stderr
+
+
+def test_format_is_the_output_format_and_out_the_path(
+    models: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, stdout, _ = run(["merge", "--help"], capsys)
+    assert code == 0
+    assert "--format" in stdout
+    out = models["dir"] / "merged.safetensors"
+    argv = ["merge", str(models["m0"]), str(models["m1"]), "-b", str(models["base"]), "-m", "mean"]
+    code, stdout, stderr = run([*argv, "--format", "full", "--out", str(out), "--json"], capsys)
+    assert code == 0, stderr
+    assert json.loads(stdout)["format"] == "full"
+    assert "(safetensors)" in stderr
+    code, _, stderr = run([*argv, "--output", "full", "-o", str(out)], capsys)  # the old spelling is gone
+    assert code == 2
+    assert "--output" in stderr

@@ -11,6 +11,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from weightspace._validation import Interval, Kind
 from weightspace.errors import NonFiniteError, ParameterError, ShapeMismatchError
 from weightspace.merge import (
     MERGE_METHODS,
@@ -502,7 +503,7 @@ def test_registry_metadata():
         assert method.doc == method.fn.__doc__.strip().splitlines()[0]
         for param in method.params.values():
             assert param.doc
-            assert param.cli == (param.type is not torch.Tensor)
+            assert param.cli == (Kind((torch.Tensor,), "a torch.Tensor") not in param.rules)
     assert ties.merge_method is MERGE_METHODS.get("ties")
 
 
@@ -512,15 +513,23 @@ def test_decorator_rejects_declarations_that_drift_from_the_signature():
         return deltas[0]
 
     with pytest.raises(TypeError, match="declared"):
-        merge_method("drifted", reference_url="https://example.org", params={"a": Param(float, 1.0)})(impl)
+        merge_method(
+            "drifted",
+            reference_url="https://example.org",
+            params={"a": Param(Interval(float, None, None), default=1.0)},
+        )(impl)
     with pytest.raises(TypeError, match="default"):
-        merge_method("drifted", reference_url="https://example.org", params={"b": Param(float, 2.0)})(impl)
+        merge_method(
+            "drifted",
+            reference_url="https://example.org",
+            params={"b": Param(Interval(float, None, None), default=2.0)},
+        )(impl)
     assert "drifted" not in MERGE_METHODS
 
 
 def test_param_default_must_satisfy_its_constraint():
     with pytest.raises(ValueError, match="breaks its own constraint"):
-        Param(float, 2.0, interval="(0, 1]")
+        Param(Interval(float, 0, 1, closed="right"), default=2.0)
 
 
 # ----------------------------------------------------------------------------------------------- input errors

@@ -23,7 +23,7 @@ coefficients of the *centered* task vectors in their PCA basis, which is identic
 sum to zero over the models); the measured difference is reported.
 
 The harness reads the zoo (its ``zoo.json`` and evaluator) and calls the merge library
-(:func:`~weightspace.merge.merge_to_memory`); nothing in :mod:`weightspace.merge` knows about zoos.
+(:func:`~weightspace.merge.merge` without ``out``); nothing in :mod:`weightspace.merge` knows about zoos.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from weightspace._validation import Interval, validate_params
 from weightspace.collection import Collection
 from weightspace.errors import InputError, ParameterError, UnsupportedFormatError
 from weightspace.io import open_source
-from weightspace.merge import MERGE_METHODS, centered_coefficient_sum, merge_to_memory
+from weightspace.merge import MERGE_METHODS, centered_coefficient_sum, merge
 from weightspace.zoo import ZooInfo, get_zoo, load_zoo_info
 
 __all__ = [
@@ -229,7 +229,7 @@ def evaluate_merged(
         A built fine-tune zoo (``zoo.json``, ``base.safetensors``, ``models/``), or its parsed
         :class:`~weightspace.zoo.ZooInfo`.
     merged : path or mapping of str to Tensor
-        The merged full model (as written by :func:`~weightspace.merge.merge_models`) or its state dict.
+        The merged full model (as written by :func:`~weightspace.merge.merge`) or its state dict.
     models : sequence of path, optional
         Only evaluate the zoo models with these checkpoint paths (e.g. the ones that were merged).
     zoo : object, optional
@@ -254,7 +254,7 @@ def evaluate_merged(
         src = open_source(merged)
         if src.format == "peft":
             raise UnsupportedFormatError(
-                "a merged adapter cannot be evaluated on this zoo; merge with --output full", path=merged
+                "a merged adapter cannot be evaluated on this zoo; merge with --format full", path=merged
             )
         state = {k: src.read(k) for k in src.entries}
     rows = [*_bounds(bench), _row("merged", "merged", bench.test(state))]
@@ -361,7 +361,8 @@ def merge_benchmark(
     tick("bounds")
     by_method: dict[str, dict[str, Any]] = {}
     for name in names:
-        state, summary = merge_to_memory(bench.coll, method=name)
+        result = merge(bench.coll, method=name)
+        state, summary = result.tensors, result.to_dict()
         row = _row(
             name,
             "untuned",
@@ -379,12 +380,13 @@ def merge_benchmark(
         (param, values) = next(iter(grid.items()))
         trace = []
         for value in values:
-            state, _ = merge_to_memory(bench.coll, method=name, params={param: value})
+            state = merge(bench.coll, method=name, params={param: value}).tensors
             val = bench.val(state)
             trace.append({"value": value, "validation_average": _avg(val), "validation": val})
             tick("sweep")
         best = max(trace, key=lambda t: t["validation_average"])  # first of equals: grid order decides ties
-        state, summary = merge_to_memory(bench.coll, method=name, params={param: best["value"]})
+        result = merge(bench.coll, method=name, params={param: best["value"]})
+        state, summary = result.tensors, result.to_dict()
         row = _row(
             f"{name} [{param}={best['value']}, tuned on validation]",
             "tuned",
@@ -401,7 +403,8 @@ def merge_benchmark(
         tuned[name] = row
         tick("tuned")
 
-    state, summary = merge_to_memory(bench.coll, method=centered_coefficient_sum)
+    result = merge(bench.coll, method=centered_coefficient_sum)
+    state, summary = result.tensors, result.to_dict()
     centered_acc = bench.test(state)
     worst_unit = max(
         (u for u in summary["units"] if u["rel_diff_from_mean"] is not None),

@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from weightspace._validation import Interval, validate_params
 from weightspace.errors import InputError
 
 __all__ = [
@@ -109,15 +110,16 @@ def progress_bar(description: str) -> Iterator[Any]:
 
 
 def rank_choice(rank: int | None, variance: float | None, default: int | float = 16) -> int | float:
-    """``--rank K`` or ``--variance F`` (exclusive) as ``n_components``."""
+    """``--rank K`` or ``--variance F`` (exclusive) as ``n_components``, checked by the shared constraints."""
     if rank is not None and variance is not None:
         raise InputError("pass either --rank or --variance, not both")
+    rules = {
+        "--rank": [Interval(int, 1, None), NONE],
+        "--variance": [Interval(float, 0, 1, closed="neither"), NONE],
+    }
+    validate_params("the command", rules, {"--rank": rank, "--variance": variance})
     if rank is not None:
-        if rank < 1:
-            raise InputError(f"--rank must be an int >= 1, got {rank}")
         return int(rank)
     if variance is not None:
-        if not 0.0 < variance < 1.0:
-            raise InputError(f"--variance must be a fraction in (0, 1), got {variance}")
         return float(variance)
     return default

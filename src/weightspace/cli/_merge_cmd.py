@@ -22,13 +22,13 @@ from weightspace.cli._common import (
 )
 from weightspace.collection import Collection
 from weightspace.errors import InputError
-from weightspace.merge import MERGE_METHODS, list_methods
+from weightspace.merge import MERGE_METHODS, MergeResult, list_methods
 
 _HELP = f"""Merge N fine-tuned checkpoints or LoRA adapters in task-vector (ΔW) space into one model.
 
 Full checkpoints need --base (task vectors are W_i − W_base); the output is base + merged ΔW in the base's layout.
 LoRA adapters are merged as ΔW = s·B·A (never factor-wise) and written as an adapter of rank --rank (truncated
-SVD; the truncation error is reported), or into the base with --output full. Per-task heads and other tensors
+SVD; the truncation error is reported), or into the base with --format full. Per-task heads and other tensors
 whose shape differs across models are never merged: the summary lists them and what was done.
 
 Methods: {", ".join(MERGE_METHODS.names())} (see --list-methods for parameters, ranges and papers).
@@ -80,23 +80,22 @@ def _print_table(result: dict[str, Any], title: str) -> None:
     err_console.print(t)
 
 
-def _print_summary(s: dict[str, Any]) -> None:
-    params = ", ".join(f"{k}={v}" for k, v in s["params"].items())
-    rel = s["rel_diff_from_mean"]
+def _print_summary(r: MergeResult) -> None:
+    params = ", ".join(f"{k}={v}" for k, v in r.params.items())
+    rel = r.rel_diff_from_mean
     err_console.print(
-        f"merged {s['n_models']} models with {s['method']}({params}) into {s['out']} ({s['format']}): "
-        f"{s['n_units']} units; ‖merged ΔW − mean ΔW‖ / ‖mean ΔW‖ = {'n/a' if rel is None else f'{rel:.4f}'}"
+        f"merged {r.n_models} models with {r.method}({params}) into {r.out} ({r.layout}): "
+        f"{r.n_units} units; ‖merged ΔW − mean ΔW‖ / ‖mean ΔW‖ = {'n/a' if rel is None else f'{rel:.4f}'}"
     )
-    if s["output"] == "peft":
+    if r.format == "peft":
         err_console.print(
-            f"adapter rank {s['rank']}: largest relative truncation error {s['max_truncation_error']:.2e} "
-            f"({s['worst_truncation_module']})"
+            f"adapter rank {r.rank}: largest relative truncation error {r.max_truncation_error:.2e} "
+            f"({r.worst_truncation_module})"
         )
-    for p in s["not_merged"]:
-        shapes = ", ".join(f"{m}: {tuple(v)}" for m, v in list(p["shapes"].items())[:4])
+    for p in r.not_merged:
+        shapes = ", ".join(f"{m}: {tuple(v)}" for m, v in list(p.shapes.items())[:4])
         err_console.print(
-            f"[yellow]not merged[/] {escape(str(p['key']))} ({escape(str(p['reason']))}; {escape(str(shapes))}) — "
-            f"{escape(str(p['action']))}",
+            f"[yellow]not merged[/] {escape(p.key)} ({escape(p.reason)}; {escape(shapes)}) — {escape(p.action)}",
             markup=True,
         )
 
@@ -115,8 +114,11 @@ def merge(
         list[str] | None, typer.Option("--param", "-p", help="Method parameter KEY=VALUE (repeatable).")
     ] = None,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Output file or directory.")] = None,
-    output: Annotated[
-        str, typer.Option("--output", help="auto (adapters stay adapters), full (into the base) or peft.")
+    fmt: Annotated[
+        str,
+        typer.Option(
+            "--format", help="Output format: auto (adapters stay adapters), full (into the base) or peft."
+        ),
     ] = "auto",
     rank: Annotated[
         int | None, typer.Option("--rank", "-r", help="Rank of a PEFT output (default: max source rank).")
@@ -141,7 +143,7 @@ def merge(
     exclude: ExcludeOpt = None,
 ) -> None:
     from weightspace.bench import evaluate_merged, load_zoo, merge_benchmark
-    from weightspace.merge import merge_models
+    from weightspace.merge import merge as merge_fn
 
     if list_all:
         if json_out:
@@ -170,25 +172,26 @@ def merge(
     )
     if eval_zoo is not None:
         load_zoo(eval_zoo)  # a bad zoo directory fails before anything is written
-        if output == "peft" or (output == "auto" and coll.is_peft):
+        if fmt == "peft" or (fmt == "auto" and coll.is_peft):
             raise InputError(
-                "--eval scores a full model; merge adapters with --output full --base BASE to evaluate"
+                "--eval scores a full model; merge adapters with --format full --base BASE to evaluate"
             )
     with progress_bar("merge") as cb:
-        summary = merge_models(
+        result = merge_fn(
             coll,
             method=method,
             params=params,
             out=out,
-            output=output,  # type: ignore[arg-type]  (checked by merge_models)
+            format=fmt,  # type: ignore[arg-type]  (checked by merge)
             rank=rank,
-            basis_archive=basis_archive,
+            subspace=basis_archive,
             progress=cb,
         )
+    summary = result.to_dict()
     if eval_zoo is not None:
-        summary["eval"] = evaluate_merged(eval_zoo, out, models=summary["model_paths"])
+        summary["eval"] = evaluate_merged(eval_zoo, out, models=list(result.model_paths))
     if json_out:
         emit_json(summary)
-    _print_summary(summary)
+    _print_summary(result)
     if eval_zoo is not None:
         _print_table(summary["eval"], f"test accuracy on {summary['eval']['zoo']} (merged backbone + task head)")

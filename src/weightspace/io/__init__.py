@@ -1,7 +1,25 @@
-"""Safe, lazy model I/O: safetensors (single, sharded), PEFT adapters, opt-in pickles, atomic writers."""
+"""Safe, lazy model I/O: safetensors (single, sharded), PEFT adapters, opt-in pickles, atomic layout writers."""
 
+from weightspace.io._layout import (
+    FILE_LAYOUTS,
+    LAYOUTS,
+    SHARD_INDEX,
+    Layout,
+    LayoutWriter,
+    TensorSpec,
+    check_destination,
+)
 from weightspace.io._paths import expand_models, natural_key
-from weightspace.io._peft import LoraConfig, LoraModule, read_adapter_config
+from weightspace.io._peft import (
+    LoraConfig,
+    LoraModule,
+    LoraTarget,
+    adapter_base_keys,
+    base_key_for,
+    lora_factors_from_delta,
+    lora_targets,
+    read_adapter_config,
+)
 from weightspace.io._safetensors import (
     DTYPES,
     FLOAT_DTYPES,
@@ -9,6 +27,7 @@ from weightspace.io._safetensors import (
     SafetensorsFile,
     SafetensorsWriter,
     TensorInfo,
+    dtype_from_tag,
     save_safetensors,
 )
 from weightspace.io._sources import (
@@ -21,25 +40,37 @@ from weightspace.io._sources import (
     open_source,
     torch_dtype_tag,
 )
-from weightspace.io._writers import lora_factors_from_delta, output_name, write_model
+from weightspace.io._writers import output_name, write_model
 
 __all__ = [
     "CONFIG_FILES",
     "DTYPES",
+    "FILE_LAYOUTS",
     "FLOAT_DTYPES",
+    "LAYOUTS",
     "MAX_HEADER_BYTES",
+    "SHARD_INDEX",
     "Entry",
+    "Layout",
+    "LayoutWriter",
     "LoraConfig",
     "LoraModule",
+    "LoraTarget",
     "ModelSource",
     "PeftSource",
     "SafetensorsFile",
     "SafetensorsWriter",
     "TensorInfo",
+    "TensorSpec",
+    "adapter_base_keys",
+    "base_key_for",
+    "check_destination",
+    "dtype_from_tag",
     "expand_models",
     "file_sha256",
     "is_model_dir",
     "lora_factors_from_delta",
+    "lora_targets",
     "natural_key",
     "open_source",
     "output_name",

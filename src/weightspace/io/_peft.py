@@ -11,20 +11,48 @@ Features whose update is not ``s · B A`` (DoRA, embedding LoRA, LoRA biases, to
 layer replication, other PEFT types) are refused with an :class:`UnsupportedFormatError` rather than dropped.
 Other tensors in the adapter (``modules_to_save`` copies, trained biases) are full weights, not deltas; they are
 exposed as *extra* tensors, which the collection keeps per model verbatim.
+
+Writing adapters and mapping them onto a base model:
+
+* :func:`base_key_for` / :func:`adapter_base_keys` find the base checkpoint's key of each adapted module (exact
+  name, else the unique dotted-suffix match: PEFT names are relative to the wrapped model, while a base may be saved
+  from the inner model or a longer wrapper).
+* :func:`lora_targets` lays out a rank-``R`` adapter in the layout of a template adapter (file keys, factor
+  shapes, dtypes, scaling); :meth:`LoraTarget.factors` turns an update ``ΔW`` into its factors
+  (:func:`lora_factors_from_delta`, a truncated SVD that keeps the config's alpha semantics).
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import math
+import os
 import re
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import torch
 
 from weightspace.errors import CorruptFileError, ShapeMismatchError, TensorKeyError, UnsupportedFormatError
+from weightspace.io._safetensors import dtype_from_tag
 
-__all__ = ["LoraConfig", "LoraModule", "parse_adapter_keys", "read_adapter_config"]
+if TYPE_CHECKING:
+    from weightspace.io._sources import ModelSource, PeftSource
+
+__all__ = [
+    "LoraConfig",
+    "LoraModule",
+    "LoraTarget",
+    "adapter_base_keys",
+    "base_key_for",
+    "lora_factors_from_delta",
+    "lora_targets",
+    "parse_adapter_keys",
+    "read_adapter_config",
+]
 
 PREFIX = "base_model.model."
 _LORA_KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<which>A|B)(?:\.(?P<adapter>[^.]+))?\.weight$")
@@ -58,6 +86,26 @@ class LoraConfig:
         r = self.rank_for(module)
         alpha = self.alpha_for(module)
         return alpha / math.sqrt(r) if self.use_rslora else alpha / r
+
+    def with_rank(self, rank: int, **raw_overrides: Any) -> LoraConfig:
+        """The config of the same adapter at one rank ``rank`` for every module.
+
+        ``r`` becomes ``rank`` and ``rank_pattern`` is cleared; ``lora_alpha``, ``alpha_pattern`` and
+        ``use_rslora`` are kept, so the scaling follows the source's alpha semantics at the new rank. ``raw`` (the
+        file written as ``adapter_config.json``) is a deep copy with those changes and ``raw_overrides`` applied.
+
+        Examples
+        --------
+        >>> cfg = LoraConfig(2, 4.0, False, False, {"q": 4}, {}, {"r": 2, "lora_alpha": 4, "rank_pattern": {"q": 4}})
+        >>> new = cfg.with_rank(8, modules_to_save=None)
+        >>> new.rank_for("q"), new.scaling_for("q"), new.raw
+        (8, 0.5, {'r': 8, 'lora_alpha': 4, 'rank_pattern': {}, 'modules_to_save': None})
+        """
+        raw = copy.deepcopy(self.raw)
+        raw["r"] = rank
+        raw["rank_pattern"] = {}
+        raw.update(raw_overrides)
+        return replace(self, r=rank, rank_pattern={}, raw=raw)
 
 
 def _pattern_key(patterns: dict[str, Any], module: str) -> str:
@@ -234,3 +282,271 @@ def parse_adapter_keys(
             tensor=sorted(clash)[0],
         )
     return modules, extras
+
+
+# ------------------------------------------------------------------------------------ writing adapters, base keys
+
+
+def lora_factors_from_delta(
+    delta: torch.Tensor,
+    rank: int,
+    scaling: float,
+    *,
+    fan_in_fan_out: bool = False,
+    a_shape: tuple[int, ...] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Best rank-``rank`` LoRA factors of an update, keeping the adapter's scaling.
+
+    Solves ``s · B A ≈ ΔW`` by truncated SVD ``ΔW ≈ U_r S_r V_rᵀ`` with ``B = U_r S_r^{1/2} / √s`` and
+    ``A = S_r^{1/2} V_rᵀ / √s`` (balanced factors), so ``lora_alpha`` and ``r`` in the config stay valid.
+
+    Parameters
+    ----------
+    delta : Tensor of shape (rows, cols)
+        The update in the base weight's 2-D layout (for ``fan_in_fan_out``, the transposed layout).
+    rank : int
+        Rank of the factors.
+    scaling : float
+        The module's ``s`` (``alpha / r`` or ``alpha / √r``).
+    fan_in_fan_out : bool
+        Whether the base weight is stored transposed.
+    a_shape : tuple of int, optional
+        Shape of ``lora_A`` for conv adapters (``(r, c_in, k…)``); B then gets trailing 1-dims.
+
+    Returns
+    -------
+    B : Tensor, A : Tensor, rel_error : float
+        Factors in PEFT layout and the relative Frobenius error of the truncation.
+
+    Examples
+    --------
+    >>> import torch
+    >>> b, a, err = lora_factors_from_delta(torch.diag(torch.tensor([3.0, 1.0])), 1, 2.0)
+    >>> b.shape, a.shape, round(err, 4)
+    (torch.Size([2, 1]), torch.Size([1, 2]), 0.3162)
+    """
+    m = delta.to(torch.float64)
+    if fan_in_fan_out:
+        m = m.T  # (d_out, d_in): the orientation in which ΔW = s·B·A
+    u, s, vh = torch.linalg.svd(m, full_matrices=False)
+    k = min(rank, s.numel())
+    root = s[:k].sqrt()
+    b = torch.zeros(m.shape[0], rank, dtype=torch.float64)
+    a = torch.zeros(rank, m.shape[1], dtype=torch.float64)
+    b[:, :k] = u[:, :k] * root / scaling**0.5
+    a[:k] = root[:, None] * vh[:k] / scaling**0.5
+    approx = scaling * (b @ a)
+    norm = float(torch.linalg.norm(m))
+    rel = float(torch.linalg.norm(m - approx)) / norm if norm > 0 else 0.0
+    if a_shape is not None:
+        a = a.reshape(a_shape)
+        b = b.reshape(b.shape[0], rank, *([1] * (len(a_shape) - 2)))
+    return b, a, rel
+
+
+def base_key_for(key: str, base: ModelSource, *, adapter: str | os.PathLike[str]) -> str:
+    """The base checkpoint's key of an adapted module's weight: the exact name, else the unique dotted-suffix match.
+
+    PEFT module names are relative to the wrapped model (``bert.encoder.layer.0.attention.self.query``), while the
+    base checkpoint may be saved from the inner model (``encoder.layer.0.attention.self.query.weight``) or from a
+    wrapper with a longer prefix; a match in either direction counts.
+
+    Parameters
+    ----------
+    key : str
+        The adapter's unit key (``<module>.weight``).
+    base : ModelSource
+        The base checkpoint.
+    adapter : path
+        The adapter, for messages.
+
+    Raises
+    ------
+    TensorKeyError
+        No base key matches, or several do (naming the base and the key).
+
+    Examples
+    --------
+    >>> import tempfile, torch
+    >>> from pathlib import Path
+    >>> from safetensors.torch import save_file
+    >>> from weightspace.io import open_source
+    >>> p = Path(tempfile.mkdtemp()) / "base.safetensors"
+    >>> save_file({"encoder.q.weight": torch.zeros(2, 2)}, p)
+    >>> base_key_for("bert.encoder.q.weight", open_source(p), adapter="a0")
+    'encoder.q.weight'
+    """
+    if key in base.entries:
+        return key
+    matches = [b for b in base.entries if key.endswith("." + b) or b.endswith("." + key)]
+    if len(matches) == 1:
+        return matches[0]
+    if not matches:
+        example = next(iter(base.entries), "(none)")
+        raise TensorKeyError(
+            f"adapter module weight '{key}' (from {adapter}) has no counterpart in the base: no base key equals it "
+            f"or is a dotted suffix of it (or has it as a dotted suffix); base keys look like '{example}'",
+            path=base.path,
+            tensor=key,
+        )
+    listing = ", ".join(repr(m) for m in sorted(matches)[:5])
+    raise TensorKeyError(
+        f"adapter module weight '{key}' (from {adapter}) matches several base keys by dotted suffix ({listing}); "
+        "rename the base keys or the adapter modules so the match is unique",
+        path=base.path,
+        tensor=key,
+    )
+
+
+def adapter_base_keys(
+    updates: Mapping[str, tuple[int, ...]], base: ModelSource, *, adapter: str | os.PathLike[str]
+) -> dict[str, str]:
+    """Map every adapted weight onto the base key its update is added to, checked one to one.
+
+    Parameters
+    ----------
+    updates : mapping of str to tuple of int
+        Unit key (``<module>.weight``) → shape of its update ``ΔW`` (the base weight's shape).
+    base : ModelSource
+        The base checkpoint.
+    adapter : path
+        The adapter, for messages.
+
+    Returns
+    -------
+    dict of str to str
+        Unit key → base key, in the order of ``updates``.
+
+    Raises
+    ------
+    TensorKeyError
+        A module without (or with an ambiguous) base counterpart, or two modules on one base key.
+    ShapeMismatchError
+        A base weight whose shape is not the update's.
+    UnsupportedFormatError
+        A base weight that is not a float tensor.
+    """
+    out: dict[str, str] = {}
+    for key, shape in updates.items():
+        bkey = base_key_for(key, base, adapter=adapter)
+        if bkey in out.values():
+            other = next(u for u, b in out.items() if b == bkey)
+            raise TensorKeyError(
+                f"adapter modules '{other}' and '{key}' both map to this base key", path=base.path, tensor=bkey
+            )
+        entry = base.entries[bkey]
+        if entry.shape != tuple(shape):
+            raise ShapeMismatchError(
+                f"the base has shape {entry.shape} but the adapter update for '{key}' (from {adapter}) has shape "
+                f"{tuple(shape)}",
+                path=base.path,
+                tensor=bkey,
+            )
+        if not entry.is_float:
+            raise UnsupportedFormatError(
+                f"base dtype {entry.dtype} is not a float type; a LoRA update cannot be added to it",
+                path=base.path,
+                tensor=bkey,
+            )
+        out[key] = bkey
+    return out
+
+
+@dataclass(frozen=True)
+class LoraTarget:
+    """Where and how one LoRA update is written as adapter factors.
+
+    Attributes
+    ----------
+    unit : str
+        The update's unit key (``<module>.weight``).
+    a_key, b_key : str
+        File keys of ``lora_A`` and ``lora_B``.
+    a_shape, b_shape : tuple of int
+        Factor shapes: ``(r, d_in)`` / ``(d_out, r)``, or ``(r, c_in, k…)`` / ``(c_out, r, 1…)`` for conv.
+    dtype : torch.dtype
+        Storage dtype of the factors.
+    scaling : float
+        ``s`` of the module in the written config.
+    fan_in_fan_out : bool
+        Whether the base weight is stored transposed (``ΔW = s · (B A)ᵀ``).
+    """
+
+    unit: str
+    a_key: str
+    b_key: str
+    a_shape: tuple[int, ...]
+    b_shape: tuple[int, ...]
+    dtype: torch.dtype
+    scaling: float
+    fan_in_fan_out: bool
+
+    @property
+    def rank(self) -> int:
+        return self.a_shape[0]
+
+    def factors(self, delta: torch.Tensor) -> tuple[dict[str, torch.Tensor], float]:
+        """Best rank-``rank`` factors of ``delta`` by file key, and the relative truncation error.
+
+        Parameters
+        ----------
+        delta : Tensor of shape (rows, cols)
+            The update in the base weight's 2-D layout (conv weights flattened to ``(c_out, c_in·k…)``).
+
+        Returns
+        -------
+        factors : dict of str to Tensor
+            ``{a_key: A, b_key: B}`` in :attr:`dtype` and the declared shapes.
+        rel_error : float
+            Relative Frobenius error of the truncation.
+        """
+        a_shape = self.a_shape if len(self.a_shape) > 2 else None
+        b, a, err = lora_factors_from_delta(
+            delta, self.rank, self.scaling, fan_in_fan_out=self.fan_in_fan_out, a_shape=a_shape
+        )
+        return {self.a_key: a.to(self.dtype), self.b_key: b.reshape(self.b_shape).to(self.dtype)}, err
+
+
+def lora_targets(
+    template: PeftSource, config: LoraConfig, units: Iterable[str] | None = None
+) -> dict[str, LoraTarget]:
+    """Lay out an adapter with ``config``'s ranks in the layout of ``template`` (same modules, file keys, dtypes).
+
+    Parameters
+    ----------
+    template : PeftSource
+        The adapter whose module names, file keys, factor dtypes and file order are kept.
+    config : LoraConfig
+        The written config (e.g. ``template.config.with_rank(R)``): gives each module's rank and scaling.
+    units : iterable of str, optional
+        Unit keys to keep (default: every LoRA module of the template).
+
+    Returns
+    -------
+    dict of str to LoraTarget
+        By unit key, in the template's file order; ``{k: spec for t in targets for k, spec in ...}`` gives the
+        tensor specs of a :class:`~weightspace.io.LayoutWriter`.
+    """
+    keep = None if units is None else set(units)
+    order = {fk: i for i, fk in enumerate(template.file_keys())}
+    targets: list[LoraTarget] = []
+    for key, mod in template.modules.items():
+        if keep is not None and key not in keep:
+            continue
+        rank = config.rank_for(mod.module)
+        a_src = template.raw_shape(mod.a_key)
+        b_src = template.raw_shape(mod.b_key)
+        targets.append(
+            LoraTarget(
+                unit=key,
+                a_key=mod.a_key,
+                b_key=mod.b_key,
+                a_shape=(rank, *a_src[1:]),
+                b_shape=(b_src[0], rank, *b_src[2:]),
+                dtype=dtype_from_tag(template.entries[key].dtype, path=template.path, tensor=key),
+                scaling=config.scaling_for(mod.module),
+                fan_in_fan_out=mod.fan_in_fan_out,
+            )
+        )
+    targets.sort(key=lambda t: (order.get(t.a_key, 0), t.a_key))
+    return {t.unit: t for t in targets}

@@ -35,6 +35,7 @@ __all__ = [
     "SafetensorsFile",
     "SafetensorsWriter",
     "TensorInfo",
+    "dtype_from_tag",
     "open_regular_file",
     "save_safetensors",
 ]
@@ -364,6 +365,27 @@ class SafetensorsFile:
         finally:
             os.close(fd)
         return buf.view(tdt).reshape(shape)
+
+
+def dtype_from_tag(
+    tag: str, *, path: str | os.PathLike[str] | None = None, tensor: str | None = None
+) -> torch.dtype:
+    """The torch dtype of a safetensors dtype tag (``"BF16"`` → ``torch.bfloat16``).
+
+    Raises
+    ------
+    UnsupportedFormatError
+        For a tag this torch build has no dtype for (naming ``path`` and ``tensor`` when given).
+
+    Examples
+    --------
+    >>> dtype_from_tag("BF16")
+    torch.bfloat16
+    """
+    dtype = DTYPES.get(tag, (None, 0))[0]
+    if dtype is None:
+        raise UnsupportedFormatError(f"dtype {tag} is not supported by this torch build", path=path, tensor=tensor)
+    return dtype
 
 
 def _tag(dtype: torch.dtype) -> str:

@@ -5,10 +5,10 @@ delta: tensors in, tensor out, computed in float64 (:func:`merge_deltas`, :data:
 
 On top of that core:
 
-* :func:`merge_models` merges checkpoints on disk unit by unit and writes the result atomically in the source
-  format (full checkpoints: ``base + merged ΔW`` in the base's layout; LoRA adapters: merged as ``ΔW = s·B·A``,
-  never factor-wise, and written as a rank-R adapter or into the base); :func:`merged_state_dict` /
-  :func:`merge_to_memory` return it in memory. ``subspace`` can take the basis per unit from a ``.wsz`` archive.
+* :func:`merge` merges checkpoints unit by unit (full checkpoints: ``base + merged ΔW`` in the base's layout and
+  dtypes; LoRA adapters: merged as ``ΔW = s·B·A``, never factor-wise, into a rank-R adapter or into the base) and
+  returns a :class:`MergeResult`; with ``out=`` the model is written atomically in the source layout, without it
+  the result holds the merged tensors. ``subspace`` can take the basis per unit from a ``.wsz`` archive.
 * :func:`centered_coefficient_sum` sums the coefficients of the centered task vectors in their PCA basis, which
   is identically the mean (kept to measure that identity). The task-accuracy benchmark on built zoos lives in
   :mod:`weightspace.bench` (:func:`~weightspace.bench.merge_benchmark`).
@@ -42,29 +42,45 @@ tensor([ 2., -2.], dtype=torch.float64)
 
 from __future__ import annotations
 
-from weightspace.merge._apply import list_methods, merge_models, merge_to_memory, merged_state_dict, unit_seed
+from weightspace._callable import make_callable
+from weightspace.merge._apply import merge, unit_seed
 from weightspace.merge._centered import centered_coefficient_sum
-from weightspace.merge._methods import dare, dare_ties, knots, mean, subspace, task_arithmetic, ties, tsv
-from weightspace.merge._registry import MERGE_METHODS, MergeMethod, Param, merge_deltas, merge_method
+from weightspace.merge._methods import (
+    dare,
+    dare_ties,
+    knots,
+    mean,
+    subspace,
+    subspace_fit,
+    task_arithmetic,
+    ties,
+    tsv,
+)
+from weightspace.merge._registry import MERGE_METHODS, MergeMethod, Param, list_methods, merge_deltas, merge_method
+from weightspace.merge._result import MergeResult, NotMerged, UnitStats
 
 __all__ = [
     "MERGE_METHODS",
     "MergeMethod",
+    "MergeResult",
+    "NotMerged",
     "Param",
+    "UnitStats",
     "centered_coefficient_sum",
     "dare",
     "dare_ties",
     "knots",
     "list_methods",
     "mean",
+    "merge",
     "merge_deltas",
     "merge_method",
-    "merge_models",
-    "merge_to_memory",
-    "merged_state_dict",
     "subspace",
+    "subspace_fit",
     "task_arithmetic",
     "ties",
     "tsv",
     "unit_seed",
 ]
+
+make_callable(__name__)  # weightspace.merge(...) calls merge(...)

@@ -18,8 +18,11 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
+from weightspace._validation import BOOL, NONE, Interval, Kind, StrOptions
+from weightspace.decompose import FitParams, MemoryStore, PCAUnit
 from weightspace.errors import NonFiniteError, ParameterError, ShapeMismatchError
 from weightspace.merge._registry import Param, merge_method
+from weightspace.units import UnitStack
 
 __all__ = ["dare", "dare_ties", "knots", "mean", "subspace", "task_arithmetic", "ties", "tsv"]
 
@@ -30,18 +33,20 @@ _EPS = torch.finfo(torch.float64).eps
 _GRAM_RTOL = math.sqrt(_EPS)
 # Rows of a caller-provided basis must be orthonormal to this tolerance (loose enough for a float32 archive).
 _BASIS_ATOL = 1e-4
-# Default number of subspace components when k is not given: min(N, _DEFAULT_K).
-_DEFAULT_K = 16
+#: Components of the ``subspace`` merge when ``k`` is not given (capped at the numerical rank), as SharedSubspace.
+DEFAULT_K = 16
 
 _LAM = Param(
-    float,
-    1.0,
-    interval="(-inf, inf)",
+    Interval(float, -math.inf, math.inf, closed="neither"),
+    default=1.0,
     doc="scaling λ of the merged delta (task arithmetic is usually tuned to 0.3–0.5; negative subtracts tasks)",
 )
-_DENSITY = Param(float, 0.2, interval="(0, 1]", doc="fraction of entries kept per task, by magnitude")
-_P = Param(float, 0.9, interval="[0, 1)", doc="probability of dropping each entry")
-_SEED = Param(int, 0, interval="[0, inf)", doc="seed of the random drop masks (used modulo 2**64)")
+_FRACTION = Interval(float, 0, 1, closed="right")  # (0, 1]
+_DENSITY = Param(_FRACTION, default=0.2, doc="fraction of entries kept per task, by magnitude")
+_P = Param(Interval(float, 0, 1, closed="left"), default=0.9, doc="probability of dropping each entry")
+_SEED = Param(
+    Interval(int, 0, math.inf, closed="left"), default=0, doc="seed of the random drop masks (used modulo 2**64)"
+)
 
 
 # --------------------------------------------------------------------------------------------------- helpers
@@ -343,7 +348,9 @@ def dare(deltas: Sequence[Tensor], *, p: float = 0.9, lam: float = 1.0, seed: in
         "lam": _LAM,
         "seed": _SEED,
         "normalize": Param(
-            bool, True, doc="disjoint mean of the agreeing entries (True) or their sum (False, mergekit's default)"
+            BOOL,
+            default=True,
+            doc="disjoint mean of the agreeing entries (True) or their sum (False, mergekit's default)",
         ),
     },
 )
@@ -417,10 +424,12 @@ _KNOTS_INNER: dict[str, Callable[[Tensor, float], Tensor]] = {
     "knots",
     reference_url="https://arxiv.org/abs/2410.19735",
     params={
-        "inner": Param(str, "ties", choices=tuple(_KNOTS_INNER), doc="merge applied to the aligned blocks"),
-        "density": Param(float, 0.2, interval="(0, 1]", doc="fraction kept per task when inner='ties'"),
+        "inner": Param(StrOptions(_KNOTS_INNER), default="ties", doc="merge applied to the aligned blocks"),
+        "density": Param(_FRACTION, default=0.2, doc="fraction kept per task when inner='ties'"),
         "lam": _LAM,
-        "s_on_v": Param(bool, True, doc="merge the Σ-scaled blocks ΣV_iᵀ (True, reference default) or V_iᵀ"),
+        "s_on_v": Param(
+            BOOL, default=True, doc="merge the Σ-scaled blocks ΣV_iᵀ (True, reference default) or V_iᵀ"
+        ),
     },
 )
 def knots(
@@ -530,10 +539,9 @@ def knots(
     reference_url="https://arxiv.org/abs/2412.00081",
     params={
         "fraction": Param(
-            float,
-            None,
-            interval="(0, 1]",
-            nullable=True,
+            _FRACTION,
+            NONE,
+            default=None,
             doc="fraction of singular triplets kept per task (default 1/N)",
         ),
         "lam": _LAM,
@@ -612,15 +620,29 @@ def tsv(deltas: Sequence[Tensor], *, fraction: float | None = None, lam: float =
     return lam * ((u_orth * s_cat) @ v_orth.mT)
 
 
-def _n_components(k: int | float | None, s: Tensor, n_models: int) -> int:
-    rank = s.numel()
-    if k is None:
-        return min(n_models, _DEFAULT_K, rank)
-    if isinstance(k, int):
-        return min(k, rank)
-    energy = torch.cumsum(s**2, dim=0) / (s**2).sum()
-    # The tolerance keeps k = 0.75 from asking for one more component when the cumulative energy is 0.75 - 1 ulp.
-    return min(rank, int((energy < k - 1e-12).sum()) + 1)
+def subspace_fit(deltas: Sequence[Tensor], k: int | float | None = None) -> PCAUnit:
+    """The uncentered model-axis PCA of ``deltas`` that the ``subspace`` merge projects on.
+
+    This is :class:`~weightspace.decompose.SharedSubspace`'s own unit fit with ``center=False``: the same rank
+    rule (``k`` an int count or a float energy fraction, capped at the numerical rank with the same zero
+    tolerance) and the same sign convention, so ``SharedSubspace(center=False)`` fitted on these deltas has
+    this basis and these coefficients.
+
+    Parameters
+    ----------
+    deltas : sequence of Tensor
+        N task vectors of one unit.
+    k : int, float or None
+        None means :data:`DEFAULT_K` components.
+
+    Returns
+    -------
+    PCAUnit
+        ``basis()`` of shape (k, numel) and ``coefficients`` of shape (N, k).
+    """
+    stack = UnitStack.from_tensors([d.detach().reshape(-1).to("cpu") for d in deltas], name="delta")
+    params = FitParams(n_components=DEFAULT_K if k is None else k, center=False)
+    return PCAUnit.fit(stack, params, MemoryStore())
 
 
 def _checked_basis(basis: Tensor, dim: int, like: Tensor) -> Tensor:
@@ -648,16 +670,22 @@ def _checked_basis(basis: Tensor, dim: int, like: Tensor) -> Tensor:
     reference_url="https://arxiv.org/abs/2512.05117",
     params={
         "k": Param(
-            (int, float),
-            None,
-            interval=("[1, inf)", "(0, 1)"),
-            nullable=True,
-            doc="number of components (int) or captured energy fraction (float in (0, 1)); default min(N, 16)",
+            Interval(int, 1, math.inf, closed="left"),
+            Interval(float, 0, 1, closed="neither"),
+            NONE,
+            default=None,
+            doc="number of components (int) or captured energy fraction (float in (0, 1)); default 16, capped at the rank",
         ),
         "lam": _LAM,
-        "elect": Param(bool, True, doc="TIES-style sign election per coefficient (True) or plain mean (False)"),
+        "elect": Param(
+            BOOL, default=True, doc="TIES-style sign election per coefficient (True) or plain mean (False)"
+        ),
         "basis": Param(
-            torch.Tensor, None, nullable=True, cli=False, doc="external (k, D) basis with orthonormal rows"
+            Kind((Tensor,), "a torch.Tensor"),
+            NONE,
+            default=None,
+            cli=False,
+            doc="external (k, D) basis with orthonormal rows",
         ),
     },
 )
@@ -674,7 +702,8 @@ def subspace(
     With the N flattened task vectors stacked as :math:`X \\in \\mathbb{R}^{N \\times D}` (D = numel of the unit):
 
     1. Basis: the top-k right singular vectors :math:`v_1, \\dots, v_k` of the **uncentered** X
-       (:math:`X = U \\Sigma V^\\top`), or the rows of a caller-provided ``basis``.
+       (:math:`X = U \\Sigma V^\\top`; :func:`subspace_fit`, the same unit fit as
+       ``SharedSubspace(center=False)``), or the rows of a caller-provided ``basis``.
     2. Coefficients :math:`c_{ij} = \\langle \\delta_i, v_j \\rangle` (:math:`= U_{ij} \\sigma_j` for the
        computed basis).
     3. Combine per component j: with ``elect=True`` elect :math:`\\gamma_j = \\operatorname{sign}(\\sum_i c_{ij})`
@@ -700,9 +729,9 @@ def subspace(
         row-major to D entries. 1-D units need no fallback.
     k : int ≥ 1, float in (0, 1) or None, default None
         Number of leading components; a float picks the fewest leading components whose squared singular values
-        (uncentered energy) reach that fraction. None means ``min(N, 16)``. Capped at the numerical rank of X
-        (components below ``sqrt(eps)·σ_max`` are dropped). With ``basis``: an int keeps its first k rows, None
-        keeps all, and a float is rejected.
+        (uncentered energy) reach that fraction. None means 16. Capped at the numerical rank of X with the zero
+        tolerance every fit in weightspace uses (:func:`weightspace.decompose.choose_rank`). With ``basis``: an
+        int keeps its first k rows, None keeps all, and a float is rejected.
     lam : float, default 1.0
         Scaling λ of the merged delta.
     elect : bool, default True
@@ -742,14 +771,13 @@ def subspace(
     tensor([2., 0., 0.], dtype=torch.float64)
     """
     x = _stack(deltas)  # (n_models, numel)
-    n_models, dim = x.shape
+    dim = x.shape[1]
     if basis is None:
-        u, s, vh = _thin_svd(x)  # x ≈ u diag(s) vh
-        if s.numel() == 0:
+        fit = subspace_fit(deltas, k)
+        if fit.k == 0:
             return _zeros_like_first(deltas)
-        n_comp = _n_components(k, s, n_models)
-        coeffs = u[:, :n_comp] * s[:n_comp]  # (n_models, n_comp)
-        vectors = vh[:n_comp]  # (n_comp, numel)
+        coeffs = fit.coefficients.to(x.device)  # (n_models, n_comp)
+        vectors = fit.basis().to(x.device)  # (n_comp, numel)
     else:
         if isinstance(k, float):
             raise ParameterError(

@@ -3,11 +3,13 @@
 A merge method is a pure function ``fn(deltas, **params) -> Tensor`` that turns the N task vectors of one unit
 (one tensor key) into one merged task vector. :func:`merge_method` registers such a function in
 :data:`MERGE_METHODS` together with a :class:`Param` declaration per keyword, so that callers (the CLI, config
-files) can pass raw strings such as ``"0.3"`` and get scikit-learn-style errors for bad values.
+files) can pass raw strings such as ``"0.3"`` and get scikit-learn-style errors for bad values. The rules and
+their coercion are those of :mod:`weightspace._validation`, shared with every other public entry point.
 
 Examples
 --------
->>> p = Param(float, 0.2, interval="(0, 1]", doc="fraction kept")
+>>> from weightspace._validation import Interval
+>>> p = Param(Interval(float, 0, 1, closed="right"), default=0.2, doc="fraction kept")
 >>> p.describe()
 'a float in (0, 1]'
 >>> p.validate("0.5", name="density", method="ties")
@@ -24,9 +26,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import math
-import numbers
-import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -36,187 +35,67 @@ import torch
 from torch import Tensor
 
 from weightspace._registry import Registry
+from weightspace._validation import Rule, coerce, describe
 from weightspace.errors import NonFiniteError, ParameterError, ShapeMismatchError
 
-__all__ = ["MERGE_METHODS", "MergeMethod", "Param", "merge_deltas", "merge_method"]
+__all__ = ["MERGE_METHODS", "MergeMethod", "Param", "list_methods", "merge_deltas", "merge_method"]
 
 MethodFn = Callable[..., Tensor]
 
-_TRUE = frozenset({"true", "1", "yes", "on"})
-_FALSE = frozenset({"false", "0", "no", "off"})
-_NONE = frozenset({"none", "null"})
-_INTERVAL_RE = re.compile(r"^\s*([\[(])\s*([^,\s]+)\s*,\s*([^,\s\])]+)\s*([\])])\s*$")
 
-
-def _fmt_bound(x: float) -> str:
-    if math.isinf(x):
-        return "inf" if x > 0 else "-inf"
-    return str(int(x)) if float(x).is_integer() else repr(float(x))
-
-
-@dataclass(frozen=True)
-class _Interval:
-    """A real interval written in the usual bracket notation, e.g. ``"(0, 1]"`` or ``"[1, inf)"``."""
-
-    low: float
-    high: float
-    low_closed: bool
-    high_closed: bool
-
-    @classmethod
-    def parse(cls, text: str) -> _Interval:
-        match = _INTERVAL_RE.match(text)
-        if match is None:
-            raise ValueError(f"cannot parse interval {text!r}; write it like '(0, 1]' or '[1, inf)'")
-        left, low, high, right = match.groups()
-        return cls(float(low), float(high), left == "[", right == "]")
-
-    def __contains__(self, value: object) -> bool:
-        if not isinstance(value, numbers.Real):
-            return False
-        v = float(value)
-        # Comparisons with NaN are all False, so NaN is rejected by every interval.
-        above = self.low <= v if self.low_closed else self.low < v
-        below = v <= self.high if self.high_closed else v < self.high
-        return above and below
-
-    def __str__(self) -> str:
-        left = "[" if self.low_closed else "("
-        right = "]" if self.high_closed else ")"
-        return f"{left}{_fmt_bound(self.low)}, {_fmt_bound(self.high)}{right}"
-
-
-def _coerce(raw: Any, kind: type) -> tuple[bool, Any]:
-    """Convert ``raw`` (a Python value or a CLI string) to ``kind``; return ``(ok, value)``."""
-    if kind is bool:
-        if isinstance(raw, bool):
-            return True, raw
-        if isinstance(raw, str) and raw.strip().lower() in _TRUE | _FALSE:
-            return True, raw.strip().lower() in _TRUE
-        return False, raw
-    if isinstance(raw, bool):
-        # bool is an int subclass; a flag passed where a number is expected is a mistake, not 0 or 1.
-        return False, raw
-    if kind is int:
-        if isinstance(raw, numbers.Integral):
-            return True, int(raw)
-        if isinstance(raw, str):
-            try:
-                return True, int(raw.strip())
-            except ValueError:
-                return False, raw
-        return False, raw
-    if kind is float:
-        if not isinstance(raw, (numbers.Real, str)):
-            return False, raw
-        try:
-            return True, float(raw.strip() if isinstance(raw, str) else raw)
-        except (ValueError, OverflowError):  # "abc", or an int too large for a float
-            return False, raw
-    return isinstance(raw, kind), raw
-
-
-def _type_phrase(kind: type) -> str:
-    if kind is torch.Tensor:
-        return "a torch.Tensor"
-    name = kind.__name__
-    return f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
-
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class Param:
-    """Declaration of one keyword parameter of a merge method.
+    """Declaration of one keyword parameter of a merge method: its constraint rules, default and doc line.
+
+    The rules are those of :mod:`weightspace._validation` (one validation and coercion system for the library and
+    the CLI): a value passes if any rule accepts it, tried in order, so ``Param(Interval(int, ...),
+    Interval(float, ...))`` reads ``"16"`` as an int and ``"0.9"`` as a float. Add :data:`~weightspace._validation.
+    NONE` to accept ``None`` (and the CLI text ``"none"``).
 
     Parameters
     ----------
-    type : type or tuple of type
-        Accepted type(s): ``float``, ``int``, ``bool``, ``str`` or ``torch.Tensor``. A tuple declares a union
-        tried in order (``(int, float)`` reads ``"16"`` as an int and ``"0.9"`` as a float).
+    *rules : Rule
+        :class:`~weightspace._validation.Interval` (``Interval(float, 0, 1, closed="right")`` is ``(0, 1]``; an
+        infinite bound reads ``inf``), :class:`~weightspace._validation.StrOptions`,
+        :class:`~weightspace._validation.Kind` (``BOOL``, a tensor type) or ``NONE``.
     default : object
-        Value used when the caller does not pass the parameter.
-    interval : str or tuple of (str or None), optional
-        Allowed range of a numeric type in bracket notation, ``"(0, 1]"``, ``"[1, inf)"``; ``"(-inf, inf)"``
-        means any finite number. With a tuple ``type`` give one entry per type (``None`` for no range).
-    choices : tuple, optional
-        Allowed values of a ``str`` parameter.
-    nullable : bool, default False
-        Whether ``None`` (or the CLI strings ``"none"``/``"null"``) is accepted.
+        Value used when the caller does not pass the parameter; it must satisfy the rules.
     doc : str
         One line for ``--help`` output and the docs.
     cli : bool, default True
         False for parameters that cannot be given as text (tensors such as an external basis).
+
+    Examples
+    --------
+    >>> from weightspace._validation import NONE, Interval
+    >>> Param(Interval(float, 0, 1, closed="right"), default=0.2, doc="fraction kept").describe()
+    'a float in (0, 1]'
+    >>> Param(Interval(int, 1, None), NONE, doc="rank").validate("none", name="rank", method="x") is None
+    True
     """
 
-    type: type | tuple[type, ...]
-    default: Any = None
-    interval: str | tuple[str | None, ...] | None = None
-    choices: tuple[Any, ...] | None = None
-    nullable: bool = False
-    doc: str = ""
-    cli: bool = True
-    _rules: tuple[tuple[type, _Interval | None], ...] = field(init=False, repr=False, compare=False)
+    rules: tuple[Rule, ...]
+    default: Any
+    doc: str
+    cli: bool
 
-    def __post_init__(self) -> None:
-        types = self.type if isinstance(self.type, tuple) else (self.type,)
-        if isinstance(self.interval, tuple):
-            if len(self.interval) != len(types):
-                raise ValueError("give one interval per type")
-            intervals: tuple[str | None, ...] = self.interval
-        else:
-            intervals = (self.interval,) * len(types)
-        rules = tuple(
-            (t, None if iv is None else _Interval.parse(iv)) for t, iv in zip(types, intervals, strict=True)
-        )
-        object.__setattr__(self, "_rules", rules)
-        if not (self.default is None and self.nullable):
-            ok, _ = self._check(self.default)
-            if not ok:
-                raise ValueError(f"default {self.default!r} breaks its own constraint: {self.describe()}")
+    def __init__(self, *rules: Rule, default: Any = None, doc: str = "", cli: bool = True):
+        if not rules:
+            raise ValueError("a Param needs at least one rule")
+        object.__setattr__(self, "rules", tuple(rules))
+        object.__setattr__(self, "default", default)
+        object.__setattr__(self, "doc", doc)
+        object.__setattr__(self, "cli", cli)
+        if not any(rule.accepts(default) for rule in self.rules):
+            raise ValueError(f"default {default!r} breaks its own constraint: {self.describe()}")
 
     def describe(self) -> str:
         """The constraint in words, as used in error messages: ``'a float in (0, 1]'``."""
-        parts = []
-        for kind, interval in self._rules:
-            phrase = _type_phrase(kind)
-            if interval is not None:
-                phrase += f" in {interval}"
-            if kind is str and self.choices is not None:
-                phrase += " among {" + ", ".join(repr(c) for c in sorted(self.choices)) + "}"
-            parts.append(phrase)
-        if self.nullable:
-            parts.append("None")
-        return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " or " + parts[-1]
-
-    def _check(self, raw: Any) -> tuple[bool, Any]:
-        """Return ``(True, value)`` for an accepted value, else ``(False, what_to_report)``."""
-        if self.nullable and (raw is None or (isinstance(raw, str) and raw.strip().lower() in _NONE)):
-            return True, None
-        reported = raw
-        for kind, interval in self._rules:
-            ok, value = _coerce(raw, kind)
-            if not ok:
-                continue
-            if isinstance(raw, str) and reported is raw:
-                # Report "Got 1.5", not "Got '1.5'", when a CLI string parsed fine but is out of range.
-                reported = value
-            if kind is float and not math.isfinite(value) and interval is None:
-                continue
-            if interval is not None and value not in interval:
-                continue
-            if self.choices is not None and value not in self.choices:
-                continue
-            return True, value
-        return False, reported
+        return describe(self.rules)
 
     def validate(self, raw: Any, *, name: str, method: str) -> Any:
         """Coerce and check ``raw``; raise :class:`ParameterError` in scikit-learn wording when it is invalid."""
-        ok, value = self._check(raw)
-        if not ok:
-            raise ParameterError(
-                f"The {name!r} parameter of merge method {method!r} must be {self.describe()}. "
-                f"Got {value!r} instead."
-            )
-        return value
+        return coerce(raw, self.rules, name=name, owner=f"merge method {method!r}")
 
 
 @dataclass(frozen=True)
@@ -340,6 +219,46 @@ def merge_method(
         return public
 
     return wrap
+
+
+def list_methods() -> list[dict[str, Any]]:
+    """Every registered merge method with its parameters (type, range, default) and reference paper.
+
+    Returns
+    -------
+    list of dict
+        One dict per method, sorted by name: ``name``, ``doc`` (one line), ``reference_url`` and ``params``, a list
+        of ``{"name", "constraint", "default", "doc", "cli"}``.
+
+    Examples
+    --------
+    >>> import weightspace.merge
+    >>> [m["name"] for m in list_methods()][:3]
+    ['dare', 'dare_ties', 'knots']
+    >>> next(p for p in list_methods()[0]["params"] if p["name"] == "p")["constraint"]
+    'a float in [0, 1)'
+    """
+    out = []
+    for name in MERGE_METHODS.names():
+        method = MERGE_METHODS.get(name)
+        out.append(
+            {
+                "name": name,
+                "doc": method.doc,
+                "reference_url": method.reference_url,
+                "params": [
+                    {
+                        "name": pname,
+                        "constraint": param.describe(),
+                        "default": param.default,
+                        "doc": param.doc,
+                        "cli": param.cli,
+                    }
+                    for pname, param in method.params.items()
+                ],
+            }
+        )
+    return out
 
 
 def _lookup(method: str | MergeMethod | MethodFn) -> MergeMethod | None:

@@ -113,11 +113,9 @@ def rank_choice(rank: int | None, variance: float | None, default: int | float =
     """``--rank K`` or ``--variance F`` (exclusive) as ``n_components``, checked by the shared constraints."""
     if rank is not None and variance is not None:
         raise InputError("pass either --rank or --variance, not both")
-    rules = {
-        "--rank": [Interval(int, 1, None), NONE],
-        "--variance": [Interval(float, 0, 1, closed="neither"), NONE],
-    }
-    validate_params("the command", rules, {"--rank": rank, "--variance": variance})
+    rules = {"--rank": [Interval(int, 1, None)], "--variance": [Interval(float, 0, 1, closed="neither")]}
+    given = {k: v for k, v in (("--rank", rank), ("--variance", variance)) if v is not None}
+    validate_params("weightspace", rules, given)
     if rank is not None:
         return int(rank)
     if variance is not None:

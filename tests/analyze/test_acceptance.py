@@ -70,7 +70,7 @@ def test_mean_plus_noise_is_mean_dominated(mean_noise_report) -> None:
 
 def test_summary_counts_and_headline(planted_report, init_report) -> None:
     s = planted_report.summary
-    assert s["verdict_counts"] == {"shared-subspace": 3, "mean-dominated": 0, "null-like": 0}
+    assert s["verdict_counts"] == {"shared-subspace": 3, "mean-dominated": 0, "null-like": 0, "inconclusive": 0}
     assert s["headline"]["verdict"] == "shared-subspace"
     assert s["by_kind"]["vector"]["n_units"] == 1
     types = {(g["type"], g["kind"]) for g in s["groups"]}

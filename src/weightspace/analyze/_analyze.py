@@ -27,6 +27,7 @@ import torch
 from weightspace._progress import Progress, report
 from weightspace._validation import Interval, Kind, Options, validate_params
 from weightspace._version import __version__
+from weightspace.analyze._bootstrap import N_BOOT
 from weightspace.analyze._groups import unit_groups
 from weightspace.analyze._loo import make_folds
 from weightspace.analyze._methods import HOSVD_LOO_MAX_MODELS, LOO_MAX_MODELS, UNIT_ANALYZERS, analyzer_for
@@ -40,6 +41,7 @@ from weightspace.units import UnitStack
 
 __all__ = [
     "DEFAULT_KS",
+    "DEFAULT_N_NULL",
     "HOSVD_LOO_MAX_MODELS",
     "KFOLD_DEFAULT",
     "LOO_MAX_MODELS",
@@ -50,6 +52,7 @@ __all__ = [
 ]
 
 DEFAULT_KS = (1, 2, 4, 8, 16, 32)
+DEFAULT_N_NULL = 20  # enough draws for a 5–95 % band
 KFOLD_DEFAULT = 10
 REPORT_VERSION = 1
 
@@ -88,7 +91,14 @@ def _check_ks(ks: Sequence[int]) -> tuple[int, ...]:
 
 
 def _plan(
-    n: int, method: str, seed: int, n_null: int, ks: tuple[int, ...], folds: int | None, thresholds: Thresholds
+    n: int,
+    method: str,
+    seed: int,
+    n_null: int,
+    ks: tuple[int, ...],
+    folds: int | None,
+    thresholds: Thresholds,
+    n_boot: int = N_BOOT,
 ) -> Plan:
     if folds is not None and not 2 <= folds <= n:
         raise ParameterError(
@@ -99,10 +109,12 @@ def _plan(
     g = torch.Generator().manual_seed(seed)
     fold_sets = make_folds(n, n_folds, generator=g)
     scheme = "leave-one-out" if n_folds == n else f"{n_folds}-fold"
-    return Plan(ks, fold_sets, scheme, split_halves(n, generator=g), n_null, thresholds)
+    return Plan(ks, fold_sets, scheme, split_halves(n, generator=g), n_null, thresholds, n_boot)
 
 
-def _validate(method: str, seed: int, n_null: int, folds: int | None, chunk_bytes: int) -> None:
+def _validate(
+    method: str, seed: int, n_null: int, folds: int | None, chunk_bytes: int, n_boot: int = N_BOOT
+) -> None:
     validate_params(
         "analyze",
         {
@@ -111,8 +123,16 @@ def _validate(method: str, seed: int, n_null: int, folds: int | None, chunk_byte
             "n_null": [Interval(int, 1, None)],
             "folds": [Options((None,)), Interval(int, 2, None)],
             "chunk_bytes": [Interval(int, 1, None)],
+            "n_boot": [Interval(int, 0, None)],
         },
-        {"method": method, "seed": seed, "n_null": n_null, "folds": folds, "chunk_bytes": chunk_bytes},
+        {
+            "method": method,
+            "seed": seed,
+            "n_null": n_null,
+            "folds": folds,
+            "chunk_bytes": chunk_bytes,
+            "n_boot": n_boot,
+        },
     )
 
 
@@ -146,6 +166,10 @@ def _at(rec: dict[str, Any]) -> dict[str, Any]:
         "spectrum_excess_k": rec["spectrum_excess_k"],
         "lora_null_evr": pick(rec["ks"], lora["evr"]) if lora else nan,
         "lora_null_evr_hi": pick(rec["ks"], lora["evr_hi"]) if lora else nan,
+        "null_evr_p05": pick(rec["ks"], rec.get("null_evr_p05") or []),
+        "null_evr_p95": pick(rec["ks"], rec.get("null_evr_p95") or []),
+        "testable": rec.get("testable", True),
+        "intervals": rec.get("intervals", {}),
     }
 
 
@@ -154,11 +178,12 @@ def analyze_unit(
     *,
     method: str = PCAUnit.method,
     seed: int = 0,
-    n_null: int = 5,
+    n_null: int = DEFAULT_N_NULL,
     ks: Sequence[int] = DEFAULT_KS,
     folds: int | None = None,
     thresholds: Thresholds | None = None,
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    n_boot: int = N_BOOT,
 ) -> dict[str, Any]:
     """Evidence and verdict for one unit (the functional core behind :func:`analyze`).
 
@@ -169,7 +194,7 @@ def analyze_unit(
     method : str
         A registered analysis method (:data:`UNIT_ANALYZERS`: ``pca``, ``hosvd``); units the method cannot fit
         (vectors under ``hosvd``) use its fallback.
-    seed, n_null, ks, folds, thresholds, chunk_bytes
+    seed, n_null, ks, folds, thresholds, chunk_bytes, n_boot
         As in :func:`analyze`.
 
     Returns
@@ -187,11 +212,11 @@ def analyze_unit(
     """
     if not isinstance(stack, UnitStack):
         stack = UnitStack.from_tensors(list(stack))
-    _validate(method, seed, n_null, folds, chunk_bytes)
+    _validate(method, seed, n_null, folds, chunk_bytes, n_boot)
     if stack.n < 2:
         raise ParameterError(f"analyze_unit needs at least 2 members. Got {stack.n}.")
     t = thresholds or Thresholds()
-    plan = _plan(stack.n, method, seed, n_null, _check_ks(ks), folds, t)
+    plan = _plan(stack.n, method, seed, n_null, _check_ks(ks), folds, t, n_boot)
     gen = torch.Generator().manual_seed(_unit_seed(seed, stack.spec.name))
     rec = analyzer_for(method, stack.spec).run(stack, plan, gen, chunk_bytes)
     rec["at_k_ref"] = _at(rec)
@@ -307,8 +332,13 @@ def _notes(plan: Plan, method: str, n: int, is_peft: bool) -> list[str]:
         "Stability: the models are split once at random (seeded) into two halves; 'overlap' = ‖V_A V_Bᵀ‖_F² / k, "
         "the mean squared cosine of the principal angles between the halves' top-k subspaces (1 = identical, "
         "≈ k/D for random subspaces), beside the same statistic on the null.",
-        f"Verdict thresholds (k_ref = {t.k_ref}, capped per unit by the folds): "
-        + " | ".join(t.to_dict()["rule"]),
+        f"Verdict thresholds (k_ref = {t.k_ref}, tested at k = min(k_ref, ⌊N/{t.min_models_per_k}⌋) = "
+        f"{t.k_testable(n)} here, capped per unit by the folds): " + " | ".join(t.to_dict()["rule"]),
+        f"Uncertainty: {plan.n_boot} bootstrap resamples of the models; each resample is paired with one null "
+        "draw resampled with the same indices, so 'intervals' hold 5–95 % percentile intervals of the spectrum "
+        "excess and the held-out gap over the null at the tested k, of the mean energy fraction and of the "
+        "held-out mean-only error. The null bands 'null_evr_p05'/'null_evr_p95' are the 5–95 % range of the "
+        "draws ('null_evr_lo'/'null_evr_hi' their min/max).",
     ]
     if is_peft:
         notes.append(
@@ -385,12 +415,13 @@ def analyze(
     *,
     method: str = PCAUnit.method,
     seed: int = 0,
-    n_null: int = 5,
+    n_null: int = DEFAULT_N_NULL,
     ks: Sequence[int] = DEFAULT_KS,
     folds: int | None = None,
     thresholds: Thresholds | None = None,
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
     progress: Progress | None = None,
+    n_boot: int = N_BOOT,
 ) -> AnalysisReport:
     """Spectra vs matched nulls, mean energy, held-out reconstruction and stability for every unit.
 
@@ -403,8 +434,8 @@ def analyze(
         order 2 for matrix units, three reads).
     seed : int, default 0
         Seeds the folds, the stability split and (with the unit name) each unit's null draws.
-    n_null : int, default 5
-        Null draws per unit.
+    n_null : int, default 20
+        Null draws per unit (the null bands are their 5–95 % range; min/max are reported too).
     ks : sequence of int, default (1, 2, 4, 8, 16, 32)
         Components at which EVR, held-out errors and stability are reported (capped per unit).
     folds : int, optional
@@ -415,6 +446,8 @@ def analyze(
         Budget of one streamed float64 chunk across all models.
     progress : callable, optional
         ``progress(stage, done, total)``.
+    n_boot : int, default 200
+        Bootstrap resamples over models behind every interval a verdict uses (0: point estimates only).
 
     Returns
     -------
@@ -433,14 +466,14 @@ def analyze(
     ({'w': 'null-like'}, 6)
     """
     t0 = time.perf_counter()
-    _validate(method, seed, n_null, folds, chunk_bytes)
+    _validate(method, seed, n_null, folds, chunk_bytes, n_boot)
     collection = as_collection(collection)
     ks_t = _check_ks(ks)
     t = thresholds or Thresholds()
     n = collection.n_models
     if n < 2:
         raise ParameterError(f"analyze needs at least 2 models. Got {n}.")
-    plan = _plan(n, method, seed, n_null, ks_t, folds, t)
+    plan = _plan(n, method, seed, n_null, ks_t, folds, t, n_boot)
     groups = unit_groups([u.name for u in collection.units])
     units: list[dict[str, Any]] = []
     n_units = len(collection.units)
@@ -475,6 +508,7 @@ def analyze(
         "spectrum_label": UNIT_ANALYZERS.get(method).spectrum_label,
         "seed": seed,
         "n_null": n_null,
+        "n_boot": n_boot,
         "ks": list(ks_t),
         "collection": {
             "kind": "peft" if collection.is_peft else "full",

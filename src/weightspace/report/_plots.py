@@ -25,7 +25,12 @@ from weightspace.errors import DependencyError
 
 __all__ = ["PLOT_CAPTIONS", "VERDICT_COLORS", "make_plots", "require_matplotlib"]
 
-VERDICT_COLORS = {"shared-subspace": "#2b8a3e", "mean-dominated": "#e8890c", "null-like": "#9aa0a6"}
+VERDICT_COLORS = {
+    "shared-subspace": "#2b8a3e",
+    "mean-dominated": "#e8890c",
+    "null-like": "#9aa0a6",
+    "inconclusive": "#5c7cfa",
+}
 MAX_PANELS = 24
 _LOG_FLOOR = 1e-12
 
@@ -238,7 +243,13 @@ def _verdict_map(data: dict[str, Any], figure_cls: Any) -> Any:
     cmap = ListedColormap([VERDICT_COLORS[v] for v in order]).with_extremes(bad="white")
     import numpy as np
 
-    ax.imshow(np.ma.masked_invalid(np.array(grid, dtype=float)), cmap=cmap, vmin=-0.5, vmax=2.5, aspect="auto")
+    ax.imshow(
+        np.ma.masked_invalid(np.array(grid, dtype=float)),
+        cmap=cmap,
+        vmin=-0.5,
+        vmax=len(order) - 0.5,
+        aspect="auto",
+    )
     for r, row in enumerate(grid):
         for c, v in enumerate(row):
             if not math.isnan(v):

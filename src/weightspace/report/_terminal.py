@@ -8,8 +8,13 @@ from typing import Any
 
 __all__ = ["print_summary"]
 
-_ABBR = {"shared-subspace": "S", "mean-dominated": "M", "null-like": "N"}
-_STYLE = {"shared-subspace": "bold green", "mean-dominated": "bold yellow", "null-like": "dim"}
+_ABBR = {"shared-subspace": "S", "mean-dominated": "M", "null-like": "N", "inconclusive": "?"}
+_STYLE = {
+    "shared-subspace": "bold green",
+    "mean-dominated": "bold yellow",
+    "null-like": "dim",
+    "inconclusive": "blue",
+}
 
 
 def _f(x: Any) -> str:
@@ -72,8 +77,8 @@ def print_summary(data: Mapping[str, Any], console: Any = None) -> None:
     console.print(t)
     console.print(
         Text(
-            "S shared-subspace, M mean-dominated, N null-like; excess = largest cumulative EVR above the null band"
-            " (k ≤ k_ref); held-out EVR and LOO errors at k; mean E = mean energy fraction",
+            "S shared-subspace, M mean-dominated, N null-like, ? inconclusive; excess = cumulative EVR above the "
+            "null at the tested k; held-out EVR and LOO errors at k; mean E = mean energy fraction",
             style="dim",
         )
     )

@@ -27,13 +27,13 @@ import torch
 from weightspace._progress import Progress, report
 from weightspace._validation import Interval, Kind, Options, validate_params
 from weightspace._version import __version__
-from weightspace.analyze._bootstrap import N_BOOT
+from weightspace.analyze._bootstrap import N_BOOT, bootstrap_weights, interval
 from weightspace.analyze._groups import unit_groups
 from weightspace.analyze._loo import make_folds
 from weightspace.analyze._methods import HOSVD_LOO_MAX_MODELS, LOO_MAX_MODELS, UNIT_ANALYZERS, analyzer_for
 from weightspace.analyze._pca_unit import Plan
 from weightspace.analyze._stability import split_halves
-from weightspace.analyze._verdict import VERDICTS, Thresholds
+from weightspace.analyze._verdict import VERDICTS, Thresholds, decide_verdict
 from weightspace.collection import Collection, as_collection
 from weightspace.decompose import DEFAULT_CHUNK_BYTES, PCAUnit
 from weightspace.errors import ParameterError
@@ -109,7 +109,10 @@ def _plan(
     g = torch.Generator().manual_seed(seed)
     fold_sets = make_folds(n, n_folds, generator=g)
     scheme = "leave-one-out" if n_folds == n else f"{n_folds}-fold"
-    return Plan(ks, fold_sets, scheme, split_halves(n, generator=g), n_null, thresholds, n_boot)
+    split = split_halves(n, generator=g)
+    # One set of resamples for every unit: per-unit bootstrap samples then combine into collection intervals.
+    boot = bootstrap_weights(n, n_boot, generator=g) if n_boot > 0 else None
+    return Plan(ks, fold_sets, scheme, split, n_null, thresholds, n_boot, boot)
 
 
 def _validate(
@@ -219,6 +222,7 @@ def analyze_unit(
     plan = _plan(stack.n, method, seed, n_null, _check_ks(ks), folds, t, n_boot)
     gen = torch.Generator().manual_seed(_unit_seed(seed, stack.spec.name))
     rec = analyzer_for(method, stack.spec).run(stack, plan, gen, chunk_bytes)
+    rec.pop("_samples", None)
     rec["at_k_ref"] = _at(rec)
     return rec
 
@@ -235,7 +239,63 @@ def _mean(values: Sequence[float | None]) -> float:
     return sum(ok) / len(ok) if ok else float("nan")
 
 
-def _summary(units: list[dict[str, Any]]) -> dict[str, Any]:
+_AGGREGATED = ("evr", "spectrum_excess", "heldout_evr", "heldout_gap", "mean_energy_fraction", "mean_only")
+
+
+def _aggregate(
+    units: list[dict[str, Any]], samples: list[dict[str, torch.Tensor]], kind: str, t: Thresholds
+) -> dict[str, Any]:
+    """Parameter-weighted means over the units of ``kind`` of the verdict's statistics, with intervals.
+
+    The units share their bootstrap resamples (``Plan.boot_idx``), so the weighted mean of their per-resample
+    values is a resample of the weighted mean: a proper interval for the collection, not an average of
+    intervals. The collection-level verdict applies the unit rule to these intervals.
+    """
+    sel = [(u, smp) for u, smp in zip(units, samples, strict=True) if u["kind"] == kind]
+    out: dict[str, Any] = {"kind": kind, "weights": "number of parameters", "n_units": len(sel)}
+    if not sel:
+        return out
+    ks = sorted({u["at_k_ref"]["k"] for u, _ in sel})
+    out["k"] = ks[0] if len(ks) == 1 else ks
+    out["testable"] = all(u.get("testable", True) for u, _ in sel)
+    for key in _AGGREGATED:
+        have = [(u, smp) for u, smp in sel if key in smp and key in (u.get("intervals") or {})]
+        if not have:
+            continue
+        w = torch.tensor([float(math.prod(u["shape"])) for u, _ in have], dtype=torch.float64)
+        w = w / w.sum()
+        stacked = torch.stack([smp[key].to(torch.float64) for _, smp in have])  # (units, n_boot)
+        point = float(sum(wi * float(u["intervals"][key]["point"]) for wi, (u, _) in zip(w, have, strict=True)))
+        out[key] = interval((w[:, None] * stacked).sum(dim=0), point=point)
+        out[key]["n_units"] = len(have)
+
+    def pair(key: str) -> tuple[float, float] | None:
+        return (out[key]["lo"], out[key]["hi"]) if key in out else None
+
+    mef = out.get("mean_energy_fraction", {}).get("point")
+    verdict, reasons = decide_verdict(
+        heldout_evr=out["heldout_evr"]["point"] if "heldout_evr" in out else None,
+        null_heldout_evr_hi=(
+            out["heldout_evr"]["point"] - out["heldout_gap"]["point"] if "heldout_gap" in out else None
+        ),
+        spectrum_excess=out["spectrum_excess"]["point"] if "spectrum_excess" in out else None,
+        mean_energy_fraction=mef if mef is not None else _mean([u["mean_energy_fraction"] for u, _ in sel]),
+        mean_only=out["mean_only"]["point"] if "mean_only" in out else None,
+        thresholds=t,
+        k_ref=ks[0] if ks else None,
+        heldout_gap_interval=pair("heldout_gap"),
+        spectrum_excess_interval=pair("spectrum_excess"),
+        mean_energy_interval=pair("mean_energy_fraction"),
+        mean_only_interval=pair("mean_only"),
+        testable=out["testable"],
+    )
+    out["verdict"], out["reasons"] = verdict, reasons
+    return out
+
+
+def _summary(
+    units: list[dict[str, Any]], samples: list[dict[str, torch.Tensor]] | None = None, t: Thresholds | None = None
+) -> dict[str, Any]:
     by_kind: dict[str, Any] = {}
     for kind in ("matrix", "vector"):
         sel = [u for u in units if u["kind"] == kind]
@@ -298,10 +358,12 @@ def _summary(units: list[dict[str, Any]]) -> dict[str, Any]:
                 ),
             }
         )
+    aggregate = _aggregate(units, samples or [{} for _ in units], main, t or Thresholds())
     return {
         "verdict_counts": _counts(units),
         "n_units": len(units),
         "headline": {"kind": main, "verdict": top, "param_share": share[top], "text": text},
+        "aggregate": aggregate,
         "by_kind": by_kind,
         "groups": group_rows,
     }
@@ -476,12 +538,14 @@ def analyze(
     plan = _plan(n, method, seed, n_null, ks_t, folds, t, n_boot)
     groups = unit_groups([u.name for u in collection.units])
     units: list[dict[str, Any]] = []
+    samples: list[dict[str, torch.Tensor]] = []
     n_units = len(collection.units)
     report(progress, "units", 0, n_units)
     for i, spec in enumerate(collection.units):
         stack = collection.stack(spec.name)
         gen = torch.Generator().manual_seed(_unit_seed(seed, spec.name))
         rec = analyzer_for(method, spec).run(stack, plan, gen, chunk_bytes)
+        samples.append(rec.pop("_samples", {}))
         del stack
         typ, depth = groups[spec.name]
         units.append(
@@ -528,7 +592,7 @@ def analyze(
         },
         "thresholds": t.to_dict(),
         "units": units,
-        "summary": _summary(units),
+        "summary": _summary(units, samples, t),
         "notes": _notes(plan, method, n, collection.is_peft),
         "wall_s": time.perf_counter() - t0,
     }

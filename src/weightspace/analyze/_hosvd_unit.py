@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from weightspace.analyze._bootstrap import bootstrap_indices, interval, mean_samples
+from weightspace.analyze._bootstrap import interval, mean_samples
 from weightspace.analyze._nulls import mp_edge, wishart_gram
 from weightspace.analyze._pca_unit import FRACTIONS, Plan, _band, _cum_at, _ref_k, capped, mean_energy, nanmean
 from weightspace.analyze._verdict import decide_verdict
@@ -268,14 +268,19 @@ def analyze_hosvd_unit(
     intervals: dict[str, Any] = {"k": k_ref, "testable": True, "n_boot": plan.n_boot}
     gap_iv = mo_iv = None
     if plan.n_boot > 0 and total_mo > 0 and not zero_spread:
-        idx = bootstrap_indices(n, plan.n_boot, generator=generator)
-        den = mo_sq[idx].sum(dim=1)
-        evr_s = 1.0 - mb_sq[idx, i_ref].sum(dim=1) / torch.where(den > 0, den, torch.full_like(den, float("nan")))
+        idx = plan.resamples(n, generator)
+        den = (idx * mo_sq).sum(dim=1)
+        evr_s = 1.0 - (idx * mb_sq[:, i_ref]).sum(dim=1) / torch.where(
+            den > 0, den, torch.full_like(den, float("nan"))
+        )
         intervals["heldout_evr"] = interval(evr_s, point=held_evr[i_ref])
         intervals["heldout_gap"] = interval(evr_s - held_null[i_ref], point=held_evr[i_ref] - held_null[i_ref])
         intervals["mean_only"] = interval(mean_samples(mean_only_i, idx), point=mean_only)
         gap_iv = (intervals["heldout_gap"]["lo"], intervals["heldout_gap"]["hi"])
         mo_iv = (intervals["mean_only"]["lo"], intervals["mean_only"]["hi"])
+        samples = {"heldout_evr": evr_s, "heldout_gap": evr_s - held_null[i_ref]}
+    else:
+        samples = {}
     verdict, reasons = decide_verdict(
         heldout_evr=held_evr[i_ref],
         null_heldout_evr_hi=held_null[i_ref],
@@ -349,5 +354,6 @@ def analyze_hosvd_unit(
         "zero_spread": zero_spread,
         "verdict": verdict,
         "intervals": intervals,
+        "_samples": samples,
         "reasons": reasons,
     }

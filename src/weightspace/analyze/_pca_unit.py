@@ -17,11 +17,12 @@ import torch
 
 from weightspace.analyze._bootstrap import (
     N_BOOT,
-    bootstrap_indices,
+    bootstrap_weights,
     heldout_gap_samples,
     interval,
     mean_energy_samples,
     mean_samples,
+    resampled_cum_evr,
     spectrum_excess_samples,
 )
 from weightspace.analyze._loo import heldout_from_gram
@@ -58,6 +59,9 @@ class Plan:
     thresholds : Thresholds
     n_boot : int
         Bootstrap resamples behind every interval.
+    boot_idx : Tensor of shape (n_boot, n_models) or None
+        The resample weights (Bayesian bootstrap), shared by every unit (so per-unit bootstrap samples combine
+        across units into collection-level intervals); drawn per unit from its generator when None.
     """
 
     ks: tuple[int, ...]
@@ -67,6 +71,13 @@ class Plan:
     n_null: int
     thresholds: Thresholds
     n_boot: int = N_BOOT
+    boot_idx: torch.Tensor | None = None
+
+    def resamples(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """The bootstrap resample weights (n_boot, n): the shared ones, or fresh ones from ``generator``."""
+        if self.boot_idx is not None and self.boot_idx.shape[1] == n:
+            return self.boot_idx
+        return bootstrap_weights(n, self.n_boot, generator=generator)
 
     @property
     def n_train_min(self) -> int:
@@ -315,10 +326,12 @@ def _from_spectrum(stack: UnitStack, sp: PCASpectrum, plan: Plan, generator: tor
     # Bootstrap over models, each resample paired with a null draw (see _bootstrap).
     intervals: dict[str, Any] = {"k": k_ref, "testable": testable, "n_boot": plan.n_boot}
     gap_iv = spec_iv = mef_iv = mo_iv = None
+    samples: dict[str, torch.Tensor] = {}
     if not zero_spread and plan.n_boot > 0:
-        idx = bootstrap_indices(n, plan.n_boot, generator=generator)
+        idx = plan.resamples(n, generator)
         mef_s = mean_energy_samples(gram, cross, q, idx)
         mo_s = mean_samples(held.mean_only, idx)
+        samples.update(mean_energy_fraction=mef_s, mean_only=mo_s)
         intervals["mean_energy_fraction"] = interval(mef_s, point=mef)
         intervals["mean_only"] = interval(mo_s, point=mean_only)
         mef_iv = (intervals["mean_energy_fraction"]["lo"], intervals["mean_energy_fraction"]["hi"])
@@ -329,6 +342,9 @@ def _from_spectrum(stack: UnitStack, sp: PCASpectrum, plan: Plan, generator: tor
                 [spectrum_excess_samples(gram, p["_grams"], idx, k_ref) for p in pools]  # type: ignore[index]
             ).amin(0)
             intervals["spectrum_excess"] = interval(excess, point=float(spectrum_excess))  # type: ignore[arg-type]
+            samples["spectrum_excess"] = excess
+            samples["evr"] = resampled_cum_evr(gram, idx, [k_ref])[:, 0]
+            intervals["evr"] = interval(samples["evr"], point=data_cum[j_ref])
             spec_iv = (intervals["spectrum_excess"]["lo"], intervals["spectrum_excess"]["hi"])
         if nulls and i_ref is not None and nulls["_mo_sq"]:
             mo_sq, mb_sq = held.mean_only_sq, held.mean_plus_basis_sq[:, i_ref]
@@ -337,6 +353,7 @@ def _from_spectrum(stack: UnitStack, sp: PCASpectrum, plan: Plan, generator: tor
             gap_s = torch.stack([r[1] for r in runs]).amin(0)
             intervals["heldout_evr"] = interval(evr_s, point=held_evr[i_ref])
             intervals["heldout_gap"] = interval(gap_s, point=held_evr[i_ref] - null_held_mean[i_ref])
+            samples.update(heldout_evr=evr_s, heldout_gap=gap_s)
             gap_iv = (intervals["heldout_gap"]["lo"], intervals["heldout_gap"]["hi"])
     verdict, reasons = decide_verdict(
         heldout_evr=held_evr[i_ref] if i_ref is not None else None,
@@ -431,6 +448,7 @@ def _from_spectrum(stack: UnitStack, sp: PCASpectrum, plan: Plan, generator: tor
         "testable": testable,
         "k_ref_requested": t.k_ref,
         "intervals": intervals,
+        "_samples": samples,
         "zero_spread": zero_spread,
         "verdict": verdict,
         "reasons": reasons,

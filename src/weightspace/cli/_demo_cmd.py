@@ -13,10 +13,26 @@ from weightspace.cli._common import JsonOpt, app, emit_json, err_console, progre
 
 @app.command()
 def demo(
-    output: Annotated[Path, typer.Option("--output", "-o", help="Output folder (zoos are cached inside).")] = Path(
-        "demo-out"
-    ),
-    quick: Annotated[bool, typer.Option("--quick", help="Three small zoos, ~3 minutes on 2 CPU cores.")] = False,
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Output folder (demo.html, demo.json, reports).")
+    ] = Path("demo-out"),
+    quick: Annotated[
+        bool, typer.Option("--quick", help="Three small zoos, ~1 minute on 2 CPU cores (= --scale quick).")
+    ] = False,
+    scale: Annotated[
+        str | None,
+        typer.Option(
+            "--scale",
+            help="quick | default (96 models per small zoo, ≤ 10 min on 2 cores) | paper (480 models, a second seed; "
+            "up to an hour).",
+        ),
+    ] = None,
+    cache_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--cache-dir", help="Zoo cache root (default $WEIGHTSPACE_ZOO_CACHE or ~/.cache/weightspace/zoos)."
+        ),
+    ] = None,
     zoos: Annotated[list[str] | None, typer.Option("--zoo", help="Run only these zoos (repeatable).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of zoo builds, nulls and splits.")] = 0,
     no_merge: Annotated[bool, typer.Option("--no-merge", help="Skip the merge benchmark.")] = False,
@@ -31,6 +47,8 @@ def demo(
         result = run_demo(
             output,
             quick=quick,
+            scale=scale,
+            cache_dir=cache_dir,
             zoos=zoos or None,
             seed=seed,
             merge=not no_merge,
@@ -48,5 +66,6 @@ def demo(
             c = result[section]["claim"]
             err_console.print(f"{section:16s} {c['verdict']:22s} {c['claim']}: {c['evidence']}", markup=False)
     err_console.print(
-        f"wrote {output / 'demo.html'} and {output / 'demo.json'} in {time.perf_counter() - t0:.0f} s"
+        f"wrote {output / 'demo.html'} and {output / 'demo.json'} in {time.perf_counter() - t0:.0f} s "
+        f"(CPU {result['cpu_s']:.0f} s)"
     )

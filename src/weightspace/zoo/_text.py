@@ -275,6 +275,8 @@ class MiniLMLoRAZoo(Zoo):
 
     name: ClassVar[str] = "minilm-lora"
     kind: ClassVar[ZooKind] = "lora"
+    #: The encoder's matrix products are large enough for a second thread to pay off (unlike the small zoos).
+    threads: ClassVar[int] = 2
     head_prefix: ClassVar[str] = "classifier."
     task_order: ClassVar[tuple[str, ...]] = _ORIGINAL_TASKS
 

@@ -330,7 +330,7 @@ def proportion_difference(p1: float, p2: float, n: int, level: float = 0.90) -> 
     --------
     >>> iv = proportion_difference(0.80, 0.75, 1000)
     >>> round(iv["point"], 3), round(iv["lo"], 3), round(iv["hi"], 3)
-    (0.05, 0.018, 0.082)
+    (0.05, 0.019, 0.081)
     """
     from statistics import NormalDist
 

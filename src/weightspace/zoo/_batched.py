@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from weightspace.errors import ParameterError
-from weightspace.zoo._train import ProgressFn, check_int
+from weightspace.zoo._train import ProgressFn, check_int, seeded
 
 __all__ = ["CHUNK", "Job", "batch_order", "fit_batched"]
 
@@ -155,7 +155,9 @@ def fit_batched(
                 f"{x.shape[0]} inputs and {y.shape[0]} labels"
             )
     width = max((j.n_classes for j in jobs), default=1)
-    template = make_template(width)
+    # Templates are overwritten by the jobs' states; building them must not consume the caller's random stream.
+    with seeded(0):
+        template = make_template(width)
     names = [k for k, _ in template.named_parameters()]
     keep = [k for k in names if trainable is None or trainable(k)]
     n_max = max(x.shape[0] for x, _ in datasets)
@@ -170,7 +172,8 @@ def fit_batched(
         t0 = time.perf_counter()
         modules = []
         for j in part:
-            m = make_template(width)
+            with seeded(0):
+                m = make_template(width)
             padded = {k: _pad_head(v, width) if k.startswith(head_prefix) else v for k, v in j.init.items()}
             m.load_state_dict(padded)
             modules.append(m)

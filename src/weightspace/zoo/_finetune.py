@@ -275,7 +275,7 @@ class FinetuneZoo(Zoo):
             jobs,
             [self.task_data(t, "train") for t in distinct],
             head_prefix=self.head_prefix,
-            progress=progress,
+            progress=None if progress is None else (lambda d, t, m: progress(0, n, m)),
             **cfg["finetune"],
         )
         timing["finetune_s"] = time.perf_counter() - t1
@@ -303,6 +303,8 @@ class FinetuneZoo(Zoo):
                     "train": {k: st[k] for k in ("steps", "lr", "batch_size", "final_loss")},
                 }
             )
+            if progress is not None:
+                progress(i + 1, n, f"{name}: test acc {models[-1]['test_accuracy']:.3f}")
         timing["evaluate_s"] = time.perf_counter() - t2
         timing["models_per_vectorised_step"] = CHUNK
         return {

@@ -121,7 +121,13 @@ class DigitsMLPZoo(_DigitsMLPBase):
             for i, s in enumerate(seeds)
         ]
         t0 = time.perf_counter()
-        states, stats = fit_batched(lambda c: DigitsMLP(self.hidden, c), jobs, data, progress=progress, **cfg)
+        states, stats = fit_batched(
+            lambda c: DigitsMLP(self.hidden, c),
+            jobs,
+            data,
+            progress=None if progress is None else (lambda d, t, m: progress(0, n, m)),
+            **cfg,
+        )
         train_s = time.perf_counter() - t0
         models = []
         for i, (s, idx, sub, state, st) in enumerate(zip(seeds, subsets, data, states, stats, strict=True)):
@@ -148,6 +154,8 @@ class DigitsMLPZoo(_DigitsMLPBase):
                     "train": {k: st[k] for k in ("steps", "lr", "batch_size", "final_loss")},
                 }
             )
+            if progress is not None:
+                progress(i + 1, n, f"{name}: test acc {models[-1]['test_accuracy']:.3f}")
         return {
             "base": None,
             "models": models,

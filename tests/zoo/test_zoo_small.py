@@ -366,8 +366,10 @@ def test_cache_is_keyed_by_every_build_parameter(tmp_path: Path, monkeypatch: py
     again = cached_zoo("digits-mlp", n=2, seed=1, cache=tmp_path, progress=lambda d, t, m: calls.append(m))
     assert again.dir == first.dir
     assert (again.dir / "zoo.json").stat().st_mtime_ns == stamp  # nothing rebuilt
-    assert calls and "reused" in calls[-1]
-    assert first.dir.name.startswith("digits-mlp-") and first.meta["build_key"].startswith(first.dir.name[-16:])
+    assert calls
+    assert "reused" in calls[-1]
+    assert first.dir.name.startswith("digits-mlp-")
+    assert first.meta["build_key"].startswith(first.dir.name[-16:])
     other_seed = cached_zoo("digits-mlp", n=2, seed=2, cache=tmp_path)
     monkeypatch.setattr(z, "settings", lambda quick: {"steps": 4, "lr": 3e-3, "batch_size": 16})
     other_steps = cached_zoo("digits-mlp", n=2, seed=1, cache=tmp_path)

@@ -49,7 +49,7 @@ def test_tasks_and_data() -> None:
     xb, yb = z.task_data("ovr-tech-body", "test")
     assert torch.equal(ys, yb)
     assert not torch.equal(xs, xb)
-    x5, y5 = z.task_data("perm5-0", "test")
+    _x5, y5 = z.task_data("perm5-0", "test")
     assert sorted(set(y5.tolist())) == [0, 1, 2, 3, 4]
 
 

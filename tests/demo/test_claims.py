@@ -57,7 +57,7 @@ def test_spectrum_claim_maps_the_aggregate_verdict() -> None:
         agg = {"k": 16, "verdict": verdict, "evr": iv(0.4), "spectrum_excess": iv(0.1), "heldout_gap": iv(0.05)}
         row = spectrum_claim(agg, head, 96)
         assert row["verdict"] == word
-        assert "EVR@16 0.400 [+0.395, +0.405] vs null 0.300" in row["evidence"]
+        assert "EVR@16 0.400 [0.395, 0.405] vs null 0.300" in row["evidence"]
 
 
 @pytest.mark.parametrize(

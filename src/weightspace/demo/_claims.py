@@ -98,14 +98,23 @@ def _ok(iv: Iv | None) -> bool:
     )
 
 
-def fmt_interval(iv: Iv | None, *, pt: bool = False) -> str:
-    """``+0.105 [+0.095, +0.114]`` (or in accuracy points with ``pt``)."""
+def fmt_interval(iv: Iv | None, *, pt: bool = False, signed: bool = True) -> str:
+    """``+0.105 [+0.095, +0.114]`` (or in accuracy points with ``pt``; ``signed=False`` for levels, not differences).
+
+    Examples
+    --------
+    >>> fmt_interval({"point": 0.1, "lo": 0.05, "hi": 0.15})
+    '+0.100 [+0.050, +0.150]'
+    >>> fmt_interval({"point": -0.02, "lo": -0.03, "hi": -0.01}, pt=True)
+    '-2.0 pt [-3.0, -1.0]'
+    """
     if iv is None or not isinstance(iv.get("point"), int | float):
         return "n/a"
     scale, unit = (100.0, " pt") if pt else (1.0, "")
-    text = f"{iv['point'] * scale:+.{1 if pt else 3}f}{unit}"
+    spec = f"{'+' if signed else ''}.{1 if pt else 3}f"
+    text = f"{iv['point'] * scale:{spec}}{unit}"
     if _ok(iv):
-        text += f" [{iv['lo'] * scale:+.{1 if pt else 3}f}, {iv['hi'] * scale:+.{1 if pt else 3}f}]"
+        text += f" [{iv['lo'] * scale:{spec}}, {iv['hi'] * scale:{spec}}]"
     return text
 
 
@@ -155,7 +164,7 @@ def spectrum_claim(aggregate: dict[str, Any], headline: dict[str, Any], n: int, 
     null = evr["point"] - excess["point"] if evr and excess else float("nan")
     k_tested = aggregate.get("k")
     text = (
-        f"EVR@{k_tested} {fmt_interval(evr).lstrip('+')} vs null {null:.3f}; excess {fmt_interval(excess)} "
+        f"EVR@{k_tested} {fmt_interval(evr, signed=False)} vs null {null:.3f}; excess {fmt_interval(excess)} "
         f"(needs ≥ 0.02); held-out gain over the null {fmt_interval(gap)} (needs ≥ 0.10); "
         f"{headline['param_share'] * 100:.0f}% of matrix parameters are {headline['verdict']}"
     )

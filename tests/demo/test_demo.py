@@ -164,3 +164,33 @@ def test_full_demo_within_budget(tmp_path: Path) -> None:
         main(["demo", "-o", str(tmp_path / "again"), "--cache-dir", str(tmp_path / "cache"), "--no-adapt"])
     again = json.loads((tmp_path / "again" / "demo.json").read_text())
     assert [z["dir"] for z in again["zoos"]] == [z["dir"] for z in data["zoos"]]
+
+
+def test_second_seed_verdicts_sit_beside_the_first(
+    tmp_path: Path, zoo_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The paper scale's second seed, on a tiny stand-in scale (one untrained zoo, two seeds)."""
+    from weightspace.demo import SCALES, Scale, run_demo
+
+    tiny = Scale("paper", quick=True, zoos=("digits-mlp-init",), n={"digits-mlp-init": 12}, seeds=2)
+    monkeypatch.setitem(SCALES, "paper", tiny)
+    data = run_demo(tmp_path, scale="paper", cache_dir=zoo_cache, merge=False, adapt=False)
+    assert data["seeds"] == [0, 1]
+    sv = data["seed_verdicts"]
+    assert sv["seeds"] == [0, 1]
+    assert set(sv["verdicts"]["digits-mlp-init"]) >= {"spectrum", "compression", "heldout"}
+    for verdicts in sv["verdicts"]["digits-mlp-init"].values():
+        assert len(verdicts) == 2
+    second = data["seed_runs"]["1"][0]
+    assert second["seed"] == 1
+    assert second["dir"] != data["zoos"][0]["dir"]  # rebuilt with the other seed, cached separately
+    page = (tmp_path / "demo.html").read_text()
+    assert "A second seed" in page
+    parser = _Cells()
+    parser.feed(page)
+    saved = json.loads((tmp_path / "demo.json").read_text())
+    for attrs, text in parser.cells:
+        src = attrs.get("data-src")
+        if src is not None:
+            value = resolve(saved, src)
+            assert text == (value if attrs.get("data-fmt") is None else format_value(value, attrs["data-fmt"] or ""))

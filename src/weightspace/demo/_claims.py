@@ -20,11 +20,13 @@ from typing import Any
 
 __all__ = [
     "ACC_TOL",
+    "ALIGN_RULE",
     "K_CLAIM",
     "MIN_MODELS_PER_K",
     "MIN_RATIO",
     "RULES",
     "adapt_claim",
+    "alignment_claim",
     "compression_claim",
     "fmt_interval",
     "heldout_claim",
@@ -40,6 +42,17 @@ K_CLAIM = 16  # the paper's number of directions
 MIN_MODELS_PER_K = 6  # a k-direction claim needs N ≥ 6 k models
 
 Iv = dict[str, Any]  # an interval record: point, lo, hi (and se, level, n_boot ...)
+
+ALIGN_RULE = (
+    f"after alignment (the aligned collection against a null aligned the same way), with N ≥ "
+    f"{MIN_MODELS_PER_K * K_CLAIM} for k = {K_CLAIM}: null-like when the originals are within {ACC_TOL * 100:g} pt "
+    f"of chance; holds if the aligned spectrum is shared-subspace and held-out mean+basis is within "
+    f"{ACC_TOL * 100:g} pt of the originals and beats mean-only by > {ACC_TOL * 100:g} pt; partial if the basis "
+    f"adds > {ACC_TOL * 100:g} pt otherwise; explained by the mean if the basis adds ≤ {ACC_TOL * 100:g} pt while "
+    f"alignment raised held-out mean-only by > {ACC_TOL * 100:g} pt (what alignment uncovers is a shared mean, not "
+    f"a subspace); null-like if the basis adds ≤ {ACC_TOL * 100:g} pt and the aligned spectrum is null-like; fails "
+    "otherwise (all gains as 90 % intervals over models)"
+)
 
 RULES = {
     "intervals": "every number a verdict uses carries a 90 % interval (normal bootstrap over models, paired with "
@@ -72,6 +85,7 @@ RULES = {
     f"mean only); explained by the head / the mean if it beats that control by ≤ {ACC_TOL * 100:g} pt; else holds "
     f"if within {ACC_TOL * 100:g} pt of full fine-tuning, partial if within {ACC_TOL * 100:g} pt of LoRA, fails "
     "if below LoRA",
+    "alignment": ALIGN_RULE,
 }
 
 
@@ -347,3 +361,79 @@ def proportion_difference(p1: float, p2: float, n: int, level: float = 0.90) -> 
     se = math.sqrt(max(0.0, p1 * (1 - p1)) / max(1, n) + max(0.0, p2 * (1 - p2)) / max(1, n))
     d = p1 - p2
     return {"point": d, "lo": d - z * se, "hi": d + z * se, "se": se, "level": level, "method": "binomial"}
+
+
+def _point(x: float) -> Iv:
+    return {"point": x, "lo": x, "hi": x}
+
+
+def alignment_claim(
+    unaligned: dict[str, Any],
+    aligned: dict[str, Any],
+    originals: float,
+    chance: float,
+    *,
+    n: int | None = None,
+    gain: Iv | None = None,
+    mean_gain: Iv | None = None,
+) -> dict[str, Any]:
+    """Verdict of "after alignment, from-scratch nets share a subspace" (rule: :data:`ALIGN_RULE`).
+
+    ``gain`` is the interval of held-out mean+basis minus mean-only accuracy after alignment, ``mean_gain`` of
+    aligned minus unaligned held-out mean-only accuracy (both over models); without them the point estimates of
+    the rows decide.
+
+    Examples
+    --------
+    >>> row = lambda v, mo, mb: {"spectrum": {"verdict": v, "k": 4, "evr": 0.5, "null_evr_hi": 0.3},
+    ...                          "accuracy": {"heldout_mean_only": mo, "heldout_mean_plus_basis": mb,
+    ...                                       "merged_mean": mo}}
+    >>> alignment_claim(row("null-like", 0.1, 0.1), row("shared-subspace", 0.5, 0.9), 0.91, 0.1)["verdict"]
+    'holds'
+    >>> alignment_claim(row("null-like", 0.1, 0.1), row("null-like", 0.85, 0.84), 0.91, 0.1)["verdict"]
+    'explained by the mean'
+    >>> alignment_claim(row("null-like", 0.1, 0.1), row("null-like", 0.1, 0.1), 0.91, 0.1)["verdict"]
+    'null-like'
+    >>> alignment_claim(row("null-like", 0.1, 0.1), row("null-like", 0.1, 0.1), 0.91, 0.1, n=24)["verdict"]
+    'not testable at N = 24'
+    """
+    s, a = aligned["spectrum"], aligned["accuracy"]
+    mo, mb = a["heldout_mean_only"], a["heldout_mean_plus_basis"]
+    gain = gain if gain is not None else _point(mb - mo)
+    mean_gain = mean_gain if mean_gain is not None else _point(mo - unaligned["accuracy"]["heldout_mean_only"])
+    helps = _above(gain, ACC_TOL)
+    verdict = not_testable(n) if n is not None else None
+    if verdict is not None:
+        pass
+    elif originals <= chance + ACC_TOL:
+        verdict = "null-like"
+    elif s["verdict"] == "shared-subspace" and mb >= originals - ACC_TOL and helps is True:
+        verdict = "holds"
+    elif helps is True:
+        verdict = "partial"
+    elif helps is False and _above(mean_gain, ACC_TOL) is True:
+        verdict = "explained by the mean"
+    elif helps is False and s["verdict"] == "null-like":
+        verdict = "null-like"
+    elif helps is False and _above(mean_gain, ACC_TOL) is False:
+        verdict = "fails"
+    else:
+        verdict = "inconclusive"
+    u = unaligned
+    text = (
+        f"aligned: EVR@{s['k']} {s['evr']:.3f} vs aligned null {s['null_evr_hi']:.3f} ({s['verdict']}); held-out "
+        f"mean+basis {mb:.3f}, mean-only {mo:.3f} (basis adds {fmt_interval(gain, pt=True)}), merged mean model "
+        f"{a['merged_mean']:.3f} (originals {originals:.3f}); unaligned: EVR {u['spectrum']['evr']:.3f} vs null "
+        f"{u['spectrum']['null_evr_hi']:.3f}, held-out mean+basis {u['accuracy']['heldout_mean_plus_basis']:.3f}, "
+        f"merged mean {u['accuracy']['merged_mean']:.3f}; alignment moved held-out mean-only by "
+        f"{fmt_interval(mean_gain, pt=True)}"
+    )
+    return _row(
+        "after alignment, from-scratch nets share a subspace",
+        "alignment",
+        verdict,
+        text,
+        n if n is not None else 0,
+        int(s["k"]),
+        {"basis_gain": gain, "mean_gain": mean_gain},
+    )

@@ -42,6 +42,7 @@ from weightspace.demo._claims import (
 from weightspace.demo._heldout import VARIANTS, heldout_states, state_from_members
 from weightspace.demo._paper import paper_table
 from weightspace.demo._scales import SCALES, Scale
+from weightspace.demo._stats import paired_interval
 from weightspace.errors import ParameterError
 
 __all__ = ["FULL_ZOOS", "QUICK_ZOOS", "run_demo", "write_demo"]
@@ -113,22 +114,6 @@ def _spectrum_summary(report: dict[str, Any]) -> dict[str, Any]:
         "verdict_counts": report["summary"]["verdict_counts"],
         "n_units": len(report["units"]),
     }
-
-
-def _paired(rows: Sequence[dict[str, Any]], a: str, b: str | float, seed: int) -> dict[str, Any]:
-    """Mean over models of ``row[a] − row[b]`` (b a column or a constant), with its bootstrap interval."""
-    from weightspace.analyze import N_BOOT, bootstrap_interval, bootstrap_weights
-
-    diffs = torch.tensor(
-        [float(r[a]) - (float(b) if isinstance(b, int | float) else float(r[b])) for r in rows],
-        dtype=torch.float64,
-    )
-    point = float(diffs.mean())
-    if diffs.numel() < 2:
-        return {"point": point, "lo": float("nan"), "hi": float("nan"), "n": int(diffs.numel())}
-    w = bootstrap_weights(diffs.numel(), N_BOOT, generator=torch.Generator().manual_seed(seed))
-    samples = (w * diffs).sum(dim=1) / w.sum(dim=1)
-    return {**bootstrap_interval(samples, point=point), "n": int(diffs.numel())}
 
 
 def _accuracy_subset(n: int, m: int | None, seed: int) -> list[int]:
@@ -269,7 +254,7 @@ def run_zoo(
     chance = _mean(chance_rows)
 
     def diff(a: str, b: str, salt: int) -> dict[str, Any]:
-        return _paired(rows, a, b, seed + salt)
+        return paired_interval(rows, a, b, seed + salt)
 
     above_chance = diff("original", "_chance", 1)
     d_head = diff("base_own_head", "original", 2) if means["base_own_head"] is not None else None
@@ -342,7 +327,7 @@ def _merge_section(zoo_dir: Path, scale: Scale, seed: int, progress: Progress | 
 
     def over_tasks(a: str, b: str, salt: int) -> dict[str, Any]:
         rows = [{"a": untuned[a]["accuracy"][t], "b": untuned[b]["accuracy"][t]} for t in tasks]
-        return _paired(rows, "a", "b", seed + salt)
+        return paired_interval(rows, "a", "b", seed + salt)
 
     averages = {m: r["average"] for m, r in untuned.items()}
     result["claim"] = merge_claim(

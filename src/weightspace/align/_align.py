@@ -212,11 +212,11 @@ def _fit(
         sweeps[i] = sw
         if raw_sum is None:
             aligned = transform_state({k: st[k] for k in keys}, spec, Transform(perms))
-            before[i] = _dist(raw, raw_ref, keys)
+            before[i] = _dist(st, target, keys)
             after[i] = _dist(aligned, target, keys)
         else:
             for k in keys:
-                raw_sum[k] += raw[k]
+                raw_sum[k] += st[k]
         report(progress, stage, i + 1, total)
     if raw_sum is None:
         return _Fit(transforms, before, after, sweeps, 0, converged)
@@ -240,10 +240,11 @@ def _fit(
     mean = _mean_of(models, spec, transforms, keys)
     raw_mean = {k: v / n for k, v in raw_sum.items()}
     for i in range(n):
-        raw = models.load(i)
-        st = transform_state({k: raw[k] for k in keys}, spec, transforms[i])
-        before[i] = _dist(raw, raw_mean, keys)
-        after[i] = _dist(st, mean, keys)
+        st, _ = canon(models.load(i))
+        before[i] = _dist(st, raw_mean, keys)
+        after[i] = _dist(
+            transform_state({k: st[k] for k in keys}, spec, Transform(transforms[i].perms)), mean, keys
+        )
         report(progress, stage, n + i + 1, total)
     return _Fit(transforms, before, after, sweeps, rounds, converged)
 
@@ -338,7 +339,12 @@ def _notes(spec: PermutationSpec, opts: AlignOptions, fit: _Fit) -> list[str]:
     notes = list(spec.notes)
     if "scale" in opts.symmetries:
         notes.append(SCALE_WARNING)
-        if not spec.has_scale:
+        if spec.has_scale:
+            notes.append(
+                "distances before and after are both measured between scale-canonicalised models (the 'before' "
+                "is canonical but unpermuted), so they show what the permutation does"
+            )
+        else:
             notes.append("no group of this spec has a scale symmetry, so nothing was rescaled")
     if not fit.converged:
         notes.append(

@@ -40,7 +40,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from scipy.optimize import linear_sum_assignment
 
 from weightspace.align._spec import AxisRef, PermGroup, PermutationSpec
 
@@ -236,6 +235,8 @@ def match_permutations(
     sweeps : int
         Sweeps run (the last one improved nothing, unless ``max_iter`` stopped it).
     """
+    from scipy.optimize import linear_sum_assignment  # imported here: `import weightspace.analyze` stays light
+
     rng = np.random.default_rng(seed)
     perms = {
         g.name: (init[g.name].clone() if init and g.name in init else torch.arange(sizes[g.name]))

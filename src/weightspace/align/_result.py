@@ -41,7 +41,8 @@ class ModelAlignment:
     name, path : str
     distance_before, distance_after : float
         Euclidean distance (over the shared unit tensors, float64) to the target — the reference model, or the
-        mean of the aligned models — before alignment (raw weights; the raw mean) and after.
+        mean of the aligned models — before alignment (the model as given; for ``to="mean"``, to the mean of the
+        models as given) and after. With scale canonicalisation both are measured between canonicalised models.
     moved_units : int
         Units that changed place, over all groups.
     sweeps : int
@@ -156,7 +157,7 @@ def alignment_tensors(names: Sequence[str], transforms: Sequence[Transform]) -> 
 
 
 def read_alignment(
-    extras: Mapping[str, Any], read: Callable[[str], torch.Tensor], *, path: Any = None
+    extras: Mapping[str, Any], read: Callable[[str], torch.Tensor], *, path: Any = None, only: str | None = None
 ) -> tuple[PermutationSpec, dict[str, Transform]] | None:
     """The spec and per-model transforms an archive stores, or None for an unaligned archive.
 
@@ -168,6 +169,8 @@ def read_alignment(
         ``read(tensor_name)`` from the ``align.safetensors`` member (any float or int dtype).
     path : path, optional
         The archive, named in errors.
+    only : str, optional
+        Read this model's transform only (models the alignment does not list — added later — get none).
     """
     raw = extras.get("alignment")
     if raw is None:
@@ -186,7 +189,7 @@ def read_alignment(
         raise ArchiveError(f"manifest extras.alignment.spec: {err.message}", path=path) from None
     scaled = [g.name for g in spec.groups if g.scale] if "scale" in rec.symmetries else []
     transforms = {}
-    for name in rec.models:
+    for name in rec.models if only is None else [m for m in rec.models if m == only]:
         perms = {}
         if "permutation" in rec.symmetries:
             for g in spec.groups:

@@ -7,6 +7,14 @@ from typing import Annotated
 
 import typer
 
+from weightspace.cli._align_opts import (
+    ReferenceOpt,
+    SpecOpt,
+    SymmetriesOpt,
+    ToOpt,
+    align_options,
+    print_alignment,
+)
 from weightspace.cli._common import (
     AllowPickle,
     BaseOpt,
@@ -45,22 +53,32 @@ def analyze(
     allow_pickle: AllowPickle = False,
     private: PrivateOpt = None,
     exclude: ExcludeOpt = None,
+    align: Annotated[
+        bool, typer.Option("--align", help="Align hidden units first; the null is aligned the same way.")
+    ] = False,
+    reference: ReferenceOpt = None,
+    to: ToOpt = None,
+    spec: SpecOpt = None,
+    symmetries: SymmetriesOpt = None,
 ) -> None:
     """Is there a shared subspace, or only a mean? Evidence per unit beside a matched Gaussian null."""
     from weightspace.analyze import analyze as run
     from weightspace.report import require_matplotlib
 
+    opts = align_options(align, reference=reference, to=to, spec=spec, symmetries=symmetries, seed=seed)
     if not no_plots:
         require_matplotlib()  # fail before the (long) analysis, not after it
     coll = Collection.from_paths(
         models, base=base, allow_pickle=allow_pickle, private=private or (), exclude=exclude or ()
     )
     with progress_bar("analyze") as cb:
-        rep = run(coll, method=method, seed=seed, n_null=null_draws, folds=folds, progress=cb)
+        rep = run(coll, method=method, seed=seed, n_null=null_draws, folds=folds, align=opts, progress=cb)
         cb("report", 0, 1)
         rep.save(output, plots=not no_plots)
         cb("report", 1, 1)
     if json_out:
         emit_json(rep.to_dict())
+    if "alignment" in rep.data:
+        print_alignment(rep.data["alignment"])
     rep.print_summary(err_console)
     err_console.print(f"wrote {output}/report.html, report.json{'' if no_plots else ' and plots'}")

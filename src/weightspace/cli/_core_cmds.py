@@ -9,6 +9,14 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from weightspace.cli._align_opts import (
+    ReferenceOpt,
+    SpecOpt,
+    SymmetriesOpt,
+    ToOpt,
+    align_options,
+    print_alignment,
+)
 from weightspace.cli._common import (
     AllowPickle,
     BaseOpt,
@@ -87,10 +95,20 @@ def compress(
     allow_pickle: AllowPickle = False,
     private: PrivateOpt = None,
     exclude: ExcludeOpt = None,
+    align: Annotated[
+        bool,
+        typer.Option("--align", help="Align hidden units first; the archive stores the permutations."),
+    ] = False,
+    reference: ReferenceOpt = None,
+    to: ToOpt = None,
+    spec: SpecOpt = None,
+    symmetries: SymmetriesOpt = None,
+    seed: Annotated[int, typer.Option(help="Seeds the alignment's matching order (with --align).")] = 0,
 ) -> None:
     """Fit the shared subspace and write a compressed archive (basis + coefficients + private tensors)."""
     from weightspace.compress import compress as run
 
+    opts = align_options(align, reference=reference, to=to, spec=spec, symmetries=symmetries, seed=seed)
     n_components = rank_choice(rank, variance)
     coll = Collection.from_paths(
         models, base=base, allow_pickle=allow_pickle, private=private or (), exclude=exclude or ()
@@ -104,8 +122,11 @@ def compress(
             center=not no_center,
             svd_solver=solver,
             storage_dtype=dtype,
+            align=opts,
             progress=cb,
         )
+    if result.alignment is not None:
+        print_alignment(result.alignment)
     dups = coll.duplicates()
     summary = {**result.to_dict(), "duplicates": dups}
     if json_out:
@@ -135,6 +156,10 @@ def reconstruct(
     base: BaseOpt = None,
     json_out: JsonOpt = False,
     allow_pickle: AllowPickle = False,
+    aligned: Annotated[
+        bool,
+        typer.Option("--aligned", help="For a compress --align archive: keep the aligned unit order."),
+    ] = False,
 ) -> None:
     """Rebuild models from an archive in their source format (dtypes, keys, configs restored)."""
     from weightspace.compress import reconstruct as run
@@ -144,7 +169,9 @@ def reconstruct(
     if not names and not all_models:
         raise InputError("name the models to rebuild, or pass --all")
     with progress_bar("reconstruct") as cb:
-        results = run(archive, output, names or None, base=base, allow_pickle=allow_pickle, progress=cb)
+        results = run(
+            archive, output, names or None, base=base, allow_pickle=allow_pickle, aligned=aligned, progress=cb
+        )
     if json_out:
         emit_json({"archive": str(archive), "output": str(output), "models": [r.to_dict() for r in results]})
     worst = max((r.max_lora_truncation_error for r in results), default=0.0)

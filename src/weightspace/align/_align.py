@@ -38,6 +38,7 @@ from weightspace.align._file import resolve_spec
 from weightspace.align._match import (
     Transform,
     canonical_scales,
+    few_threads,
     match_permutations,
     transform_state,
     transform_tensor,
@@ -155,7 +156,13 @@ def _dist(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor], keys: Se
     return math.sqrt(sum(float(((a[k] - b[k]) ** 2).sum()) for k in keys))
 
 
-def _fit(
+def _fit(models: _Models, spec: PermutationSpec, sizes: Mapping[str, int], opts: AlignOptions, **kw: Any) -> _Fit:
+    """Find every model's transform (see the module docstring); ``ref_state`` is a fixed reference (a base)."""
+    with few_threads(max(sizes.values(), default=0)):
+        return _fit_threads(models, spec, sizes, opts, **kw)
+
+
+def _fit_threads(
     models: _Models,
     spec: PermutationSpec,
     sizes: Mapping[str, int],
@@ -166,7 +173,6 @@ def _fit(
     progress: Progress | None = None,
     stage: str = "align",
 ) -> _Fit:
-    """Find every model's transform (see the module docstring); ``ref_state`` is a fixed reference (a base)."""
     scale = "scale" in opts.symmetries and spec.has_scale
     permute = "permutation" in opts.symmetries
     keys = models.unit_keys

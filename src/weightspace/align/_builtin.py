@@ -10,9 +10,14 @@ prefix): ``patch_embed``, ``cls_token``, ``pos_embed``, ``blocks.{i}.norm1|norm2
 
 Groups per block: the MLP hidden units (``fc1`` rows → ``fc2`` columns); the attention heads as units (``q``,
 ``k``, ``v`` rows and ``proj`` columns in blocks of ``head_dim``) when the number of heads is known; and, with
-``residual=True`` (default), the residual stream, one permutation shared by every block, the embeddings and every
+``residual=True``, the residual stream, one permutation shared by every block, the embeddings and every
 LayerNorm (LayerNorm commutes with a permutation of its features). None of these groups has a scale symmetry
 (GELU, softmax and LayerNorm are not positively homogeneous).
+
+The residual stream is permuted by default for ``vit``, whose classifier ``head`` reads it (the logits do not
+change), and not for ``bert``: an encoder's outputs (``last_hidden_state``, mean-pooled sentence embeddings) are
+in the residual basis, so permuting it would permute them; ``bert:residual=true`` when a pooler or head reads
+them (the pooler's output is then unchanged).
 
 The number of heads is not in the weights: it comes from the option (``vit:heads=4``), else from ``config.json``
 (``num_attention_heads``/``num_heads``); without it heads are left unpermuted and the spec says so.
@@ -208,7 +213,7 @@ def bert_spec(
     shapes: Mapping[str, tuple[int, ...]],
     *,
     heads: int | None = None,
-    residual: bool = True,
+    residual: bool = False,
     path: PathLike | None = None,
 ) -> PermutationSpec:
     """The spec of a Hugging Face BERT-style encoder (``encoder.layer.{i}.attention.self.query`` …).
@@ -218,9 +223,9 @@ def bert_spec(
     shapes : mapping of str to shape
     heads : int, optional
         ``num_attention_heads``; without it heads are not permuted.
-    residual : bool, default True
+    residual : bool, default False
         Also permute the hidden (residual) stream: embeddings, every LayerNorm, every sublayer's input and
-        output side, the pooler's input.
+        output side, the pooler's input. The encoder's own outputs are then permuted too.
     path : path, optional
 
     Examples
@@ -236,7 +241,7 @@ def bert_spec(
     ...                f"{L}output.dense.weight": (d, f), f"{L}output.dense.bias": (d,)})
     >>> for n in ("attention.output.LayerNorm", "output.LayerNorm"):
     ...     shapes.update({f"{L}{n}.weight": (d,), f"{L}{n}.bias": (d,)})
-    >>> [g.name for g in bert_spec(shapes, heads=2).groups]
+    >>> [g.name for g in bert_spec(shapes, heads=2, residual=True).groups]
     ['encoder.layer.0.mlp', 'encoder.layer.0.heads', 'residual']
     """
     prefix, layers = _prefix(shapes, r"(?P<p>.*?)encoder\.layer\.(?P<i>\d+)\.attention\.self\.query\.weight")
@@ -297,7 +302,10 @@ def bert_spec(
                 tensor=left[0],
             )
     else:
-        notes.append("hidden (residual) stream not permuted (residual=false)")
+        notes.append(
+            "hidden (residual) stream not permuted: the encoder's outputs are in its basis (bert:residual=true "
+            "permutes it, and them)"
+        )
     notes.append("pooler outputs and any classifier on them are not permuted")
     return PermutationSpec(
         tuple(b.groups), origin=f"built-in bert (heads={heads}, residual={residual})", notes=tuple(notes)

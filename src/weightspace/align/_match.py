@@ -35,7 +35,8 @@ True
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -44,9 +45,11 @@ import torch
 from weightspace.align._spec import AxisRef, PermGroup, PermutationSpec
 
 __all__ = [
+    "SMALL_GROUP",
     "Transform",
     "canonical_scales",
     "expand",
+    "few_threads",
     "match_permutations",
     "transform_state",
     "transform_tensor",
@@ -55,6 +58,23 @@ __all__ = [
 # A sweep counts as an improvement only above this relative gain: ties (identical units) never flip back and forth.
 _REL_TOL = 1e-12
 _SCALE_TOL = 1e-12
+# Up to this many units per group the matching's products are tiny: torch's intra-op thread pool costs more than
+# it gains (each op pays a fork/join, and on a busy machine a descheduled worker stalls it for a time slice).
+SMALL_GROUP = 256
+
+
+@contextlib.contextmanager
+def few_threads(largest_group: int) -> Iterator[None]:
+    """One intra-op thread inside the block when every group has ≤ ``SMALL_GROUP`` units (restored on exit)."""
+    previous = torch.get_num_threads()
+    limit = previous > 1 and largest_group <= SMALL_GROUP
+    if limit:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if limit:
+            torch.set_num_threads(previous)
 
 
 @dataclass

@@ -73,7 +73,8 @@ def test_norm_vectors_follow_their_layer_without_scale() -> None:
     first = spec.groups[0]
     keys = [a.key for a in first.axes]
     assert keys == ["0.weight", "0.bias", "1.bias", "1.running_mean", "1.running_var", "1.weight", "3.weight"]
-    assert not first.scale and spec.groups[1].scale
+    assert not first.scale
+    assert spec.groups[1].scale
     assert any("normalisation" in n for n in spec.notes)
 
 
@@ -117,9 +118,12 @@ def test_vit_spec_groups_heads_mlp_and_residual() -> None:
     names = [g.name for g in spec.groups]
     assert names == ["blocks.0.mlp", "blocks.0.heads", "blocks.1.mlp", "blocks.1.heads", "residual"]
     sizes = check_spec(spec, shapes)
-    assert sizes["blocks.0.heads"] == 4 and sizes["blocks.0.mlp"] == 64 and sizes["residual"] == 32
+    assert sizes["blocks.0.heads"] == 4
+    assert sizes["blocks.0.mlp"] == 64
+    assert sizes["residual"] == 32
     heads = {(a.key, a.axis, a.block) for a in spec.group("blocks.0.heads").axes}
-    assert ("blocks.0.attn.q.weight", 0, 8) in heads and ("blocks.0.attn.proj.weight", 1, 8) in heads
+    assert ("blocks.0.attn.q.weight", 0, 8) in heads
+    assert ("blocks.0.attn.proj.weight", 1, 8) in heads
     residual = {a.key for a in spec.group("residual").axes}
     assert {"cls_token", "pos_embed", "head.weight", "norm.bias", "blocks.1.norm2.weight"} <= residual
     assert not any(g.scale for g in spec.groups)
@@ -162,7 +166,9 @@ def test_bert_spec_from_a_real_bert_and_its_config() -> None:
     assert spec.origin.startswith("built-in bert (heads=4")
     assert resolve_spec(None, shapes).origin == "built-in bert (heads=None, residual=False)"
     sizes = check_spec(spec, shapes)
-    assert sizes["encoder.layer.1.heads"] == 4 and sizes["encoder.layer.1.mlp"] == 24 and sizes["residual"] == 16
+    assert sizes["encoder.layer.1.heads"] == 4
+    assert sizes["encoder.layer.1.mlp"] == 24
+    assert sizes["residual"] == 16
     assert ("embeddings.word_embeddings.weight", 1) in {(a.key, a.axis) for a in spec.group("residual").axes}
     assert [g.name for g in bert_spec(shapes).groups] == ["encoder.layer.0.mlp", "encoder.layer.1.mlp"]
 
@@ -194,7 +200,8 @@ def test_spec_files_in_both_formats(tmp_path: Path, suffix: str) -> None:
         }
     }
     spec = load_spec(_spec_file(tmp_path, groups, suffix))
-    assert spec.groups[0].scale and [a.role for a in spec.groups[0].axes] == ["in", "in", "out"]
+    assert spec.groups[0].scale
+    assert [a.role for a in spec.groups[0].axes] == ["in", "in", "out"]
     assert check_spec(spec, MLP_SHAPES) == {"h": 16}
     assert spec_from_dict(spec.to_dict()).to_dict() == spec.to_dict()
 
@@ -238,7 +245,8 @@ def test_bad_spec_files_name_the_file_and_the_key(
         return
     with pytest.raises(error, match=match) as info:
         check_spec(spec, MLP_SHAPES, path="model.safetensors", spec_path=path)
-    assert info.value.path == str(path) and info.value.tensor == tensor
+    assert info.value.path == str(path)
+    assert info.value.tensor == tensor
 
 
 @pytest.mark.parametrize(

@@ -107,7 +107,8 @@ def test_task_vectors_with_a_base(tmp_path: Path) -> None:
     ss_u, ss_a = SharedSubspace.load(tmp_path / "u.wsz"), SharedSubspace.load(tmp_path / "b.wsz")
     norm = {k: float(ss_u.mean_[k].norm()) for k in ss_u.mean_}
     norm_a = {k: float(ss_a.mean_[k].norm()) for k in ss_a.mean_}
-    assert aligned.alignment is not None and unaligned.alignment is None
+    assert aligned.alignment is not None
+    assert unaligned.alignment is None
     assert norm_a["0.weight"] < norm["0.weight"]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -72,3 +73,53 @@ def test_finetune_zoo_accuracies_are_identical(
             assert zoo.accuracy(row.output) == zoo.accuracy(m.path)
     # Fine-tunes of one base already share its unit order: aligning to the base moves nothing.
     assert all(r.moved_units == 0 for r in res.models)
+
+
+def test_demo_alignment_section_and_its_table(mlp_zoo: ZooInfo) -> None:
+    from weightspace.collection import Collection
+    from weightspace.demo._align import alignment_html, alignment_section
+    from weightspace.demo._html import format_value, resolve
+
+    zoo = get_zoo("digits-mlp")
+    coll = Collection.from_paths([str(m.path) for m in mlp_zoo.models])
+    originals = sum(zoo.accuracy(m.path) for m in mlp_zoo.models) / len(mlp_zoo.models)
+    rec = alignment_section(zoo, mlp_zoo, coll, seed=0, originals=originals, chance=0.1, say=lambda _m: None)
+    rows = rec["rows"]
+    assert set(rows) == {"unaligned", "aligned"}
+    # Git Re-Basin's effect on the merged (mean) model, measured: alignment lifts it far above the naive mean.
+    assert rows["aligned"]["accuracy"]["merged_mean"] > rows["unaligned"]["accuracy"]["merged_mean"] + 0.1
+    assert rec["distance"]["after"] < rec["distance"]["before"]
+    assert rec["claim"]["claim"] == "after alignment, from-scratch nets share a subspace"
+    data = {"zoos": [{"zoo": "digits-mlp", "alignment": rec}]}
+    page = alignment_html(data)
+    cells = re.findall(r'data-src="([^"]+)" data-fmt="([^"]+)">([^<]*)<', page)
+    assert len(cells) == 2 * 10
+    for src, fmt, text in cells:
+        assert text == format_value(resolve(data, src), fmt)
+    assert alignment_html({"zoos": [{"zoo": "x", "alignment": None}]}) == ""
+
+
+@pytest.mark.parametrize(
+    ("unaligned_mo", "verdict_s", "mo", "mb", "orig", "verdict"),
+    [
+        (0.10, "shared-subspace", 0.60, 0.90, 0.91, "holds"),
+        (0.10, "null-like", 0.60, 0.75, 0.91, "partial"),
+        (0.10, "null-like", 0.87, 0.86, 0.92, "explained by the mean"),
+        (0.10, "null-like", 0.10, 0.10, 0.92, "null-like"),
+        (0.10, "shared-subspace", 0.10, 0.10, 0.92, "fails"),
+        (0.10, "shared-subspace", 0.10, 0.10, 0.11, "null-like"),  # originals at chance: the control zoo
+    ],
+)
+def test_alignment_claim_rules(
+    unaligned_mo: float, verdict_s: str, mo: float, mb: float, orig: float, verdict: str
+) -> None:
+    from weightspace.demo._claims import alignment_claim
+
+    def row(v: str, m: float, b: float) -> dict:
+        return {
+            "spectrum": {"verdict": v, "k": 4, "evr": 0.5, "null_evr_hi": 0.4},
+            "accuracy": {"heldout_mean_only": m, "heldout_mean_plus_basis": b, "merged_mean": m},
+        }
+
+    claim = alignment_claim(row("null-like", unaligned_mo, unaligned_mo), row(verdict_s, mo, mb), orig, 0.1)
+    assert claim["verdict"] == verdict

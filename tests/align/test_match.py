@@ -246,3 +246,14 @@ def test_task_vectors_are_aligned_to_their_base(tmp_path: Path) -> None:
 def test_spec_detection_for_the_sequential_default() -> None:
     spec = resolve_spec(None, {k: tuple(v.shape) for k, v in state(mlp(0)).items()})
     assert spec.origin == "derived: sequential chain"
+
+
+def test_align_is_a_callable_subpackage_of_the_top_level(tmp_path: Path) -> None:
+    import weightspace
+
+    for i in range(3):
+        save_safetensors(tmp_path / f"m{i}.safetensors", state(mlp(70 + i)))
+    res = weightspace.align([tmp_path], reference="m0")
+    assert res.reference == "m0"
+    assert weightspace.align.align_collection is align_collection
+    assert "align" in weightspace.__all__

@@ -117,7 +117,7 @@ def _along(t: torch.Tensor, axis: int, factor: torch.Tensor) -> torch.Tensor:
     return t * factor.reshape(shape)
 
 
-def _factor(group: PermGroup, a: AxisRef, c: torch.Tensor, inverse: bool) -> torch.Tensor:
+def _factor(a: AxisRef, c: torch.Tensor, inverse: bool) -> torch.Tensor:
     f = c if (a.role == "out") != inverse else 1.0 / c
     return f.repeat_interleave(a.block) if a.block != 1 else f
 
@@ -152,7 +152,7 @@ def transform_tensor(
     if not inverse:
         for g, a in todo:
             if g.name in tf.scales:
-                t = _along(t, a.axis, _factor(g, a, tf.scales[g.name], inverse=False))
+                t = _along(t, a.axis, _factor(a, tf.scales[g.name], inverse=False))
     for g, a in todo:
         p = tf.perms.get(g.name)
         if p is not None:
@@ -161,7 +161,7 @@ def transform_tensor(
     if inverse:
         for g, a in todo:
             if g.name in tf.scales:
-                t = _along(t, a.axis, _factor(g, a, tf.scales[g.name], inverse=True))
+                t = _along(t, a.axis, _factor(a, tf.scales[g.name], inverse=True))
     return t
 
 
@@ -214,7 +214,7 @@ def canonical_scales(
             c = sq.sqrt()
             c = torch.where(c > 0, c, torch.ones_like(c))
             for a in g.axes:
-                work[a.key] = _along(work[a.key], a.axis, _factor(g, a, c, inverse=False))
+                work[a.key] = _along(work[a.key], a.axis, _factor(a, c, inverse=False))
             total[g.name] *= c
             worst = max(worst, float((c - 1).abs().max()))
         if worst < _SCALE_TOL:

@@ -9,8 +9,8 @@ Procedure, for N models and a permutation spec (derived, built in or from a file
    weights); the reference too. Only valid for ReLU-like (positively homogeneous) activations.
 3. **Permutation** (``symmetries`` has ``permutation``): each model is matched to the reference by Git Re-Basin
    weight matching (seeded random group order per model, stop at a sweep without improvement).
-4. ``to="mean"``: then, round after round, each model is re-matched to the running mean of the aligned models
-   (started from step 3), until a round changes no permutation (at most ``max_rounds``).
+4. ``to="mean"``: then, round after round, each model is re-matched to the mean of the aligned models (started
+   from step 3), until a round changes no permutation (at most ``MAX_ROUNDS``).
 
 Everything random comes from ``seed`` (the group order of model ``i`` in round ``r`` uses
 ``numpy.random.default_rng([seed, i, r])``), so the result is a deterministic function of the inputs and the seed.
@@ -227,13 +227,14 @@ def _fit_threads(
     if raw_sum is None:
         return _Fit(transforms, before, after, sweeps, 0, converged)
 
-    # Align to the mean: Gauss-Seidel rounds, each model matched to the mean of the previous round.
+    # Align to the mean: in each round every model is matched to the mean of the previous round's aligned models
+    # (which this round's matches accumulate into the next mean), until a round changes nothing.
     rounds, changed = 0, True
-    mean: dict[str, torch.Tensor] = {}
+    mean = _mean_of(models, spec, transforms, keys)
     while changed and rounds < MAX_ROUNDS:
-        mean = _mean_of(models, spec, transforms, keys)
         rounds += 1
         changed = False
+        acc = {k: torch.zeros_like(v) for k, v in mean.items()}
         for i in range(n):
             st, _ = canon(models.load(i))
             perms, sw = match(mean, st, i, rounds, transforms[i].perms)
@@ -242,8 +243,11 @@ def _fit_threads(
             if any(not torch.equal(perms[g], transforms[i].perms[g]) for g in perms):
                 changed = True
                 transforms[i] = Transform(perms, transforms[i].scales)
+            aligned = transform_state({k: st[k] for k in keys}, spec, Transform(transforms[i].perms))
+            for k in keys:
+                acc[k] += aligned[k]
+        mean = {k: v / n for k, v in acc.items()}
     converged &= not changed
-    mean = _mean_of(models, spec, transforms, keys)
     raw_mean = {k: v / n for k, v in raw_sum.items()}
     for i in range(n):
         st, _ = canon(models.load(i))

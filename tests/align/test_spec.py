@@ -178,8 +178,7 @@ def _spec_file(tmp_path: Path, groups: dict, suffix: str = ".json") -> Path:
     if suffix == ".json":
         p.write_text(json.dumps({"groups": groups}))
     else:
-        import yaml
-
+        yaml = pytest.importorskip("yaml")
         p.write_text(yaml.safe_dump({"groups": groups}))
     return p
 

@@ -86,5 +86,5 @@ def print_alignment(result: dict[str, Any]) -> None:
         t.add_row(m["name"], f"{m['distance_before']:.4g}", f"{m['distance_after']:.4g}", str(m["moved_units"]))
     err_console.print(t)
     for note in result["notes"]:
-        if note != SCALE_WARNING and not note.startswith(("inputs of", "pooler")):
+        if note != SCALE_WARNING and note not in result["spec_text"]:  # the spec's own notes were just printed
             err_console.print(f"note: {note}", soft_wrap=True)

@@ -47,6 +47,9 @@ class Plan:
     n_null : int
         Null draws per unit.
     thresholds : Thresholds
+    null_grams : mapping of str to sequence of Tensor, optional
+        Per unit, centered null Grams drawn elsewhere (``analyze(align=...)``: the aligned null), used instead
+        of the Wishart draws.
     """
 
     ks: tuple[int, ...]
@@ -55,7 +58,6 @@ class Plan:
     split: tuple[torch.Tensor, torch.Tensor]
     n_null: int
     thresholds: Thresholds
-    # Per unit, null Grams drawn elsewhere (an aligned collection's aligned null) instead of Wishart draws.
     null_grams: Mapping[str, Sequence[torch.Tensor]] | None = None
 
     @property

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from weightspace.errors import InputError, ShapeMismatchError, TensorKeyError, UnsupportedFormatError
-from weightspace.io import ModelSource, expand_models, natural_key, open_source
+from weightspace.io import ModelSource, expand_models, hub_name_parts, natural_key, open_source, resolve_model_path
 from weightspace.units import UnitMember, UnitSpec, UnitStack
 
 __all__ = ["Collection", "as_collection", "model_names"]
@@ -48,15 +48,28 @@ def _sanitize(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "model"
 
 
+def _name_parts(p: Path) -> list[str]:
+    """Name parts, most specific first: the stem, then the parent folders (a Hub cache folder: the repo's name)."""
+    hub = hub_name_parts(p.absolute())
+    if hub is not None:
+        return [_sanitize(_stem(Path(hub[0])))] + [_sanitize(q) for q in hub[1:]]
+    return [_sanitize(_stem(p))] + [_sanitize(q) for q in reversed(p.resolve().parent.parts[1:])]
+
+
 def model_names(paths: Sequence[Path]) -> list[str]:
     """Unique, filesystem-safe model names: the file/dir stem, prefixed by parent folders where stems collide.
+
+    A folder of the Hugging Face cache (``models--org--name/snapshots/<commit>``) is named after its repo
+    (``name``, or ``org-name`` where names collide), never after the commit hash.
 
     Examples
     --------
     >>> model_names([Path("a/model.safetensors"), Path("b/model.safetensors"), Path("c/x.safetensors")])
     ['a-model', 'b-model', 'x']
+    >>> model_names([Path("hub/models--org--bert-ft0/snapshots/0a1b2c"), Path("hub/models--acme--bert-ft0/snapshots/9f")])
+    ['org-bert-ft0', 'acme-bert-ft0']
     """
-    parts = [[_sanitize(_stem(p))] + [_sanitize(q) for q in reversed(p.resolve().parent.parts[1:])] for p in paths]
+    parts = [_name_parts(p) for p in paths]
     depth = [1] * len(paths)
     while True:
         names = ["-".join(reversed(parts[i][: depth[i]])) for i in range(len(paths))]
@@ -175,7 +188,9 @@ class Collection:
         exclude: Sequence[str] = (),
         min_models: int = 2,
     ) -> Collection:
-        """Expand MODELS (files, dirs, globs, ``@list.txt``), index every checkpoint, and resolve units.
+        """Expand MODELS (files, dirs, globs, ``@list.txt``, Hub ids), index every checkpoint, and resolve units.
+
+        ``base`` may be a path or a Hugging Face Hub id (``org/name[@rev]``, ``hf://…``).
 
         Examples
         --------
@@ -184,9 +199,13 @@ class Collection:
         ...
         weightspace.errors.InputError: no models given; pass at least 2 checkpoints
         """
-        paths = expand_models(models) if models else []
+        paths = expand_models(models, allow_pickle=allow_pickle) if models else []
         sources = [open_source(p, allow_pickle=allow_pickle) for p in paths]
-        base_src = open_source(base, allow_pickle=allow_pickle) if base is not None else None
+        base_src = (
+            open_source(resolve_model_path(base, allow_pickle=allow_pickle), allow_pickle=allow_pickle)
+            if base is not None
+            else None
+        )
         return cls(sources, base=base_src, private=private, exclude=exclude, min_models=min_models)
 
     @property

@@ -9,7 +9,8 @@ from weightspace.io._layout import (
     TensorSpec,
     check_destination,
 )
-from weightspace.io._paths import expand_models, natural_key
+from weightspace.io._hub import HubRef, hub_cache_dir, hub_name_parts, looks_like_hub_id, resolve_hub
+from weightspace.io._paths import adapter_base_model, expand_models, natural_key, resolve_model_path
 from weightspace.io._peft import (
     LoraConfig,
     LoraModule,
@@ -47,6 +48,7 @@ __all__ = [
     "DTYPES",
     "FILE_LAYOUTS",
     "FLOAT_DTYPES",
+    "HubRef",
     "LAYOUTS",
     "MAX_HEADER_BYTES",
     "SHARD_INDEX",
@@ -63,18 +65,24 @@ __all__ = [
     "TensorInfo",
     "TensorSpec",
     "adapter_base_keys",
+    "adapter_base_model",
     "base_key_for",
     "check_destination",
     "dtype_from_tag",
     "expand_models",
     "file_sha256",
+    "hub_cache_dir",
+    "hub_name_parts",
     "is_model_dir",
+    "looks_like_hub_id",
     "lora_factors_from_delta",
     "lora_targets",
     "natural_key",
     "open_source",
     "output_name",
     "read_adapter_config",
+    "resolve_hub",
+    "resolve_model_path",
     "save_safetensors",
     "torch_dtype_tag",
     "write_model",

@@ -7,8 +7,8 @@ Rules (all checked before any tensor data is read):
 * every model has every weight key, except keys matched by a ``private`` pattern;
 * a key whose shape is the same in every model (and in the base, if the base has it) is a *unit*; a key whose
   shape differs across models (classifier heads) is *private*: kept per model verbatim, named in reports. If more
-  than half of the keys differ, the models are different architectures and a :class:`ShapeMismatchError`
-  is raised instead;
+  than half of the keys of two models differ (missing from one, or of another shape), the models are different
+  architectures and a :class:`ShapeMismatchError` says so, naming the first differing keys of each;
 * with a base, a key the base lacks is private (no task vector can be formed for it);
 * only float tensors are decomposed: integer, bool and 8-bit float tensors must be excluded explicitly
   (``exclude=["*position_ids"]``), never dropped silently.
@@ -218,8 +218,37 @@ class Collection:
         return self.is_peft or self.base is not None
 
     # ------------------------------------------------------------------------------------------------
+    def _check_architectures(self, key_sets: list[set[str]]) -> None:
+        """Refuse models whose tensors (keys and shapes) mostly differ from the first model's."""
+        skip = [*self.exclude_patterns, *self.private_patterns]
+
+        def shapes(i: int) -> dict[str, tuple[int, ...]]:
+            return {k: self.sources[i].entries[k].shape for k in key_sets[i] if not _matches(k, skip)}
+
+        ref = shapes(0)
+        for i in range(1, self.n_models):
+            other = shapes(i)
+            union = set(ref) | set(other)
+            differ = {k for k in union if ref.get(k) != other.get(k)}
+            if not union or len(differ) * 2 <= len(union):
+                continue
+
+            def first(d: dict[str, tuple[int, ...]]) -> str:
+                keys = sorted((k for k in d if k in differ), key=natural_key)[:3]
+                return ", ".join(f"{k} {list(d[k])}" for k in keys) or "(none)"
+
+            raise ShapeMismatchError(
+                f"these are different architectures: {len(differ)} of {len(union)} tensors differ (missing or "
+                f"another shape) between '{self.names[0]}' and '{self.names[i]}'. First differing keys of "
+                f"'{self.names[0]}': {first(ref)}; of '{self.names[i]}': {first(other)}. Pass models of one "
+                "architecture",
+                path=self.sources[i].path,
+                tensor=min(differ, key=natural_key),
+            )
+
     def _resolve(self) -> None:
         key_sets = [set(s.entries) for s in self.sources]
+        self._check_architectures(key_sets)
         all_keys = set().union(*key_sets)
         self.excluded = sorted((k for k in all_keys if _matches(k, self.exclude_patterns)), key=natural_key)
         keys = sorted(all_keys - set(self.excluded), key=natural_key)
@@ -287,8 +316,8 @@ class Collection:
             ref, odd = self._first_odd(shapes)
             raise ShapeMismatchError(
                 f"shape differs across models ({listing}); {len(mismatched)} of {len(keys)} tensors differ, so these "
-                "look like different architectures. Pass only models of one architecture (or mark keys per-model "
-                "with --private PATTERN)",
+                "are different architectures (or a base of another architecture). Pass only models of one "
+                "architecture",
                 path=odd if odd is not None else ref,
                 tensor=key,
             )

@@ -329,7 +329,7 @@ def _translate(method: str, params: Mapping[str, Any], where: str) -> dict[str, 
             continue
         if key in _ALWAYS_ON.get(method, ()):
             if value is not True:
-                raise ValueError(f"{key}: weightspace's {method} always uses {key}: true")
+                raise ValueError(f"weightspace's {method} always uses {key}: true")
             continue
         name = _PARAM_ALIASES.get(key, key)
         if method in _DARE and key == "density":
@@ -337,7 +337,7 @@ def _translate(method: str, params: Mapping[str, Any], where: str) -> dict[str, 
                 raise ValueError(f"{where}give density (mergekit) or p, not both")
             name, value = "p", 1.0 - _number(value)
         if isinstance(value, list | Mapping):
-            raise ValueError(f"{key}: per-layer gradients and filters are not supported; give one number")
+            raise ValueError("per-layer gradients and filters are not supported; give one value")
         out[name] = value
     return out
 
@@ -401,11 +401,7 @@ def _check_merge(recipe: MergeRecipe, root: Any, src: str) -> None:
 
 def _param_in(message: str, params: Mapping[str, Any]) -> str | None:
     for key in params:
-        if (
-            f"'{key}'" in message
-            or message.startswith(f"{key}:")
-            or f"'{_PARAM_ALIASES.get(key, key)}'" in message
-        ):
+        if f"'{key}'" in message or f"uses {key}:" in message or f"'{_PARAM_ALIASES.get(key, key)}'" in message:
             return key
     if "'p'" in message and "density" in params:
         return "density"

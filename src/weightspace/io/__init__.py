@@ -1,5 +1,6 @@
 """Safe, lazy model I/O: safetensors (single, sharded), PEFT adapters, opt-in pickles, atomic layout writers."""
 
+from weightspace.io._hub import HubRef, hub_cache_dir, hub_name_parts, looks_like_hub_id, resolve_hub
 from weightspace.io._layout import (
     FILE_LAYOUTS,
     LAYOUTS,
@@ -9,7 +10,6 @@ from weightspace.io._layout import (
     TensorSpec,
     check_destination,
 )
-from weightspace.io._hub import HubRef, hub_cache_dir, hub_name_parts, looks_like_hub_id, resolve_hub
 from weightspace.io._paths import adapter_base_model, expand_models, natural_key, resolve_model_path
 from weightspace.io._peft import (
     LoraConfig,
@@ -48,11 +48,11 @@ __all__ = [
     "DTYPES",
     "FILE_LAYOUTS",
     "FLOAT_DTYPES",
-    "HubRef",
     "LAYOUTS",
     "MAX_HEADER_BYTES",
     "SHARD_INDEX",
     "Entry",
+    "HubRef",
     "Layout",
     "LayoutWriter",
     "LoraConfig",

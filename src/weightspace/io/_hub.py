@@ -159,10 +159,7 @@ def hub_name_parts(path: Path) -> list[str] | None:
         if rest and rest[0] != "snapshots":
             return None
         inner = list(rest[2:]) if len(rest) >= 2 else []  # below snapshots/<commit>/
-        if m["solo"]:
-            repo = [m["solo"]]
-        else:
-            repo = [m["name"], m["org"]]
+        repo = [m["solo"]] if m["solo"] else [m["name"], m["org"]]
         return [*reversed(inner), *repo]
     return None
 
@@ -170,6 +167,7 @@ def hub_name_parts(path: Path) -> list[str] | None:
 def _huggingface_hub():  # type: ignore[no-untyped-def]
     try:
         import huggingface_hub
+        import huggingface_hub.errors  # noqa: F401  (a submodule the lazy package does not expose as an attribute)
     except ImportError as err:  # pragma: no cover - huggingface_hub comes with transformers
         raise DependencyError(
             "Hugging Face Hub ids need the huggingface_hub package; install it with pip install 'weightspace[hf]'"

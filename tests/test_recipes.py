@@ -82,7 +82,9 @@ def test_mergekit_names_are_mapped() -> None:
     params = merge_params(r)
     assert params["lam"] == 0.5
     assert params["p"] == pytest.approx([0.5, 0.2])  # per-model density 0.5; the recipe's 0.8 for b
-    with pytest.raises(InputError, match="parameters.rescale: weightspace's dare_ties always uses rescale: true"):
+    with pytest.raises(
+        InputError, match=r"parameters\.rescale: weightspace's dare_ties always uses rescale: true"
+    ):
         parse_recipe("merge_method: dare_ties\nmodels: [a]\nparameters: {rescale: false}\n")
 
 
@@ -151,7 +153,8 @@ def test_compress_and_analyze_recipes_run_from_the_cli(models: dict, monkeypatch
     out, err = capsys.readouterr()
     assert info.value.code == 0, err
     summary = json.loads(out)
-    assert summary["k"]["requested"] == 2 and summary["k"]["max"] == 2
+    assert summary["k"]["requested"] == 2
+    assert summary["k"]["max"] == 2
     assert (models["dir"] / "a.wsz" / "manifest.json").is_file()
     (models["dir"] / "an.yaml").write_text(
         "job: analyze\nmodels: [ft0.safetensors, ft1.safetensors, ft2.safetensors]\nplots: false\n"

@@ -233,7 +233,7 @@ class Collection:
             if not union or len(differ) * 2 <= len(union):
                 continue
 
-            def first(d: dict[str, tuple[int, ...]]) -> str:
+            def first(d: dict[str, tuple[int, ...]], differ: set[str] = differ) -> str:
                 keys = sorted((k for k in d if k in differ), key=natural_key)[:3]
                 return ", ".join(f"{k} {list(d[k])}" for k in keys) or "(none)"
 

@@ -38,7 +38,8 @@ def test_help_is_fast_and_imports_no_torch() -> None:
     )
     wall = time.perf_counter() - t0
     assert proc.returncode == 0, proc.stderr
-    assert "compress" in proc.stdout and "run" in proc.stdout
+    assert "compress" in proc.stdout
+    assert "run" in proc.stdout
     assert wall < 2.5, f"weightspace --help took {wall:.2f} s"
     probe = (
         "import sys, weightspace.cli; print(sorted(m for m in ('torch', 'numpy', 'scipy') if m in sys.modules))"
@@ -60,9 +61,11 @@ def test_json_errors_are_one_object_on_stdout(tmp_path: Path, capsys: pytest.Cap
     assert "no such file" in err  # the human message still goes to stderr
     code, out, _ = run(["compress", str(tmp_path), "--json"], capsys)  # usage error: -o/--out missing
     assert code == 2
-    assert json.loads(out)["exit_code"] == 2 and "--out" in json.loads(out)["error"]
+    assert json.loads(out)["exit_code"] == 2
+    assert "--out" in json.loads(out)["error"]
     code, out, _ = run(["inspect", str(tmp_path / "nope.safetensors")], capsys)
-    assert code == 2 and out == ""  # without --json, stdout stays empty
+    assert code == 2
+    assert out == ""
 
 
 def test_json_errors_name_the_tensor(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -73,7 +76,8 @@ def test_json_errors_name_the_tensor(tmp_path: Path, capsys: pytest.CaptureFixtu
     code, out, _ = run(["compress", str(tmp_path / "m"), "-o", str(tmp_path / "a.wsz"), "--json"], capsys)
     assert code == 2
     error = json.loads(out)
-    assert error["tensor"] == "fc2.weight" and error["path"].endswith("m1.safetensors")
+    assert error["tensor"] == "fc2.weight"
+    assert error["path"].endswith("m1.safetensors")
 
 
 @pytest.fixture
@@ -89,7 +93,8 @@ def test_progress_lines_on_a_pipe_and_quiet_silences_them(
     code, _, err = run(["compress", str(models), "-o", str(models.parent / "a.wsz"), "--rank", "2"], capsys)
     assert code == 0, err
     assert "compress: units 1/4 (25%), 0:00 elapsed" in err
-    assert "compress: units 4/4 (100%)" in err and ", done" in err
+    assert "compress: units 4/4 (100%)" in err
+    assert ", done" in err
     code, _, err = run(["compress", str(models), "-o", str(models.parent / "b.wsz"), "--rank", "2", "-q"], capsys)
     assert code == 0
     assert "units" not in err.replace("4 units", "")  # no progress lines, only the summary
@@ -103,7 +108,8 @@ def test_rank_above_what_the_data_allows_is_an_error_or_clipped(
     code, _, err = run(["compress", str(models), "-o", str(out), "--rank", "50"], capsys)
     assert code == 2
     flat = " ".join(err.split())
-    assert "--rank 50 is more than the data allows" in flat and "at most 2 component(s)" in flat
+    assert "--rank 50 is more than the data allows" in flat
+    assert "at most 2 component(s)" in flat
     assert "--clip-rank" in flat
     assert not out.exists()
     code, stdout, err = run(
@@ -111,7 +117,9 @@ def test_rank_above_what_the_data_allows_is_an_error_or_clipped(
     )
     assert code == 0, err
     k = json.loads(stdout)["k"]
-    assert k["requested"] == 50 and k["max"] == 2 and len(k["capped_units"]) == 4
+    assert k["requested"] == 50
+    assert k["max"] == 2
+    assert len(k["capped_units"]) == 4
     assert "k per unit 2 (requested 50; 4 of 4 units kept fewer than asked" in " ".join(err.split())
     manifest = json.loads((out / "manifest.json").read_text())
     assert {u["k"] for u in manifest["units"]} == {2}
@@ -132,7 +140,8 @@ def test_every_output_option_is_dash_o_out(capsys: pytest.CaptureFixture[str]) -
         code, stdout, _ = run([command, "--help"], capsys)
         assert code == 0
         text = " ".join(stdout.split())
-        assert "--out" in text and "-o" in text, command
+        assert "--out" in text, command
+        assert "-o" in text, command
         assert "--output" not in text, command
 
 
@@ -167,14 +176,18 @@ def test_zoo_adapt_and_demo_print_progress_lines_when_piped(
     monkeypatch.setattr(weightspace.demo, "run_demo", run_demo)
     code, _, err = run(["zoo", "digits-mlp", "-o", str(tmp_path / "z")], capsys)
     assert code == 0
-    assert "zoo digits-mlp: train 0/3 (0%)" in err and "zoo digits-mlp: train 3/3 (100%)" in err
+    assert "zoo digits-mlp: train 0/3 (0%)" in err
+    assert "zoo digits-mlp: train 3/3 (100%)" in err
     code, _, err = run(["adapt", "--zoo", str(tmp_path / "z"), "--task", "x", "-o", str(tmp_path / "a")], capsys)
-    assert "adapt: train 0/3" in err and "adapt: train 3/3 (100%)" in err
+    assert "adapt: train 0/3" in err
+    assert "adapt: train 3/3 (100%)" in err
     code, _, err = run(["demo", "-o", str(tmp_path / "d")], capsys)
     assert code == 0
-    assert "[digits-mlp] build zoo" in err and "demo: digits-mlp: train 3/3 (100%)" in err
+    assert "[digits-mlp] build zoo" in err
+    assert "demo: digits-mlp: train 3/3 (100%)" in err
     code, _, err = run(["demo", "-o", str(tmp_path / "d"), "--quiet"], capsys)
-    assert "build zoo" not in err and "train" not in err
+    assert "build zoo" not in err
+    assert "train" not in err
 
 
 def test_wide_tables_fit_80_columns_and_keep_every_cell(capsys: pytest.CaptureFixture[str]) -> None:

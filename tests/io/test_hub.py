@@ -85,7 +85,8 @@ def test_models_are_named_by_repo_not_commit_hash(hub: dict) -> None:
     assert coll.names == ["myorg-tiny-ft0", "tiny-ft1", "other-tiny-ft0"]
     coll = Collection.from_paths([str(hub["snaps"]["myorg/tiny-ft1"]), "myorg/tiny-base"], base="myorg/tiny-ft0")
     assert coll.names == ["tiny-ft1", "tiny-base"]
-    assert coll.base is not None and coll.base.path == hub["snaps"]["myorg/tiny-ft0"]
+    assert coll.base is not None
+    assert coll.base.path == hub["snaps"]["myorg/tiny-ft0"]
 
 
 def test_an_uncached_id_offline_names_the_id_and_how_to_get_it(hub: dict) -> None:

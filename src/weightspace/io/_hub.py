@@ -167,7 +167,7 @@ def hub_name_parts(path: Path) -> list[str] | None:
 def _huggingface_hub():  # type: ignore[no-untyped-def]
     try:
         import huggingface_hub
-        import huggingface_hub.errors  # noqa: F401  (a submodule the lazy package does not expose as an attribute)
+        import huggingface_hub.errors
     except ImportError as err:  # pragma: no cover - huggingface_hub comes with transformers
         raise DependencyError(
             "Hugging Face Hub ids need the huggingface_hub package; install it with pip install 'weightspace[hf]'"

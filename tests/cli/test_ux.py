@@ -212,3 +212,27 @@ def test_wide_tables_fit_80_columns_and_keep_every_cell(capsys: pytest.CaptureFi
         for i in range(20):
             assert f"0.{r}{i:02d}" in err
     assert err.count("method 2 (tuned on validation)") >= 2  # the label column repeats in every part
+
+
+def test_adapt_on_an_archive_with_the_task_names_the_cli_command_that_builds_one_without(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bench._cnn_zoo import write_fake_zoo
+
+    zoo = write_fake_zoo(tmp_path / "zoo")
+    archive = tmp_path / "all.wsz"
+    code, _, err = run(
+        ["compress", str(zoo / "models"), "--base", str(zoo / "base.safetensors"), "-o", str(archive), "-q"],
+        capsys,
+    )
+    assert code == 0, err
+    code, _, err = run(
+        ["adapt", str(archive), "--zoo", str(zoo), "--task", "reverse", "-o", str(tmp_path / "a")], capsys
+    )
+    flat = " ".join(err.split())
+    assert code == 2
+    assert "contains the model of task 'reverse'" in flat
+    assert f"weightspace adapt --zoo {zoo} --task reverse -o {tmp_path / 'a'}" in flat
+    assert "weightspace compress" in flat
+    assert "adaptation_benchmark" not in flat  # no Python function names in a CLI message
+    assert not (tmp_path / "a").exists()

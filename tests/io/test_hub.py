@@ -156,3 +156,22 @@ def test_merge_takes_the_base_from_adapter_config_and_says_so(
     assert info.value.code == 2
     assert "pass --base BASE" in " ".join(err.split())
     assert "myorg/not-cached" in err
+
+
+def test_reconstruct_writes_folders_named_by_repo(hub: dict, capsys: pytest.CaptureFixture[str]) -> None:
+    from weightspace.cli import main
+
+    archive = hub["tmp"] / "hub.wsz"
+    with pytest.raises(SystemExit) as info:
+        main(
+            ["compress", "myorg/tiny-ft0", "myorg/tiny-ft1", "other/tiny-ft0", "-o", str(archive), "-q", "-k", "1"]
+        )
+    assert info.value.code == 0, capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:
+        main(["reconstruct", str(archive), "--all", "-o", str(hub["tmp"] / "rebuilt"), "-q"])
+    assert info.value.code == 0, capsys.readouterr().err
+    assert sorted(p.name for p in (hub["tmp"] / "rebuilt").iterdir()) == [
+        "myorg-tiny-ft0",
+        "other-tiny-ft0",
+        "tiny-ft1",
+    ]

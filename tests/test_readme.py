@@ -77,7 +77,6 @@ def test_tour_recipe_and_python_run_in_process_on_a_fast_zoo(
     import torch
 
     import weightspace.bench.adapt
-    from bench._cnn_zoo import write_fake_zoo
 
     blocks = readme_blocks()
     monkeypatch.chdir(tmp_path)

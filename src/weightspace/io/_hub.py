@@ -180,7 +180,7 @@ def _patterns(sub: str | None, pickles: bool) -> list[str]:
     return [f"{sub}/{n}" for n in names] if sub else names
 
 
-def resolve_hub(ref: HubRef | str, *, allow_pickle: bool = False) -> Path:
+def resolve_hub(ref: HubRef | str, *, allow_pickle: bool = False, bare: bool = False) -> Path:
     """The local folder of a Hub id: its cached snapshot (and subfolder), downloaded first if needed and allowed.
 
     Parameters
@@ -189,6 +189,8 @@ def resolve_hub(ref: HubRef | str, *, allow_pickle: bool = False) -> Path:
         ``org/name``, ``org/name@rev`` or ``hf://org/name[@rev][/subfolder]``.
     allow_pickle : bool, default False
         Also download ``pytorch_model.bin`` / ``adapter_model.bin`` when the repo has no safetensors weights.
+    bare : bool, default False
+        The id was written without ``hf://`` and names no local path either: errors say both.
 
     Returns
     -------
@@ -220,7 +222,8 @@ def resolve_hub(ref: HubRef | str, *, allow_pickle: bool = False) -> Path:
     if folder is None:
         if hub_offline():
             raise InputError(
-                f"Hugging Face Hub id {str(ref)!r} is not in the local cache ({cache}) and HF_HUB_OFFLINE is set; "
+                ("no such file or directory; as a " if bare else "")
+                + f"Hugging Face Hub id {str(ref)!r} is not in the local cache ({cache}) and HF_HUB_OFFLINE is set; "
                 f"download it first (HF_HUB_OFFLINE=0, or hf download {ref.repo_id}) or pass a local path",
                 path=str(ref),
             )
@@ -230,7 +233,9 @@ def resolve_hub(ref: HubRef | str, *, allow_pickle: bool = False) -> Path:
             )
         except Exception as err:  # network, auth, missing repo: all reach the user as the id plus the cause
             raise InputError(
-                f"cannot download Hugging Face Hub id {str(ref)!r} ({type(err).__name__}: {err})", path=str(ref)
+                ("no such file or directory; as a Hub id: " if bare else "")
+                + f"cannot download Hugging Face Hub id {str(ref)!r} ({type(err).__name__}: {err})",
+                path=str(ref),
             ) from None
     if ref.subfolder:
         folder = folder / ref.subfolder

@@ -82,7 +82,7 @@ def resolve_model_path(
     if not path.exists() and not path.is_symlink():
         ref = parse_hub_spec(text)
         if ref is not None:
-            return resolve_hub(ref, allow_pickle=allow_pickle)
+            return resolve_hub(ref, allow_pickle=allow_pickle, bare=True)
     if is_cache_root(path):
         return cache_root_snapshot(path)
     return path
@@ -114,7 +114,7 @@ def _expand_one(spec: str, base_dir: Path, depth: int, allow_pickle: bool) -> li
     if not path.exists() and not path.is_symlink() and not _GLOB_CHARS.search(spec):
         ref = parse_hub_spec(spec)
         if ref is not None:
-            return [resolve_hub(ref, allow_pickle=allow_pickle)]
+            return [resolve_hub(ref, allow_pickle=allow_pickle, bare=True)]
     if _GLOB_CHARS.search(spec) and not path.exists():
         matches = sorted(glob.glob(str(path)), key=natural_key)
         if not matches:

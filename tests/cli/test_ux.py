@@ -231,7 +231,7 @@ def test_adapt_on_an_archive_with_the_task_names_the_cli_command_that_builds_one
     )
     flat = " ".join(err.split())
     assert code == 2
-    assert "contains the model of task 'reverse'" in flat
+    assert "contains zoo model '002_reverse' of the held-out task 'reverse'" in flat
     assert f"weightspace adapt --zoo {zoo} --task reverse -o {tmp_path / 'a'}" in flat
     assert "weightspace compress" in flat
     assert "adaptation_benchmark" not in flat  # no Python function names in a CLI message

@@ -52,14 +52,14 @@ def adapt(
     """Coefficient-only adapters (mean- and zero-init, k sweep) vs LoRA r=8, full FT, head-only, mean-only."""
     from weightspace.decompose import UNIT_FITS
 
-    if archive is not None:
-        _check_archive(archive, zoo, task, out)
     if variant is not None and variant not in UNIT_FITS:
         raise InputError(f"--variant must be one of {', '.join(UNIT_FITS.names())}, got {variant!r}")
     if k is not None and k < 0:
         raise InputError(f"--k must be an int >= 0, got {k}")
     if steps is not None and steps < 1:
         raise InputError(f"--steps must be an int >= 1, got {steps}")
+    if archive is not None:
+        _check_archive(archive, zoo, task, out)
     from weightspace.bench import adaptation_benchmark
 
     with progress_bar("adapt", quiet=quiet) as cb:
@@ -128,13 +128,13 @@ def _check_archive(archive: Path, zoo: Path, task: str, out: Path) -> None:
     info = load_zoo_info(zoo)
     try:
         check_held_out(arch, [m for m in info.models if m.task == task], task)
-    except InputError:
+    except InputError as err:
         others = [m for m in info.models if m.task != task]
         listing = " ".join(str(m.path) for m in others[:2]) + (" ..." if len(others) > 2 else "")
+        what = err.message.split("; ")[0]  # which model of the task, and why that is refused
         raise InputError(
-            f"the archive contains the model of task '{task}', so the task would not be held out (the benchmark "
-            f"would measure memorisation). Leave ARCHIVE out to build a leave-task-out archive from the zoo's "
-            f"other models:  weightspace adapt --zoo {zoo} --task {task} -o {out}  — or compress the other models "
-            f"yourself:  weightspace compress {listing} --base {info.base_path} -o without-{task}.wsz",
+            f"{what}. Leave ARCHIVE out to build a leave-task-out archive from the zoo's other models:  "
+            f"weightspace adapt --zoo {zoo} --task {task} -o {out}  — or compress the other models yourself:  "
+            f"weightspace compress {listing} --base {info.base_path} -o without-{task}.wsz",
             path=archive,
         ) from None

@@ -183,7 +183,7 @@ class MergeResult:
     >>> r.method, dict(r.params), r.format, r.units[0].name, r.units[0].rel_diff_from_mean
     ('task_arithmetic', {'lam': 0.5}, 'full', 'w', 0.0)
     >>> sorted(r.to_dict())[:4]
-    ['base', 'basis_archive', 'copied_from_base', 'excluded']
+    ['base', 'basis_archive', 'copied_from_base', 'dtype']
     """
 
     method: str

@@ -92,7 +92,7 @@ LEGEND: dict[str, str] = {
     "k": "the number of components the verdict is tested at (k_ref, capped by what the folds allow)",
     "EVR@k": "in-sample cumulative explained-variance ratio of the top k components",
     "null EVR@k": "the same for the matched Gaussian null, mean over draws (in brackets: the highest draw)",
-    "LoRA null EVR@k": "the same for a rank-r Gaussian ΔW null, LoRA units only (in brackets: the highest draw)",
+    "rank-r LoRA null EVR@k": "the same for a rank-r Gaussian ΔW null, LoRA units only (in brackets: the highest draw)",
     "spectrum excess": "largest (cumulative EVR − highest null draw) over k ≤ k_ref, and the k where it occurs",
     "MP edge": "explained-variance ratio at the Marchenko–Pastur edge of pure noise of this size",
     "top EVR": "explained-variance ratio of the first component",
@@ -156,7 +156,7 @@ def _group_table(data: Mapping[str, Any]) -> str:
 def _unit_table(data: Mapping[str, Any]) -> str:
     lora = any(u.get("lora") for u in data["units"])
     cols = ["unit", "verdict", "depth", "shape", "N", "k", "EVR@k", "null EVR@k", "spectrum excess"]
-    cols += ["LoRA null EVR@k"] if lora else []
+    cols += ["rank-r LoRA null EVR@k"] if lora else []
     cols += ["k90", "null k90", "MP edge", "top EVR", "mean energy", "held-out mean-only", "held-out basis-only"]
     cols += ["held-out mean+basis", "held-out EVR@k", "null held-out EVR@k", "overlap", "null overlap"]
     left = {"unit", "verdict", "shape"}

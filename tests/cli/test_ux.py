@@ -31,16 +31,18 @@ def _env() -> dict[str, str]:
 
 
 def test_help_is_fast_and_imports_no_torch() -> None:
-    # Generous bound for a loaded 2-core machine; on an idle one `weightspace --help` takes ~0.5 s.
-    t0 = time.perf_counter()
-    proc = subprocess.run(
-        [sys.executable, "-m", "weightspace", "--help"], capture_output=True, text=True, env=_env(), check=False
-    )
-    wall = time.perf_counter() - t0
-    assert proc.returncode == 0, proc.stderr
+    # Generous bound for a loaded 2-core machine (min of two runs); idle, `weightspace --help` takes ~0.5 s.
+    walls = []
+    for _ in range(2):
+        t0 = time.perf_counter()
+        proc = subprocess.run(
+            [sys.executable, "-m", "weightspace", "--help"], capture_output=True, text=True, env=_env(), check=False
+        )
+        walls.append(time.perf_counter() - t0)
+        assert proc.returncode == 0, proc.stderr
     assert "compress" in proc.stdout
     assert "run" in proc.stdout
-    assert wall < 2.5, f"weightspace --help took {wall:.2f} s"
+    assert min(walls) < 2.5, f"weightspace --help took {min(walls):.2f} s"
     probe = (
         "import sys, weightspace.cli; print(sorted(m for m in ('torch', 'numpy', 'scipy') if m in sys.modules))"
     )

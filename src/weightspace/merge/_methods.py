@@ -247,7 +247,7 @@ def mean(deltas: Sequence[Tensor]) -> Tensor:
     base_free=True,
 )
 def linear(deltas: Sequence[Tensor], *, weights: Tensor | None = None, normalize: bool = True) -> Tensor:
-    """Weighted average of the models (mergekit's ``linear``): works on task vectors or on raw weights.
+    """Weighted average of the models (mergekit's linear): works on task vectors or on raw weights.
 
     .. math:: \\delta = \\frac{\\sum_i w_i \\delta_i}{\\sum_i w_i} \\quad (\\text{normalize}),
               \\qquad \\delta = \\sum_i w_i \\delta_i \\quad (\\text{otherwise})
@@ -314,7 +314,7 @@ def linear(deltas: Sequence[Tensor], *, weights: Tensor | None = None, normalize
     n_models=2,
 )
 def slerp(deltas: Sequence[Tensor], *, t: float = 0.5) -> Tensor:
-    """Spherical linear interpolation between two models (mergekit's ``slerp``), per tensor.
+    """Spherical linear interpolation between two models (mergekit's slerp), per tensor.
 
     With :math:`v_0, v_1` the two flattened tensors, :math:`\\hat v = v / \\lVert v \\rVert` (left as is
     when :math:`\\lVert v \\rVert \\le 10^{-8}`), :math:`d = \\hat v_0 \\cdot \\hat v_1` and

@@ -36,7 +36,11 @@ def test_help_is_fast_and_imports_no_torch() -> None:
     for _ in range(2):
         t0 = time.perf_counter()
         proc = subprocess.run(
-            [sys.executable, "-m", "weightspace", "--help"], capture_output=True, text=True, env=_env(), check=False
+            [sys.executable, "-m", "weightspace", "--help"],
+            capture_output=True,
+            text=True,
+            env=_env(),
+            check=False,
         )
         walls.append(time.perf_counter() - t0)
         assert proc.returncode == 0, proc.stderr

@@ -53,7 +53,8 @@ def _read(path: Path) -> Any:
         import yaml
     except ImportError as err:
         raise DependencyError(
-            f"reading a YAML spec needs pyyaml ({err}); install `weightspace[yaml]`, or write the spec as .json"
+            f"reading a YAML spec needs pyyaml, a dependency of weightspace ({err}); reinstall weightspace, or "
+            "write the spec as .json"
         ) from err
     try:
         return yaml.safe_load(text)

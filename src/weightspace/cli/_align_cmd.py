@@ -20,23 +20,22 @@ from weightspace.cli._common import (
     BaseOpt,
     ExcludeOpt,
     JsonOpt,
+    ModelsArg,
     PrivateOpt,
+    QuietOpt,
     app,
     emit_json,
-    err_console,
     progress_bar,
+    say,
 )
 
 
 @app.command()
 def align(
-    models: Annotated[
-        list[str],
-        typer.Argument(help="Full checkpoints: files, model dirs, folders of checkpoints, globs, @list.txt."),
-    ],
-    output: Annotated[
+    models: ModelsArg,
+    out: Annotated[
         Path,
-        typer.Option("--output", "-o", help="Directory for the aligned models, alignment.json and spec.json."),
+        typer.Option("--out", "-o", help="Directory for the aligned models, alignment.json and spec.json."),
     ],
     base: BaseOpt = None,
     reference: ReferenceOpt = None,
@@ -45,6 +44,7 @@ def align(
     symmetries: SymmetriesOpt = None,
     seed: Annotated[int, typer.Option(help="Seeds the matching's group order (deterministic given it).")] = 0,
     json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
     allow_pickle: AllowPickle = False,
     private: PrivateOpt = None,
     exclude: ExcludeOpt = None,
@@ -56,10 +56,10 @@ def align(
     from weightspace.align import align as run
 
     opts = align_options(True, reference=reference, to=to, spec=spec, symmetries=symmetries, seed=seed)
-    with progress_bar("align") as cb:
+    with progress_bar("align", quiet=quiet) as cb:
         result = run(
             models,
-            out=output,
+            out=out,
             base=base,
             reference=opts.reference,
             to=opts.to,
@@ -75,7 +75,7 @@ def align(
     if json_out:
         emit_json(data)
     print_alignment(data)
-    err_console.print(
-        f"wrote {len(result.models)} aligned model(s), alignment.json and spec.json into {output} "
+    say(
+        f"wrote {len(result.models)} aligned model(s), alignment.json and spec.json into {out} "
         f"(mean distance {result.mean_distance_before:.4g} → {result.mean_distance_after:.4g}, {result.wall_s:.1f}s)"
     )

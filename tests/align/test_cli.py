@@ -176,7 +176,7 @@ def test_lora_adapters_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]
 def test_compress_align_then_reconstruct_and_analyze_align(
     tmp_path: Path, models: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, out, err = run(["compress", models, "-o", tmp_path / "a.wsz", "--align", "-k", "4", "--json"], capsys)
+    code, out, err = run(["compress", models, "-o", tmp_path / "a.wsz", "--align", "-k", "3", "--json"], capsys)
     assert code == 0, err
     assert json.loads(out)["alignment"]["reference"]
     assert run(["reconstruct", tmp_path / "a.wsz", "--all", "-o", tmp_path / "back"], capsys)[0] == 0

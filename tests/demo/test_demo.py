@@ -193,4 +193,6 @@ def test_second_seed_verdicts_sit_beside_the_first(
         src = attrs.get("data-src")
         if src is not None:
             value = resolve(saved, src)
-            assert text == (value if attrs.get("data-fmt") is None else format_value(value, attrs["data-fmt"] or ""))
+            assert text == (
+                value if attrs.get("data-fmt") is None else format_value(value, attrs["data-fmt"] or "")
+            )

@@ -9,7 +9,7 @@ and nothing of size D is kept once the pass ends.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,6 +62,9 @@ class Plan:
     boot_idx : Tensor of shape (n_boot, n_models) or None
         The resample weights (Bayesian bootstrap), shared by every unit (so per-unit bootstrap samples combine
         across units into collection-level intervals); drawn per unit from its generator when None.
+    null_grams : mapping of str to sequence of Tensor, optional
+        Per unit, centered null Grams drawn elsewhere (``analyze(align=...)``: the aligned null), used instead
+        of the Wishart draws.
     """
 
     ks: tuple[int, ...]
@@ -72,6 +75,7 @@ class Plan:
     thresholds: Thresholds
     n_boot: int = N_BOOT
     boot_idx: torch.Tensor | None = None
+    null_grams: Mapping[str, Sequence[torch.Tensor]] | None = None
 
     def resamples(self, n: int, generator: torch.Generator) -> torch.Tensor:
         """The bootstrap resample weights (n_boot, n): the shared ones, or fresh ones from ``generator``."""
@@ -291,7 +295,10 @@ def _from_spectrum(stack: UnitStack, sp: PCASpectrum, plan: Plan, generator: tor
     nulls: dict[str, Any] | None = None
     lora: dict[str, Any] | None = None
     if not zero_spread:
-        grams = [gaussian_null_gram(norms, d, generator=generator) for _ in range(plan.n_null)]
+        if plan.null_grams is not None:
+            grams = list(plan.null_grams[stack.spec.name])
+        else:
+            grams = [gaussian_null_gram(norms, d, generator=generator) for _ in range(plan.n_null)]
         nulls = _null_stats(grams, d, plan, spec_ks, loo_ks, stab_ks, i_ref)
         ranks = _lora_ranks(stack)
         if ranks is not None:

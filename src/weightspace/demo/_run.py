@@ -26,6 +26,7 @@ from weightspace._version import __version__
 from weightspace.collection import Collection
 from weightspace.compress import compress
 from weightspace.decompose import SharedSubspace
+from weightspace.demo._align import ALIGN_KINDS, alignment_section
 from weightspace.demo._claims import (
     ACC_TOL,
     K_CLAIM,
@@ -280,6 +281,14 @@ def run_zoo(
     ]
     for r in rows:
         r.pop("_chance")
+    alignment = None
+    if zoo.kind in ALIGN_KINDS:
+        t = time.perf_counter()
+        alignment = alignment_section(
+            zoo, info, coll, seed=seed, originals=means["original"], chance=chance, say=say, progress=progress
+        )
+        claims.append(alignment["claim"])
+        timing["align_s"] = time.perf_counter() - t
     timing["total_s"] = time.perf_counter() - t0
     timing["cpu_s"] = _cpu_s() - c0
     return {
@@ -308,6 +317,7 @@ def run_zoo(
             "models": rows,
         },
         "claims": claims,
+        "alignment": alignment,
         "timing": timing,
     }
 

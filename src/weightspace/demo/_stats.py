@@ -28,7 +28,8 @@ def paired_interval(rows: Sequence[dict[str, Any]], a: str, b: str | float, seed
     from weightspace.analyze import N_BOOT, bootstrap_interval, bootstrap_weights
 
     diffs = torch.tensor(
-        [float(r[a]) - (float(b) if isinstance(b, int | float) else float(r[b])) for r in rows], dtype=torch.float64
+        [float(r[a]) - (float(b) if isinstance(b, int | float) else float(r[b])) for r in rows],
+        dtype=torch.float64,
     )
     point = float(diffs.mean())
     if diffs.numel() < 2:

@@ -27,8 +27,8 @@ import torch
 from weightspace._progress import Progress, report
 from weightspace._validation import Interval, Kind, Options, validate_params
 from weightspace._version import __version__
-from weightspace.analyze._bootstrap import N_BOOT, bootstrap_weights, interval
 from weightspace.align import AlignOptions, align_collection, aligned_null_grams
+from weightspace.analyze._bootstrap import N_BOOT, bootstrap_weights, interval
 from weightspace.analyze._groups import unit_groups
 from weightspace.analyze._loo import make_folds
 from weightspace.analyze._methods import HOSVD_LOO_MAX_MODELS, LOO_MAX_MODELS, UNIT_ANALYZERS, analyzer_for

@@ -271,7 +271,6 @@ def _seed_section(data: dict[str, Any]) -> list[str]:
 
 def render_html(data: dict[str, Any], plots: dict[str, bytes]) -> str:
     """One self-contained page (plots embedded) from the demo.json dict."""
-    from weightspace.demo._align import alignment_html
 
     p: list[str] = []
     p.append(

@@ -73,6 +73,11 @@ def test_quick_demo_json(quick_demo: Path, zoo_cache: Path) -> None:
     assert spec["key"] == "spectrum"
     assert _ok_interval(spec["numbers"]["spectrum_excess"])
     assert spec["numbers"]["spectrum_excess"]["hi"] < 0.02  # the interval clears the threshold (on the null side)
+    # the alignment claim (from-scratch zoos) follows the same N ≥ 96 rule and carries its intervals
+    align = {z["zoo"]: z["claims"][-1] for z in data["zoos"] if z["kind"] in ("scratch", "init")}
+    assert align["digits-mlp-init"]["key"] == "alignment"
+    assert align["digits-mlp-init"]["verdict"] == "null-like"
+    assert _ok_interval(align["digits-mlp-init"]["numbers"]["basis_gain"])
     # 24 models cannot test 16 directions: the rows say so instead of a verdict
     for name in ("digits-mlp", "mnist1d-cnn"):
         assert by[name]["n_models"] == 24
@@ -80,7 +85,7 @@ def test_quick_demo_json(quick_demo: Path, zoo_cache: Path) -> None:
         assert by[name]["spectrum"]["aggregate"]["k"] == 4  # the analysis tests ⌊24/6⌋ instead
     for z in data["zoos"]:
         for c in z["claims"]:
-            assert c["key"] in ("spectrum", "compression", "heldout")
+            assert c["key"] in ("spectrum", "compression", "heldout", "alignment")
         for key in ("d_rebuilt", "d_mean"):
             assert _ok_interval(z["claims"][1]["numbers"][key])
         assert (quick_demo / z["spectrum_plot"]).is_file()

@@ -66,7 +66,5 @@ def demo(
         if result.get(section) and result[section].get("claim"):
             c = result[section]["claim"]
             say(f"{section:16s} {c['verdict']:22s} {c['claim']}: {c['evidence']}")
-    say(
-        f"wrote {out / 'demo.html'} and {out / 'demo.json'} in {time.perf_counter() - t0:.0f} s "
-        f"(CPU {result['cpu_s']:.0f} s)"
-    )
+    cpu = f" (CPU {result['cpu_s']:.0f} s)" if "cpu_s" in result else ""
+    say(f"wrote {out / 'demo.html'} and {out / 'demo.json'} in {time.perf_counter() - t0:.0f} s{cpu}")

@@ -66,7 +66,7 @@ SCALES: dict[str, Scale] = {
         quick=False,
         zoos=_ALL,
         n={"digits-mlp": 96, "digits-mlp-init": 96, "mnist1d-cnn": 96, "digits-vit": 96, "minilm-lora": 24},
-        accuracy_models={"minilm-lora": 8},
+        accuracy_models={"minilm-lora": 6},
         adapt_steps=100,
     ),
     "paper": Scale(

@@ -265,6 +265,7 @@ class SharedSubspace:
                 units[rec.name] = cls.from_record(rec, coef, archive.unit_source(rec.name))
             except ShapeMismatchError as err:
                 raise ArchiveError(err.message, path=archive.path, tensor=rec.name) from None
+            archive.check_unit_layout(rec.name, units[rec.name].stored_layout())
             if units[rec.name].n_models != len(m.models):
                 raise ArchiveError(
                     f"stored coefficients have {units[rec.name].n_models} rows for {len(m.models)} models",

@@ -1,15 +1,21 @@
-"""Turn the MODELS arguments of the CLI (files, directories, globs, ``@list.txt``) into checkpoint paths."""
+"""Turn the MODELS arguments of the CLI (files, directories, globs, ``@list.txt``) into checkpoint paths.
+
+Paths the user names are taken as given. What a named folder holds is not: a checkpoint in it that is a symbolic
+link leaving the folder is refused unless links are followed (``--follow-symlinks``), and the model paths of a zoo
+folder's ``zoo.json`` must be relative paths inside the folder.
+"""
 
 from __future__ import annotations
 
 import glob
-import json
 import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from weightspace.errors import InputError
+from weightspace._json import parse_json
+from weightspace.errors import InputError, UnsafeFileError
+from weightspace.io._pathpolicy import check_relpath, following_symlinks, read_regular, within
 from weightspace.io._pickle import PICKLE_SUFFIXES
 from weightspace.io._sources import is_model_dir
 
@@ -30,16 +36,31 @@ def natural_key(text: str) -> list[object]:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
 
 
+_MAX_ZOO_JSON_BYTES = 16 << 20
+
+
+def _zoo_children(directory: Path, zoo: Path) -> list[Path]:
+    info = parse_json(read_regular(zoo, limit=_MAX_ZOO_JSON_BYTES, root=directory, what="zoo.json"), path=zoo)
+    models = info.get("models") if isinstance(info, dict) else None
+    if not isinstance(models, list) or not all(isinstance(m, dict) for m in models):
+        raise InputError("cannot read the model list of this zoo ('models' must be a list of objects)", path=zoo)
+    out = []
+    for m in models:
+        rel = check_relpath(m.get("path"), what="zoo model path", path=zoo, error=InputError)
+        p = directory / rel
+        if not following_symlinks() and os.path.lexists(p) and not within(p, directory):
+            raise UnsafeFileError(
+                f"zoo model {rel!r} is a symbolic link out of the zoo folder (pass --follow-symlinks to read it)",
+                path=p,
+            )
+        out.append(p)
+    return out
+
+
 def _children(directory: Path) -> list[Path]:
     zoo = directory / "zoo.json"
-    if zoo.is_file():
-        try:
-            info = json.loads(zoo.read_text(encoding="utf-8"))
-            return [directory / m["path"] for m in info["models"]]
-        except (OSError, ValueError, KeyError, TypeError) as err:
-            raise InputError(
-                f"cannot read the model list of this zoo ({type(err).__name__}: {err})", path=zoo
-            ) from None
+    if os.path.lexists(zoo):
+        return _zoo_children(directory, zoo)
     found = []
     for child in directory.iterdir():
         if child.name.startswith("."):
@@ -47,6 +68,12 @@ def _children(directory: Path) -> list[Path]:
         # Non-regular files (FIFOs, devices) with a checkpoint suffix are listed too, so reading them fails loudly.
         is_checkpoint = not child.is_dir() and child.suffix.lower() in (".safetensors", *PICKLE_SUFFIXES)
         if is_checkpoint or (child.is_dir() and is_model_dir(child)):
+            if child.is_symlink() and not following_symlinks() and not within(child, directory):
+                raise UnsafeFileError(
+                    f"checkpoint is a symbolic link to {os.path.realpath(child)}, outside the folder {directory} "
+                    "named on the command line (pass --follow-symlinks to read it, or name it directly)",
+                    path=child,
+                )
             found.append(child)
     return sorted(found, key=lambda p: natural_key(p.name))
 
@@ -56,9 +83,10 @@ def _expand_one(spec: str, base_dir: Path, depth: int) -> list[Path]:
         list_path = (base_dir / spec[1:]).expanduser()
         if depth >= _MAX_LIST_DEPTH:
             raise InputError(f"@-lists nest deeper than {_MAX_LIST_DEPTH} levels", path=list_path)
+        raw = read_regular(list_path, limit=_MAX_ZOO_JSON_BYTES, what="model list", missing=InputError, error=InputError)
         try:
-            lines = list_path.read_text(encoding="utf-8").splitlines()
-        except (OSError, UnicodeDecodeError) as err:
+            lines = raw.decode("utf-8").splitlines()
+        except UnicodeDecodeError as err:
             raise InputError(f"cannot read model list ({err})", path=list_path) from None
         out: list[Path] = []
         for line in lines:

@@ -202,6 +202,7 @@ def merge(
     private: Sequence[str] = (),
     exclude: Sequence[str] = (),
     progress: Progress | None = None,
+    overwrite: bool = False,
 ) -> MergeResult:
     """Merge N checkpoints (or LoRA adapters) in ΔW space; write the result in the source layout, or return it.
 
@@ -243,6 +244,9 @@ def merge(
         excluded keys are still copied into a full output).
     progress : callable, optional
         ``progress(stage, done, total)`` after each unit.
+    overwrite : bool, default False
+        Replace an existing ``out`` that weightspace did not write as a merged model (``--overwrite``); without
+        it such a path is refused before any work.
 
     Returns
     -------
@@ -301,8 +305,11 @@ def merge(
         dest = None
     else:
         inputs = [s.path for s in coll.sources] + ([coll.base.path] if coll.base is not None else [])
-        dest = check_destination(out, plan.layout, inputs=inputs, what="merged model")
-        with LayoutWriter(dest, plan.layout, plan.specs) as writer:
+        size = sum(math.prod(shape) * torch.empty((), dtype=dt).element_size() for dt, shape in plan.specs.values())
+        dest = check_destination(
+            out, plan.layout, inputs=inputs, what="merged model", overwrite=overwrite, required_bytes=size
+        )
+        with LayoutWriter(dest, plan.layout, plan.specs, marker="model") as writer:
             units, rel_diff = _run(plan, writer.write, progress)
     peft = plan.format == "peft"
     # The first module with the largest error (max keeps the first of equals).

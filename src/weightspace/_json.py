@@ -42,15 +42,16 @@ MAX_INT_DIGITS = 32
 
 
 class _Refused(Exception):
-    def __init__(self, why: str):
+    def __init__(self, why: str, key: str | None = None):
         self.why = why
+        self.key = key
 
 
 def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in pairs:
         if k in out:
-            raise _Refused(f"JSON object names the key {k!r} twice")
+            raise _Refused(f"JSON object names the key {k[:200]!r} twice", key=k)
         out[k] = v
     return out
 
@@ -118,6 +119,7 @@ def parse_json(
     max_depth: int = MAX_DEPTH,
     max_int_digits: int = MAX_INT_DIGITS,
     error: type[InputError] = CorruptFileError,
+    keys_are_tensors: bool = False,
 ) -> Any:
     """Parse one JSON document with the bounds above.
 
@@ -135,6 +137,8 @@ def parse_json(
         Longest allowed integer literal, in digits.
     error : type of InputError
         The error raised (default :class:`~weightspace.errors.CorruptFileError`; archives use ``ArchiveError``).
+    keys_are_tensors : bool, default False
+        Object keys name tensors (a safetensors header): a duplicate key is reported as the error's ``tensor``.
 
     Returns
     -------
@@ -163,7 +167,8 @@ def parse_json(
         )
         _check_tree(obj, max_depth)
     except _Refused as why:
-        raise error(f"{why.why}" if what == "JSON" else f"{what}: {why.why}", path=path) from None
+        tensor = why.key[:200] if keys_are_tensors and why.key is not None else None
+        raise error(f"{why.why}" if what == "JSON" else f"{what}: {why.why}", path=path, tensor=tensor) from None
     except RecursionError:
         raise error(f"{what} nests deeper than {max_depth} levels", path=path) from None
     except json.JSONDecodeError as err:

@@ -354,7 +354,7 @@ class AnalysisReport:
         """Unit name → verdict."""
         return {u["name"]: u["verdict"] for u in self.units}
 
-    def save(self, report_dir: str | os.PathLike[str], *, plots: bool = True) -> Path:
+    def save(self, report_dir: str | os.PathLike[str], *, plots: bool = True, overwrite: bool = False) -> Path:
         """Write ``report.json``, the PNGs and ``report.html`` into ``report_dir`` atomically.
 
         Parameters
@@ -364,6 +364,8 @@ class AnalysisReport:
         plots : bool, default True
             Without plots no matplotlib is needed; with plots a missing matplotlib raises
             :class:`~weightspace.errors.DependencyError` before anything is written.
+        overwrite : bool, default False
+            Replace an existing ``report_dir`` that is not a weightspace report (refused otherwise).
 
         Returns
         -------
@@ -371,7 +373,7 @@ class AnalysisReport:
         """
         from weightspace.report import write_report
 
-        return write_report(self.data, report_dir, plots=plots)
+        return write_report(self.data, report_dir, plots=plots, overwrite=overwrite)
 
     def print_summary(self, console: Any = None) -> None:
         """A short rich summary on ``console`` (default: stderr)."""

@@ -5,9 +5,13 @@ Exit codes: 0 ok, 2 bad input or usage (the message names the file and tensor), 
 
 from __future__ import annotations
 
+import contextvars
+import errno
 import os
+import signal
 import sys
 import traceback
+import warnings
 from collections.abc import Sequence
 
 import click
@@ -25,9 +29,16 @@ from weightspace.cli import _demo_cmd  # noqa: F401
 
 # isort: on
 from weightspace.cli._common import app, err_console
-from weightspace.errors import WeightspaceError
+from weightspace.errors import WeightspaceError, printable
 
 __all__ = ["app", "main"]
+
+# File-system refusals that are about the user's disk or permissions, not a weightspace bug: exit 2.
+_FS_FAULTS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC)}
+
+
+def _show_warning(message: Warning | str, category: type[Warning], *args: object, **kwargs: object) -> None:
+    err_console.print(f"warning: {printable(str(message))}", markup=False, soft_wrap=True)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -36,10 +47,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     command = typer.main.get_command(app)
+    if hasattr(signal, "SIGXFSZ"):  # a file-size limit then fails a write with EFBIG (exit 2), not a core dump
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     try:
-        rv = command.main(
-            args=list(argv) if argv is not None else None, prog_name="weightspace", standalone_mode=False
-        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("default")
+            warnings.showwarning = _show_warning  # type: ignore[assignment]
+            # Each command runs in its own context, so per-command settings (--follow-symlinks) end with it.
+            rv = contextvars.copy_context().run(
+                command.main,
+                args=list(argv) if argv is not None else None,
+                prog_name="weightspace",
+                standalone_mode=False,
+            )
     except (click.exceptions.Exit, typer.Exit) as exc:
         sys.exit(getattr(exc, "exit_code", 0))
     except (click.exceptions.Abort, typer.Abort, KeyboardInterrupt):
@@ -55,6 +75,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     except WeightspaceError as exc:
         err_console.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True, markup=True)
         sys.exit(exc.exit_code)
+    except OSError as exc:
+        if exc.errno not in _FS_FAULTS:
+            err_console.print("[bold red]internal error[/] (please report):", markup=True)
+            traceback.print_exc(file=sys.stderr)
+            sys.exit(1)
+        where = f"{exc.filename}: " if exc.filename else ""
+        msg = printable(f"{where}{exc.strerror or os.strerror(exc.errno or 0)}")
+        err_console.print(f"[bold red]error:[/] {escape(msg)}", soft_wrap=True, markup=True)
+        sys.exit(2)
     except Exception:
         err_console.print("[bold red]internal error[/] (please report):", markup=True)
         traceback.print_exc(file=sys.stderr)

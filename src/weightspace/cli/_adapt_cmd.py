@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from weightspace.cli._common import JsonOpt, app, emit_json, err_console, progress_bar
+from weightspace.cli._common import JsonOpt, OverwriteOpt, app, emit_json, err_console, progress_bar
 from weightspace.errors import InputError
 
 
@@ -41,11 +41,14 @@ def adapt(
         typer.Option("--save-basis", help="Embed the basis in the adapter instead of referencing the archive."),
     ] = False,
     json_out: JsonOpt = False,
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """Coefficient-only adapters (mean- and zero-init, k sweep) vs LoRA r=8, full FT, head-only, mean-only."""
+    from weightspace._atomic import check_output
     from weightspace.bench import adaptation_benchmark
     from weightspace.decompose import UNIT_FITS, Archive
 
+    check_output(output, "adapt", overwrite=overwrite, inputs=[archive, zoo])
     if not archive.exists():
         raise InputError("archive does not exist", path=archive)
     Archive(archive, verify=False)  # fail fast (exit 2) on a non-archive before any training

@@ -11,12 +11,15 @@ from weightspace.cli._common import (
     AllowPickle,
     BaseOpt,
     ExcludeOpt,
+    FollowSymlinksOpt,
     JsonOpt,
+    OverwriteOpt,
     PrivateOpt,
     app,
     emit_json,
     err_console,
     progress_bar,
+    read_policy,
 )
 from weightspace.collection import Collection
 
@@ -45,20 +48,26 @@ def analyze(
     allow_pickle: AllowPickle = False,
     private: PrivateOpt = None,
     exclude: ExcludeOpt = None,
+    overwrite: OverwriteOpt = False,
+    follow_symlinks: FollowSymlinksOpt = False,
 ) -> None:
     """Is there a shared subspace, or only a mean? Evidence per unit beside a matched Gaussian null."""
+    from weightspace._atomic import check_output
     from weightspace.analyze import analyze as run
     from weightspace.report import require_matplotlib
 
+    read_policy(follow_symlinks)
     if not no_plots:
         require_matplotlib()  # fail before the (long) analysis, not after it
     coll = Collection.from_paths(
         models, base=base, allow_pickle=allow_pickle, private=private or (), exclude=exclude or ()
     )
+    inputs = [s.path for s in coll.sources] + ([coll.base.path] if coll.base is not None else [])
+    check_output(output, "report", overwrite=overwrite, inputs=inputs)  # before the analysis, not after it
     with progress_bar("analyze") as cb:
         rep = run(coll, method=method, seed=seed, n_null=null_draws, folds=folds, progress=cb)
         cb("report", 0, 1)
-        rep.save(output, plots=not no_plots)
+        rep.save(output, plots=not no_plots, overwrite=overwrite)
         cb("report", 1, 1)
     if json_out:
         emit_json(rep.to_dict())

@@ -21,13 +21,16 @@ __all__ = [
     "AllowPickle",
     "BaseOpt",
     "ExcludeOpt",
+    "FollowSymlinksOpt",
     "JsonOpt",
+    "OverwriteOpt",
     "PrivateOpt",
     "app",
     "emit_json",
     "err_console",
     "progress_bar",
     "rank_choice",
+    "read_policy",
 ]
 
 app = typer.Typer(
@@ -67,6 +70,27 @@ ExcludeOpt = Annotated[
     list[str] | None,
     typer.Option("--exclude", help="Glob of tensor keys to leave out entirely (repeatable).", show_default=False),
 ]
+OverwriteOpt = Annotated[
+    bool,
+    typer.Option(
+        "--overwrite",
+        help="Replace an existing -o path even if weightspace did not write it (refused by default).",
+    ),
+]
+FollowSymlinksOpt = Annotated[
+    bool,
+    typer.Option(
+        "--follow-symlinks",
+        help="Read files that are symbolic links out of their model or archive folder (refused by default).",
+    ),
+]
+
+
+def read_policy(follow_symlinks: bool) -> None:
+    """Apply ``--follow-symlinks`` for the rest of the command (``main`` runs each command in its own context)."""
+    from weightspace.io import set_follow_symlinks
+
+    set_follow_symlinks(follow_symlinks)
 
 
 def _clean(obj: Any) -> Any:

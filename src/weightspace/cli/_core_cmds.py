@@ -13,13 +13,16 @@ from weightspace.cli._common import (
     AllowPickle,
     BaseOpt,
     ExcludeOpt,
+    FollowSymlinksOpt,
     JsonOpt,
+    OverwriteOpt,
     PrivateOpt,
     app,
     emit_json,
     err_console,
     progress_bar,
     rank_choice,
+    read_policy,
 )
 from weightspace.collection import Collection
 from weightspace.errors import InputError
@@ -42,8 +45,10 @@ def inspect(
     allow_pickle: AllowPickle = False,
     private: PrivateOpt = None,
     exclude: ExcludeOpt = None,
+    follow_symlinks: FollowSymlinksOpt = False,
 ) -> None:
     """Index a collection: formats, dtypes, shared units, private tensors, duplicates. Reads no weights."""
+    read_policy(follow_symlinks)
     coll = Collection.from_paths(
         models, base=base, allow_pickle=allow_pickle, private=private or (), exclude=exclude or (), min_models=1
     )
@@ -80,17 +85,23 @@ def compress(
     variance: Annotated[
         float | None, typer.Option("--variance", help="Keep this fraction of centered variance per unit.")
     ] = None,
-    dtype: Annotated[str, typer.Option(help="Storage dtype of basis and coefficients.")] = "float32",
+    dtype: Annotated[
+        str,
+        typer.Option(help="Storage dtype of basis and coefficients (auto: float64 for F64 sources, else float32)."),
+    ] = "auto",
     no_center: Annotated[bool, typer.Option("--no-center", help="Do not subtract the mean model.")] = False,
     solver: Annotated[str, typer.Option(help="auto, gram or tsqr.")] = "auto",
     json_out: JsonOpt = False,
     allow_pickle: AllowPickle = False,
     private: PrivateOpt = None,
     exclude: ExcludeOpt = None,
+    overwrite: OverwriteOpt = False,
+    follow_symlinks: FollowSymlinksOpt = False,
 ) -> None:
     """Fit the shared subspace and write a compressed archive (basis + coefficients + private tensors)."""
     from weightspace.compress import compress as run
 
+    read_policy(follow_symlinks)
     n_components = rank_choice(rank, variance)
     coll = Collection.from_paths(
         models, base=base, allow_pickle=allow_pickle, private=private or (), exclude=exclude or ()
@@ -105,6 +116,7 @@ def compress(
             svd_solver=solver,
             storage_dtype=dtype,
             progress=cb,
+            overwrite=overwrite,
         )
     dups = coll.duplicates()
     summary = {**result.to_dict(), "duplicates": dups}
@@ -115,11 +127,26 @@ def compress(
             f"[yellow]warning:[/] identical models (they distort the spectrum): {escape(', '.join(group))}",
             markup=True,
         )
+    _warn_capped(n_components, result.units)
     err_console.print(
         f"wrote {output}: {summary['n_models']} models, {summary['n_units']} units, "
         f"{_mb(summary['archive_bytes'])} vs {_mb(summary['models_bytes'])} of checkpoints "
         f"(ratio {summary['ratio']:.2f}×, measured on disk) in {summary['wall_s']:.1f}s"
     )
+
+
+def _warn_capped(n_components: int | float, units: list) -> None:
+    """Say so when --rank asked for more components than the data allow (a silent cap misleads)."""
+    if not isinstance(n_components, int):
+        return
+    capped = [u for u in units if max(u.k if isinstance(u.k, list) else [u.k]) < n_components]
+    if capped:
+        kept = max(max(u.k if isinstance(u.k, list) else [u.k]) for u in capped)
+        err_console.print(
+            f"[yellow]warning:[/] --rank {n_components} is more than {len(capped)} of {len(units)} units allow "
+            f"(at most one component per model, fewer where the models span less); they keep k <= {kept}",
+            markup=True,
+        )
 
 
 @app.command()
@@ -135,16 +162,21 @@ def reconstruct(
     base: BaseOpt = None,
     json_out: JsonOpt = False,
     allow_pickle: AllowPickle = False,
+    overwrite: OverwriteOpt = False,
+    follow_symlinks: FollowSymlinksOpt = False,
 ) -> None:
     """Rebuild models from an archive in their source format (dtypes, keys, configs restored)."""
     from weightspace.compress import reconstruct as run
 
+    read_policy(follow_symlinks)
     if names and all_models:
         raise InputError("pass model names or --all, not both")
     if not names and not all_models:
         raise InputError("name the models to rebuild, or pass --all")
     with progress_bar("reconstruct") as cb:
-        results = run(archive, output, names or None, base=base, allow_pickle=allow_pickle, progress=cb)
+        results = run(
+            archive, output, names or None, base=base, allow_pickle=allow_pickle, progress=cb, overwrite=overwrite
+        )
     if json_out:
         emit_json({"archive": str(archive), "output": str(output), "models": [r.to_dict() for r in results]})
     worst = max((r.max_lora_truncation_error for r in results), default=0.0)
@@ -160,10 +192,12 @@ def project(
     base: BaseOpt = None,
     json_out: JsonOpt = False,
     allow_pickle: AllowPickle = False,
+    follow_symlinks: FollowSymlinksOpt = False,
 ) -> None:
     """Project unseen models onto an archive's subspace; residuals beside the mean-only baseline."""
     from weightspace.compress import project as run
 
+    read_policy(follow_symlinks)
     with progress_bar("project") as cb:
         result = run(archive, models, add=add, base=base, allow_pickle=allow_pickle, progress=cb)
     if json_out:

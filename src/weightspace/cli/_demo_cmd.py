@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from weightspace.cli._common import JsonOpt, app, emit_json, err_console, progress_bar
+from weightspace.cli._common import JsonOpt, OverwriteOpt, app, emit_json, err_console, progress_bar
 
 
 @app.command()
@@ -22,10 +22,17 @@ def demo(
     no_merge: Annotated[bool, typer.Option("--no-merge", help="Skip the merge benchmark.")] = False,
     no_adapt: Annotated[bool, typer.Option("--no-adapt", help="Skip the adaptation benchmark.")] = False,
     json_out: JsonOpt = False,
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """Run the whole pipeline on real model zoos and write demo.html + demo.json (offline, CPU only)."""
+    from weightspace._atomic import check_output, mark_dir
     from weightspace.demo import run_demo
 
+    # The demo writes into the folder (zoos are cached there): only a demo folder, an empty or a new one is used,
+    # unless --overwrite; it is marked first, so an interrupted demo is recognised on the next run.
+    check_output(output, "demo", overwrite=overwrite)
+    output.mkdir(parents=True, exist_ok=True)
+    mark_dir(output, "demo")
     t0 = time.perf_counter()
     with progress_bar("demo") as cb:
         result = run_demo(

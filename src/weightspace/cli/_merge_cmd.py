@@ -13,12 +13,15 @@ from weightspace.cli._common import (
     AllowPickle,
     BaseOpt,
     ExcludeOpt,
+    FollowSymlinksOpt,
     JsonOpt,
+    OverwriteOpt,
     PrivateOpt,
     app,
     emit_json,
     err_console,
     progress_bar,
+    read_policy,
 )
 from weightspace.collection import Collection
 from weightspace.errors import InputError
@@ -141,10 +144,13 @@ def merge(
     allow_pickle: AllowPickle = False,
     private: PrivateOpt = None,
     exclude: ExcludeOpt = None,
+    overwrite: OverwriteOpt = False,
+    follow_symlinks: FollowSymlinksOpt = False,
 ) -> None:
     from weightspace.bench import evaluate_merged, load_zoo, merge_benchmark
     from weightspace.merge import merge as merge_fn
 
+    read_policy(follow_symlinks)
     if list_all:
         if json_out:
             emit_json({"methods": list_methods()})
@@ -186,6 +192,7 @@ def merge(
             rank=rank,
             subspace=basis_archive,
             progress=cb,
+            overwrite=overwrite,
         )
     summary = result.to_dict()
     if eval_zoo is not None:

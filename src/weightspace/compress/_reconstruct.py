@@ -4,11 +4,20 @@ Full checkpoints get back every key in the original order and dtype (units from 
 task-vector archives; private tensors verbatim). PEFT adapters become rank-r adapters again: the reconstructed
 ``ΔW`` of each module is truncated by SVD to the module's source rank with its ``lora_alpha`` semantics kept, and
 the truncation error is reported. Everything is checked (names, base identity) before anything is written.
+
+The output folder is one output: every requested model is written into a temporary sibling, which is then swapped
+into place in one rename, so a kill or an error leaves the previous folder or the new one, never a mix (models
+rebuilt by an earlier run and not requested now are carried over by hard link; with ``--all`` the folder holds
+exactly the archive's models). The folder may replace only an earlier ``reconstruct`` output unless ``overwrite``
+(see :func:`weightspace._atomic.check_output`). Every written value is checked: a reconstruction that is NaN or
+overflows its source dtype (float16 near 65504) fails naming the model and the tensor.
 """
 
 from __future__ import annotations
 
+import math
 import os
+import shutil
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -16,9 +25,10 @@ from typing import Any
 
 import torch
 
+from weightspace._atomic import MARKER, atomic_dir, check_output, output_kind
 from weightspace._progress import Progress, report
 from weightspace.decompose import Archive, ModelRecord, SharedSubspace, open_base
-from weightspace.errors import ArchiveError
+from weightspace.errors import ArchiveError, NonFiniteError
 from weightspace.io import DTYPES, ModelSource, lora_factors_from_delta, output_name, write_model
 
 __all__ = ["ReconstructedModel", "reconstruct", "reconstruct_tensors"]
@@ -78,6 +88,14 @@ def reconstruct_tensors(
         for key, rec in model.lora.items():
             if key not in units:
                 raise ArchiveError("LoRA record names a unit the archive lacks", tensor=key)
+            spec = units[key].spec
+            d_out, d_in = (spec.cols, spec.rows) if rec.fan_in_fan_out else (spec.rows, spec.cols)
+            if rec.b_shape[0] != d_out or math.prod(rec.a_shape[1:]) != d_in or any(d != 1 for d in rec.b_shape[2:]):
+                raise ArchiveError(
+                    f"model {name!r}: LoRA factor shapes A {tuple(rec.a_shape)}, B {tuple(rec.b_shape)} do not fit "
+                    f"the unit's shape {tuple(spec.shape)}",
+                    tensor=key,
+                )
             member = units[key].member(i)  # (rows, cols) in the base weight's layout
             a_shape = tuple(rec.a_shape)
             b, a, err = lora_factors_from_delta(
@@ -104,7 +122,10 @@ def reconstruct_tensors(
             shape = tuple(units[key].spec.shape)
             w = units[key].member(i).reshape(shape)
             if base is not None:
-                w = w + base.read(key).to(torch.float64).reshape(shape)
+                b = base.read(key).to(torch.float64).reshape(shape)
+                if not bool(torch.isfinite(b).all()):
+                    raise NonFiniteError("base tensor holds NaN or infinity", path=base.path, tensor=key)
+                w = w + b
             out[key] = w.to(_torch_dtype(model.dtypes.get(key, "F32"), name))
         elif key in private:
             out[key] = _private(arc, name, key)
@@ -117,6 +138,36 @@ def _private(arc: Archive | None, model: str, key: str) -> torch.Tensor:
     return arc.private(model, key)
 
 
+def _model_bytes(ss: SharedSubspace, i: int) -> int:
+    """Bytes model ``i`` takes when rebuilt (dense units in their source dtypes; LoRA units as factors)."""
+    model = ss.models_[i]
+    total = 0
+    for key, unit in ss.units_.items():
+        tag = model.dtypes.get(key, "F32")
+        item = DTYPES[tag][1] if tag in DTYPES else 4
+        if model.lora and key in model.lora:
+            rec = model.lora[key]
+            total += (math.prod(rec.a_shape) + math.prod(rec.b_shape)) * item
+        elif key in model.key_order:
+            total += unit.spec.numel * item
+    return total
+
+
+def _link_tree(src: Path, dst: Path) -> None:
+    """Carry an earlier output over into the new folder: hard links where possible, else copies."""
+
+    def link(a: str, b: str) -> None:
+        try:
+            os.link(a, b)
+        except OSError:
+            shutil.copy2(a, b)
+
+    if src.is_dir() and not src.is_symlink():
+        shutil.copytree(src, dst, copy_function=link, symlinks=True)
+    elif src.is_file() and not src.is_symlink():
+        link(str(src), str(dst))
+
+
 def reconstruct(
     archive: str | os.PathLike[str] | SharedSubspace,
     out_dir: str | os.PathLike[str],
@@ -125,19 +176,24 @@ def reconstruct(
     base: str | os.PathLike[str] | None = None,
     allow_pickle: bool = False,
     progress: Progress | None = None,
+    overwrite: bool = False,
 ) -> list[ReconstructedModel]:
-    """Write fitted models back as checkpoints under ``out_dir``.
+    """Write fitted models back as checkpoints under ``out_dir``, which is replaced as a whole, atomically.
 
     Parameters
     ----------
     archive : path or SharedSubspace
     out_dir : path
-        Created if needed; each model is written atomically as ``<name>.safetensors`` or ``<name>/``.
+        The folder of rebuilt models: ``<name>.safetensors`` or ``<name>/`` per model. It is built next to its
+        final place and swapped in with one rename. Models an earlier run wrote there and ``names`` does not
+        request are kept; without ``names`` the folder holds exactly the archive's models.
     names : sequence of str, optional
         Models to rebuild (default: all).
     base : path, optional
         The base model for task-vector archives (default: the path recorded at compress time; its sha256
         must match).
+    overwrite : bool, default False
+        Replace an existing ``out_dir`` that is not an earlier ``reconstruct`` output (refused otherwise).
 
     Returns
     -------
@@ -148,13 +204,26 @@ def reconstruct(
     indices = [ss.model_index(n) for n in wanted]
     base_src = open_base(ss, base, allow_pickle=allow_pickle)
     out_dir = Path(out_dir)
+    inputs = [p for p in (ss.path_, base_src.path if base_src is not None else None) if p is not None]
+    required = sum(_model_bytes(ss, i) for i in indices)
+    check_output(out_dir, "models", overwrite=overwrite, inputs=inputs, required_bytes=required)
+    keep_old = bool(names) and output_kind(out_dir) == "models"
+    layouts = {i: _source_layout(ss.models_[i]) for i in indices}
+    fnames = {i: output_name(ss.models_[i].name, "torch" if f == "torch" else f) for i, f in layouts.items()}
     results = []
-    for done, i in enumerate(indices, 1):
-        model = ss.models_[i]
-        tensors, worst = reconstruct_tensors(ss, i, base_src)
-        fmt = _source_layout(model)
-        dest = out_dir / output_name(model.name, "torch" if fmt == "torch" else fmt)
-        write_model(dest, fmt, tensors, metadata=model.metadata or None, configs=model.configs)
-        results.append(ReconstructedModel(model.name, str(dest), fmt, worst))
-        report(progress, "reconstruct", done, len(indices))
+    with atomic_dir(out_dir, kind="models") as tmp:
+        if keep_old:
+            for entry in out_dir.iterdir():
+                if entry.name != MARKER and not entry.name.startswith(".") and entry.name not in fnames.values():
+                    _link_tree(entry, tmp / entry.name)
+        for done, i in enumerate(indices, 1):
+            model = ss.models_[i]
+            tensors, worst = reconstruct_tensors(ss, i, base_src)
+            final = out_dir / fnames[i]
+            # Errors name the final path (<out>/<model>...), not the temporary folder.
+            write_model(
+                tmp / fnames[i], layouts[i], tensors, metadata=model.metadata or None, configs=model.configs, label=final
+            )
+            results.append(ReconstructedModel(model.name, str(final), layouts[i], worst))
+            report(progress, "reconstruct", done, len(indices))
     return results

@@ -53,7 +53,7 @@ from pydantic import (
     model_validator,
 )
 
-from weightspace._atomic import atomic_dir
+from weightspace._atomic import atomic_dir, check_output
 from weightspace._json import parse_json
 from weightspace._version import __version__
 from weightspace.decompose._unitfit import UNIT_FITS, UnitRecord
@@ -653,15 +653,17 @@ def _finite(t: torch.Tensor, path: Path, key: str) -> None:
 class _UnitFileStore:
     """One unit's member file: declare the layout, stream tensors in, read them back once closed."""
 
-    def __init__(self, path: Path, dtype: torch.dtype):
-        self.path, self.dtype = path, dtype
+    def __init__(self, path: Path, dtype: torch.dtype, label: Path | None = None):
+        self.path, self.dtype, self.label = path, dtype, label
         self._writer: SafetensorsWriter | None = None
         self._layout: dict[str, tuple[int, ...]] = {}
 
     def declare(self, layout: Mapping[str, tuple[int, ...]]) -> None:
         self._layout = dict(layout)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._writer = SafetensorsWriter(self.path, {k: (self.dtype, s) for k, s in layout.items()})
+        self._writer = SafetensorsWriter(
+            self.path, {k: (self.dtype, s) for k, s in layout.items()}, label=self.label
+        )
 
     def write(self, name: str, tensor: torch.Tensor) -> None:
         self._w().write(name, tensor.reshape(self._layout[name]))
@@ -699,12 +701,16 @@ class ArchiveWriter:
         The archive directory.
     storage_dtype : str
         One of :data:`STORAGE_DTYPES`: dtype of stored means, bases and coefficients.
+    overwrite : bool, default False
+        Replace ``dest`` even if it is not a weightspace archive (see :func:`weightspace._atomic.check_output`);
+        without it such a path is refused with an :class:`~weightspace.errors.OutputError`.
     """
 
-    def __init__(self, dest: str | os.PathLike[str], storage_dtype: str = "float32"):
+    def __init__(self, dest: str | os.PathLike[str], storage_dtype: str = "float32", *, overwrite: bool = False):
         if storage_dtype not in STORAGE_DTYPES:
             raise ValueError(f"unknown storage dtype {storage_dtype!r}")
         self.dest = Path(dest)
+        self.overwrite = overwrite
         self.dtype = STORAGE_DTYPES[storage_dtype]
         self.storage_dtype = storage_dtype
         self.tmp: Path | None = None
@@ -713,6 +719,7 @@ class ArchiveWriter:
         self.archive_bytes = 0
 
     def __enter__(self) -> ArchiveWriter:
+        check_output(self.dest, "archive", overwrite=self.overwrite)
         self._ctx = atomic_dir(self.dest)
         self.tmp = self._ctx.__enter__()
         return self
@@ -731,14 +738,15 @@ class ArchiveWriter:
 
     def unit_store(self, index: int) -> _UnitFileStore:
         """The member store of unit ``index``."""
-        store = _UnitFileStore(self._dir() / unit_member_name(index), self.dtype)
+        name = unit_member_name(index)
+        store = _UnitFileStore(self._dir() / name, self.dtype, label=self.dest / name)
         self._stores.append(store)
         return store
 
     def write_coefficients(self, coefficients: Mapping[str, torch.Tensor]) -> None:
         """``coef/<unit>`` tensors, stored in the storage dtype."""
         specs = {f"coef/{u}": (self.dtype, tuple(c.shape)) for u, c in coefficients.items()}
-        with SafetensorsWriter(self._dir() / COEFFICIENTS, specs) as w:
+        with SafetensorsWriter(self._dir() / COEFFICIENTS, specs, label=self.dest / COEFFICIENTS) as w:
             for u, c in coefficients.items():
                 w.write(f"coef/{u}", c)
 
@@ -748,7 +756,7 @@ class ArchiveWriter:
         read: Callable[[str], torch.Tensor],
     ) -> None:
         """Private tensors ``<model>/<key>`` verbatim, each read by ``read(name)`` when written."""
-        with SafetensorsWriter(self._dir() / PRIVATE, specs) as w:
+        with SafetensorsWriter(self._dir() / PRIVATE, specs, label=self.dest / PRIVATE) as w:
             for name in specs:
                 w.write(name, read(name))
 

@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from weightspace._atomic import check_output
 from weightspace._validation import Interval, Kind, Options, PairOf, validate_params
 from weightspace.collection import Collection
 from weightspace.decompose._archive import (
@@ -201,6 +202,7 @@ class SharedSubspace:
         *,
         out: PathLike | None = None,
         progress: Progress | None = None,
+        overwrite: bool = False,
     ) -> SharedSubspace:
         """Fit one decomposition per unit.
 
@@ -214,12 +216,16 @@ class SharedSubspace:
             return the fit backed by it. Without ``out`` everything is held in memory (``save`` writes it).
         progress : callable, optional
             ``progress("units", done, total)`` after each unit.
+        overwrite : bool, default False
+            Let ``out`` replace a path that is not a weightspace archive (refused otherwise, before any work).
 
         Returns
         -------
         self
         """
         self._validate()
+        if out is not None:
+            check_output(out, "archive", overwrite=overwrite)
         stacks, names, prov = _inputs(X)
         self._reset()
         params = self._fit_params()
@@ -233,7 +239,7 @@ class SharedSubspace:
             self.model_names_ = list(names)
             self._prov = prov
             return self
-        with ArchiveWriter(out, self.storage_dtype) as writer:
+        with ArchiveWriter(out, self.storage_dtype, overwrite=overwrite) as writer:
             units: list[UnitFit] = []
             for i, stack in enumerate(stacks):
                 store = writer.unit_store(i)
@@ -318,13 +324,14 @@ class SharedSubspace:
         obj._reset()
         return obj._adopt(archive)
 
-    def save(self, path: PathLike) -> Path:
+    def save(self, path: PathLike, *, overwrite: bool = False) -> Path:
         """Write this fit as an archive at ``path`` (replaced atomically); returns the path.
 
-        Unit members of an archive-backed fit are hard-linked (or copied) when nothing about them changed.
+        Unit members of an archive-backed fit are hard-linked (or copied) when nothing about them changed. An
+        existing ``path`` that is not a weightspace archive is replaced only with ``overwrite=True``.
         """
         self._check_fitted()
-        self._rewrite(Path(path))
+        self._rewrite(Path(path), overwrite=overwrite)
         return Path(path)
 
     def project(
@@ -368,9 +375,10 @@ class SharedSubspace:
         extra_coefficients: Mapping[str, torch.Tensor] | None = None,
         private: tuple[dict[str, tuple[torch.dtype, tuple[int, ...]]], Callable[[str], torch.Tensor]]
         | None = None,
+        overwrite: bool = False,
     ) -> None:
         """Write the fit (plus added models) as an archive at ``path`` and adopt it."""
-        with ArchiveWriter(path, self.storage_dtype) as writer:
+        with ArchiveWriter(path, self.storage_dtype, overwrite=overwrite) as writer:
             units = [self._write_unit(writer, i, unit) for i, unit in enumerate(self.units_.values())]
             coefs = {u.spec.name: u.coefficients for u in units}
             if extra_coefficients:

@@ -16,6 +16,7 @@ from weightspace.io._pathpolicy import (
     following_symlinks,
     open_regular,
     read_regular,
+    set_follow_symlinks,
     within,
 )
 from weightspace.io._paths import expand_models, natural_key
@@ -101,6 +102,7 @@ __all__ = [
     "read_adapter_config",
     "read_regular",
     "save_safetensors",
+    "set_follow_symlinks",
     "torch_dtype_tag",
     "within",
     "write_model",

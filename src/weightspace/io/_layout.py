@@ -183,6 +183,8 @@ class LayoutWriter:
     marker : str, optional
         Mark the output as a weightspace output of this kind (see :func:`weightspace._atomic.check_output`): a
         marker file in a directory, the ``weightspace.output`` metadata key of a safetensors file.
+    label : path, optional
+        The path errors name (default ``dest``; set it when ``dest`` lies in a temporary folder).
 
     Attributes
     ----------
@@ -219,8 +221,10 @@ class LayoutWriter:
         specs: Mapping[str, tuple[torch.dtype, Sequence[int]]],
         *,
         marker: str | None = None,
+        label: str | os.PathLike[str] | None = None,
     ):
         self.dest = Path(dest)
+        self.label = Path(label) if label is not None else self.dest
         self.layout = layout
         self.marker = marker
         self.specs = _specs(specs)
@@ -273,7 +277,7 @@ class LayoutWriter:
                 if self.marker is not None and fmt in FILE_LAYOUTS:
                     meta[META_KEY] = self.marker
                 for name, keys in self.files.items():
-                    label = self.dest if fmt in FILE_LAYOUTS else self.dest / name
+                    label = self.label if fmt in FILE_LAYOUTS else self.label / name
                     w = stack.enter_context(
                         SafetensorsWriter(paths[name], {k: self.specs[k] for k in keys}, meta, label=label)
                     )
@@ -330,7 +334,7 @@ class LayoutWriter:
                     f"expected shape {spec[1]}, got {tuple(tensor.shape)}", path=self.dest, tensor=key
                 )
             stored = tensor.detach().to(device="cpu", dtype=spec[0]).contiguous()
-            check_finite_write(tensor, stored, path=self.dest, tensor=key)
+            check_finite_write(tensor, stored, path=self.label, tensor=key)
             self._pickled[key] = stored
             return
         self._writers[key].write(key, tensor)

@@ -46,6 +46,7 @@ __all__ = [
     "open_regular",
     "read_regular",
     "regular_size",
+    "set_follow_symlinks",
     "within",
 ]
 
@@ -71,6 +72,12 @@ def follow_symlinks(enabled: bool = True) -> Iterator[None]:
         yield
     finally:
         _FOLLOW.reset(token)
+
+
+def set_follow_symlinks(enabled: bool) -> None:
+    """Follow links out of their root (or not) for the rest of the current context (the CLI's ``--follow-symlinks``;
+    the CLI runs each command in a fresh context)."""
+    _FOLLOW.set(bool(enabled))
 
 
 def following_symlinks() -> bool:

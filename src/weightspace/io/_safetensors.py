@@ -154,7 +154,7 @@ def _pread_exact(fd: int, buf: memoryview, offset: int, path: Path, what: str) -
 def _parse_header(raw: bytes, path: Path) -> dict[str, Any]:
     if not raw.lstrip(b" ").startswith(b"{"):
         raise CorruptFileError("safetensors header does not start with '{'", path=path)
-    obj = parse_json(raw, path=path, what="safetensors header", max_depth=4)
+    obj = parse_json(raw, path=path, what="safetensors header", max_depth=4, keys_are_tensors=True)
     if not isinstance(obj, dict):
         raise CorruptFileError("safetensors header is not a JSON object", path=path)
     return obj

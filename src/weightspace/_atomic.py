@@ -375,7 +375,7 @@ def _nearest_existing(p: Path) -> Path:
     return q
 
 
-def _probe(dest: Path, required_bytes: int | None) -> None:
+def _probe(dest: Path, required_bytes: int | None, detail: str | None = None) -> None:
     """Fail now, not after the computation, if the destination's file system refuses writes or lacks room."""
     where = _nearest_existing(dest)
     if not where.is_dir():
@@ -399,7 +399,7 @@ def _probe(dest: Path, required_bytes: int | None) -> None:
         if required_bytes > free:
             raise OutputError(
                 f"the output needs at least {required_bytes / 1e9:,.2f} GB but only {free / 1e9:,.2f} GB is free "
-                f"on the file system of {where}; nothing was written",
+                f"on the file system of {where}{'; ' + detail if detail else ''}; nothing was written",
                 path=dest,
                 errno=errno.ENOSPC,
             )
@@ -413,6 +413,7 @@ def check_output(
     inputs: Iterable[str | os.PathLike[str]] = (),
     required_bytes: int | None = None,
     what: str | None = None,
+    detail: str | None = None,
 ) -> Path:
     """Refuse an output path weightspace must not write, before any work; return it as a Path.
 
@@ -430,6 +431,8 @@ def check_output(
         A lower bound of the output's size; refused when the file system has less free space.
     what : str, optional
         Names the output in messages (default: the kind's description).
+    detail : str, optional
+        Added to a refusal for lack of space (e.g. which input declares the largest part).
 
     Returns
     -------
@@ -480,5 +483,5 @@ def check_output(
                 "to replace it: choose another -o, or pass --overwrite to replace it",
                 path=path,
             )
-    _probe(path, required_bytes)
+    _probe(path, required_bytes, detail)
     return path

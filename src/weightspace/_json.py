@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from typing import Any
 
 from weightspace.errors import CorruptFileError, InputError
@@ -48,11 +49,13 @@ class _Refused(Exception):
 
 
 def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in pairs:
-        if k in out:
-            raise _Refused(f"JSON object names the key {k[:200]!r} twice", key=k)
-        out[k] = v
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen: set[str] = set()
+        for k, _ in pairs:
+            if k in seen:
+                raise _Refused(f"JSON object names the key {k[:200]!r} twice", key=k)
+            seen.add(k)
     return out
 
 
@@ -120,6 +123,7 @@ def parse_json(
     max_int_digits: int = MAX_INT_DIGITS,
     error: type[InputError] = CorruptFileError,
     keys_are_tensors: bool = False,
+    check_tree: bool = True,
 ) -> Any:
     """Parse one JSON document with the bounds above.
 
@@ -139,6 +143,10 @@ def parse_json(
         The error raised (default :class:`~weightspace.errors.CorruptFileError`; archives use ``ArchiveError``).
     keys_are_tensors : bool, default False
         Object keys name tensors (a safetensors header): a duplicate key is reported as the error's ``tensor``.
+    check_tree : bool, default True
+        Walk the parsed document for ``max_depth`` and lone surrogates. A caller whose schema check visits every
+        node anyway (the safetensors header) may skip the walk; the scanner's own recursion limit still bounds
+        the depth.
 
     Returns
     -------
@@ -157,15 +165,18 @@ def parse_json(
             raise error(f"{what} is not valid UTF-8 (byte {err.start})", path=path) from None
     else:
         text = raw
+    # The integer hook costs a Python call per integer; it is needed only when a long run of digits exists.
+    long_digits = re.search(r"[0-9]{%d}" % (max_int_digits + 1), text) is not None
     try:
         obj = json.loads(
             text,
             object_pairs_hook=_pairs,
             parse_constant=_constant,
             parse_float=_float,
-            parse_int=_int_parser(max_int_digits),
+            parse_int=_int_parser(max_int_digits) if long_digits else None,
         )
-        _check_tree(obj, max_depth)
+        if check_tree:
+            _check_tree(obj, max_depth)
     except _Refused as why:
         tensor = why.key[:200] if keys_are_tensors and why.key is not None else None
         raise error(f"{why.why}" if what == "JSON" else f"{what}: {why.why}", path=path, tensor=tensor) from None

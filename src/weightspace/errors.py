@@ -74,11 +74,12 @@ class WeightspaceError(Exception):
         return self._format()
 
 
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
 
 
 def printable(text: str) -> str:
-    """``text`` with control and bidi-override characters escaped (``\\x1b``), newlines and tabs kept.
+    """``text`` with control, bidi-override and lone-surrogate characters escaped (``\\x1b``); newlines and tabs
+    kept.
 
     Examples
     --------

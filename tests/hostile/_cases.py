@@ -620,7 +620,7 @@ class _Exploit:
         return (os.system, (f"echo pwned > {self.target}",))
 
 
-@case("pk-global-os-system", PK_CMDS, "p0.bin", "os.system")
+@case("pk-global-os-system", PK_CMDS, "p0.bin", "global", "system")
 def _(S: Path) -> None:
     (S / P0).unlink()
     torch.save({"fc1.weight": torch.zeros(4, 6), "x": _Exploit(S / "outside" / "pwned")}, S / P0)
@@ -878,16 +878,16 @@ for _id, _fn, _field in [
     ("ar-version-true", lambda m: m.__setitem__("version", True), "version"),
     ("ar-version-3", lambda m: m.__setitem__("version", 3), "version"),
     ("ar-version-string", lambda m: m.__setitem__("version", "2"), "version"),
-    ("ar-unit-k-1000", lambda m: m["units"][0].__setitem__("k", 1000), "fc1.weight"),
-    ("ar-unit-k-negative", lambda m: m["units"][0].__setitem__("k", -1), "units"),
+    ("ar-unit-k-1000", lambda m: m["units"][0].__setitem__("k", 1000), "fc1.bias"),
+    ("ar-unit-k-negative", lambda m: m["units"][0].__setitem__("k", -1), "fc1.bias"),
     ("ar-unit-k-float", lambda m: m["units"][0].__setitem__("k", 1.5), "units"),
-    ("ar-unit-rows-inconsistent", lambda m: m["units"][0].__setitem__("rows", 5), "units"),
-    ("ar-unit-cols-inconsistent", lambda m: m["units"][0].__setitem__("cols", 99), "units"),
-    ("ar-unit-shape-1e6x1e6", lambda m: m["units"][0].update(shape=[10**6, 10**6], rows=10**6, cols=10**6), "fc1"),
+    ("ar-unit-rows-inconsistent", lambda m: m["units"][0].__setitem__("rows", 5), "fc1.bias"),
+    ("ar-unit-cols-inconsistent", lambda m: m["units"][0].__setitem__("cols", 99), "fc1.bias"),
+    ("ar-unit-shape-1e6x1e6", lambda m: m["units"][0].update(shape=[10**6, 10**6], rows=10**6, cols=10**6), "fc1.bias"),
     ("ar-unit-shape-bool", lambda m: m["units"][0].__setitem__("shape", [True, 6]), "units"),
     ("ar-unit-method-unknown", lambda m: m["units"][0].__setitem__("method", "evil"), "units"),
-    ("ar-unit-name-duplicate", lambda m: m["units"][1].__setitem__("name", m["units"][0]["name"]), "units"),
-    ("ar-kind-peft-without-lora", lambda m: m.__setitem__("kind", "peft"), "lora"),
+    ("ar-unit-name-duplicate", lambda m: m["units"][1].__setitem__("name", m["units"][0]["name"]), "unit names"),
+    ("ar-kind-peft-without-lora", lambda m: m.__setitem__("kind", "peft"), "LoRA"),
     ("ar-kind-unknown", lambda m: m.__setitem__("kind", "evil"), "kind"),
     ("ar-private-key-missing", lambda m: m["models"][0]["private"].append("ghost.weight"), "ghost.weight"),
     ("ar-metadata-not-string", lambda m: m["models"][0].__setitem__("metadata", {"a": 1}), "metadata"),
@@ -900,7 +900,7 @@ for _id, _fn, _field in [
     ("ar-model-name-duplicate", lambda m: m["models"][1].__setitem__("name", m["models"][0]["name"]), "name"),
     ("ar-key-order-unknown-key", lambda m: m["models"][0]["key_order"].append("../x"), "../x"),
 ]:
-    case(_id, ARC_FULL, "manifest.json", _field)(lambda S, _f=_fn: _m(S, FULL, _f))
+    case(_id, ARC_FULL, "full.wsz", _field)(lambda S, _f=_fn: _m(S, FULL, _f))
 
 
 for _id, _fn, _field in [
@@ -935,12 +935,12 @@ def _(S: Path) -> None:
     rewrite_member(S / FULL, "private.safetensors", fn)
 
 
-@case("ar-coefficients-wrong-shape", ARC_FULL, "fc1.weight")
+@case("ar-coefficients-wrong-shape", ARC_FULL, "full.wsz", "fc1.weight")
 def _(S: Path) -> None:
     rewrite_member(S / FULL, "coefficients.safetensors", lambda t: t.__setitem__("coef/fc1.weight", torch.zeros(3, 5)))
 
 
-@case("ar-basis-wrong-shape", ARC_FULL, "fc1.weight")
+@case("ar-basis-wrong-shape", ARC_FULL, "00000.safetensors", "fc1.bias")
 def _(S: Path) -> None:
     rewrite_member(S / FULL, UNIT0, lambda t: t.__setitem__("basis", torch.zeros(2, 24)))
 

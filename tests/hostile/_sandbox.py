@@ -194,9 +194,10 @@ def edit_header(path: Path, fn: Callable[[dict[str, Any]], None]) -> None:
 
 
 def edit_json(path: Path, fn: Callable[[Any], Any]) -> None:
+    """Change a JSON file in place (``fn`` mutates the parsed object; its return value is ignored)."""
     obj = json.loads(path.read_text())
-    new = fn(obj)
-    path.write_text(json.dumps(obj if new is None else new))
+    fn(obj)
+    path.write_text(json.dumps(obj))
 
 
 def edit_manifest(archive: Path, fn: Callable[[dict[str, Any]], Any]) -> None:

@@ -181,8 +181,14 @@ def compress(
             f"{', '.join(repr(d) for d in STORAGE_DTYPES)}. Got {storage_dtype!r} instead."
         )
     inputs = [s.path for s in coll.sources] + ([coll.base.path] if coll.base is not None else [])
+    largest = max(coll.units, key=lambda u: u.numel)
     check_output(
-        out, "archive", overwrite=overwrite, inputs=inputs, required_bytes=min_archive_bytes(coll, storage_dtype)
+        out,
+        "archive",
+        overwrite=overwrite,
+        inputs=inputs,
+        required_bytes=min_archive_bytes(coll, storage_dtype),
+        detail=f"the largest unit is '{largest.name}' of shape {tuple(largest.shape)} ({largest.numel:,} values)",
     )
     ss = SharedSubspace(
         n_components=n_components,

@@ -209,7 +209,7 @@ class ModelRecord(_Record):
         for name, text in (value or {}).items():
             if name not in CONFIG_NAMES:
                 raise ValueError(
-                    f"config file name {name[:80]!r} is not one of {', '.join(sorted(CONFIG_NAMES))}"
+                    f"config file name {name[:300]!r} is not one of {', '.join(sorted(CONFIG_NAMES))}"
                 )
             try:
                 doc = parse_json(text, what=name, path=name)
@@ -316,6 +316,7 @@ class Manifest(_Record):
                     f"rows={rows}, cols={cols}"
                 )
         units = {u.name for u in self.units}
+        shapes = {u.name: u for u in self.units}
         for m in self.models:
             if self.kind == "peft":
                 if not m.lora:
@@ -323,6 +324,18 @@ class Manifest(_Record):
                 stray = sorted(set(m.lora) - units)
                 if stray:
                     raise ValueError(f"model {m.name!r} has a LoRA record for {stray[0][:80]!r}, which is not a unit")
+                for key, rec in m.lora.items():
+                    u = shapes[key]
+                    d_out, d_in = (u.cols, u.rows) if rec.fan_in_fan_out else (u.rows, u.cols)
+                    if (
+                        rec.b_shape[0] != d_out
+                        or math.prod(rec.a_shape[1:]) != d_in
+                        or any(d != 1 for d in rec.b_shape[2:])
+                    ):
+                        raise ValueError(
+                            f"model {m.name!r}: the LoRA record of {key!r} has a_shape {rec.a_shape} and b_shape "
+                            f"{rec.b_shape}, which do not fit the unit's shape {u.shape}"
+                        )
             elif m.lora:
                 raise ValueError(f"model {m.name!r} has LoRA records but the archive kind is {self.kind!r}")
             known = units | set(m.private) | set(self.excluded)

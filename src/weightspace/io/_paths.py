@@ -65,8 +65,9 @@ def _children(directory: Path) -> list[Path]:
     for child in directory.iterdir():
         if child.name.startswith("."):
             continue
-        # Non-regular files (FIFOs, devices) with a checkpoint suffix are listed too, so reading them fails loudly.
-        is_checkpoint = not child.is_dir() and child.suffix.lower() in (".safetensors", *PICKLE_SUFFIXES)
+        # Anything with a checkpoint suffix is listed (FIFOs, devices, a folder named x.safetensors), so reading
+        # it fails loudly instead of the model silently missing from the collection.
+        is_checkpoint = child.suffix.lower() in (".safetensors", *PICKLE_SUFFIXES)
         if is_checkpoint or (child.is_dir() and is_model_dir(child)):
             if child.is_symlink() and not following_symlinks() and not within(child, directory):
                 raise UnsafeFileError(

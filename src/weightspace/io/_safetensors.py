@@ -154,7 +154,16 @@ def _pread_exact(fd: int, buf: memoryview, offset: int, path: Path, what: str) -
 def _parse_header(raw: bytes, path: Path) -> dict[str, Any]:
     if not raw.lstrip(b" ").startswith(b"{"):
         raise CorruptFileError("safetensors header does not start with '{'", path=path)
-    obj = parse_json(raw, path=path, what="safetensors header", max_depth=4, keys_are_tensors=True)
+    declared = raw.count(b'"data_offsets"')
+    if declared > MAX_TENSORS:  # refuse before spending time parsing a header of a million empty tensors
+        raise CorruptFileError(
+            f"header declares {declared} tensors, more than the {MAX_TENSORS} weightspace reads from one file",
+            path=path,
+        )
+    # The entry checks below visit every node of the (shallow) header schema, so the parser's tree walk is skipped.
+    obj = parse_json(
+        raw, path=path, what="safetensors header", max_depth=4, keys_are_tensors=True, check_tree=False
+    )
     if not isinstance(obj, dict):
         raise CorruptFileError("safetensors header is not a JSON object", path=path)
     return obj

@@ -33,7 +33,7 @@ from typing import Literal
 import torch
 
 from weightspace._json import parse_json
-from weightspace.errors import CorruptFileError, TensorKeyError, UnsupportedFormatError
+from weightspace.errors import CorruptFileError, NonFiniteError, TensorKeyError, UnsupportedFormatError
 from weightspace.io._pathpolicy import check_name, open_regular, read_regular
 from weightspace.io._peft import LoraConfig, LoraModule, parse_adapter_keys, read_adapter_config
 from weightspace.io._pickle import PICKLE_SUFFIXES, load_pickled_state_dict
@@ -392,7 +392,16 @@ class PeftSource(ModelSource):
         mod = self.modules.get(key)
         if mod is None:
             raise TensorKeyError("not a LoRA-adapted weight of this adapter", path=self._weight_file, tensor=key)
-        return self._raw(mod.b_key), self._raw(mod.a_key), mod
+        b, a = self._raw(mod.b_key), self._raw(mod.a_key)
+        for file_key, t in ((mod.b_key, b), (mod.a_key, a)):
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                bad = int((~torch.isfinite(t)).sum())
+                raise NonFiniteError(
+                    f"{bad} non-finite value(s) (NaN or inf) in a LoRA factor; weights must be finite",
+                    path=self._weight_file,
+                    tensor=file_key,
+                )
+        return b, a, mod
 
     @property
     def adapter_config(self) -> dict:

@@ -31,7 +31,9 @@ from hostile._sandbox import (
     edit_json,
     edit_manifest,
     fifo,
+    grow,
     header_of,
+    put,
     raw_safetensors,
     rehash,
     rewrite_member,
@@ -100,11 +102,17 @@ COMMANDS: dict[str, list[str]] = {
     "o-demo": ["demo", "--quick", "--zoo", "digits-mlp", "--no-merge", "--no-adapt", "-o", "{X}"],
 }
 
-MODEL_CMDS = ("inspect", "compress", "analyze", "merge", "project")
+# analyze and merge read models as compress does (Collection.from_paths; merge adds the base): they run on the
+# cases marked ALL_CMDS, which cover every kind of refusal, to keep the table fast.
+MODEL_CMDS = ("inspect", "compress", "project")
+ALL_CMDS = ("inspect", "compress", "analyze", "merge", "project")
 READ_CMDS = ("compress", "analyze", "merge", "project")  # commands that read tensor data
-INDEX_CMDS = ("inspect-sh", "compress-sh", "analyze-sh", "project-sh")
-HF_CMDS = ("inspect-hf", "compress-hf", "merge-hf", "project-hf")
+INDEX_CMDS = ("inspect-sh", "compress-sh", "project-sh")
+INDEX_ALL = (*INDEX_CMDS, "analyze-sh")
+HF_CMDS = ("inspect-hf", "compress-hf", "project-hf")
+HF_ALL = (*HF_CMDS, "merge-hf")
 AD_CMDS = ("inspect-ad", "compress-ad", "merge-ad", "project-ad")
+AD_CFG_CMDS = ("inspect-ad", "compress-ad", "merge-ad")  # project opens adapters the same way (open_source)
 PK_CMDS = ("inspect-pk", "compress-pk")
 ARC_FULL = ("rec-full", "rec1-full", "proj-full")
 OUT_CMDS = ("o-compress", "o-analyze", "o-merge-file", "o-merge-dir", "o-reconstruct")
@@ -160,17 +168,17 @@ def _fc1_end_as(S: Path, literal: str) -> None:
     raw_safetensors(S / M0, text=json.dumps(h).replace('"@END@"', literal), data=data)
 
 
-@case("st-int-5000-digits", MODEL_CMDS, "m0.safetensors")
+@case("st-int-5000-digits", ALL_CMDS, "m0.safetensors")
 def _(S: Path) -> None:
     _fc1_end_as(S, BIG_INT)
 
 
-@case("st-deep-nesting", MODEL_CMDS, "m0.safetensors")
+@case("st-deep-nesting", ALL_CMDS, "m0.safetensors")
 def _(S: Path) -> None:
     raw_safetensors(S / M0, text='{"fc1.weight": ' + DEEP + "}")
 
 
-@case("st-dtype-list", MODEL_CMDS, "m0.safetensors", "fc1.weight")
+@case("st-dtype-list", ALL_CMDS, "m0.safetensors", "fc1.weight")
 def _(S: Path) -> None:
     _set_fc1(S, dtype=["F32"])
 
@@ -214,13 +222,13 @@ def _(S: Path) -> None:
 @case("st-header-longer-than-file", MODEL_CMDS, "m0.safetensors")
 def _(S: Path) -> None:
     raw = (S / M0).read_bytes()
-    (S / M0).write_bytes(struct.pack("<Q", len(raw) * 10) + raw[8:])
+    put(S / M0, struct.pack("<Q", len(raw) * 10) + raw[8:])
 
 
 @case("st-header-not-utf8", MODEL_CMDS, "m0.safetensors")
 def _(S: Path) -> None:
     raw = b'{"a\xff": 1}'
-    (S / M0).write_bytes(struct.pack("<Q", len(raw)) + raw)
+    put(S / M0, struct.pack("<Q", len(raw)) + raw)
 
 
 @case("st-header-a-list", MODEL_CMDS, "m0.safetensors")
@@ -228,7 +236,7 @@ def _(S: Path) -> None:
     raw_safetensors(S / M0, text="[1, 2, 3]")
 
 
-@case("st-duplicate-key", MODEL_CMDS, "m0.safetensors", "fc1.bias")
+@case("st-duplicate-key", ALL_CMDS, "m0.safetensors", "fc1.bias")
 def _(S: Path) -> None:
     entry = '{"dtype": "F32", "shape": [1], "data_offsets": [%d, %d]}'
     raw_safetensors(S / M0, text='{"fc1.bias": ' + entry % (0, 4) + ', "fc1.bias": ' + entry % (4, 8) + "}", data=b"\0" * 8)
@@ -257,15 +265,15 @@ def _(S: Path) -> None:
 @case("st-truncated", MODEL_CMDS, "m0.safetensors")
 def _(S: Path) -> None:
     p = S / M0
-    p.write_bytes(p.read_bytes()[:-40])
+    put(p, p.read_bytes()[:-40])
 
 
-@case("st-fifo", MODEL_CMDS, "m0.safetensors")
+@case("st-fifo", ALL_CMDS, "m0.safetensors")
 def _(S: Path) -> None:
     fifo(S / M0)
 
 
-@case("st-symlink-dev-zero", MODEL_CMDS, "m0.safetensors")
+@case("st-symlink-dev-zero", ALL_CMDS, "m0.safetensors")
 def _(S: Path) -> None:
     symlink(S / M0, "/dev/zero")
 
@@ -312,7 +320,7 @@ def _(S: Path) -> None:
     _save_model(S, "fc1.weight", float("nan"), rel="base.safetensors")
 
 
-@case("st-sparse-4tb-declared", MODEL_CMDS, "m0.safetensors")
+@case("st-sparse-4tb-declared", ALL_CMDS, "m0.safetensors")
 def _(S: Path) -> None:
     n = 1_000_000
     header = {
@@ -334,7 +342,7 @@ def _(S: Path) -> None:
 
 @case("st-oversized-header", MODEL_CMDS, "m0.safetensors")
 def _(S: Path) -> None:
-    (S / M0).write_bytes(struct.pack("<Q", 17 * 1024 * 1024) + b"{" + b" " * 64)
+    put(S / M0, struct.pack("<Q", 17 * 1024 * 1024) + b"{" + b" " * 64)
 
 
 # ------------------------------------------------------------------------------ shard index, shards (sharded/s0)
@@ -345,7 +353,7 @@ def _edit_index(S: Path, fn: Callable[[dict], object]) -> None:
     edit_json(S / S0 / INDEX, fn)
 
 
-@case("idx-fifo", INDEX_CMDS, INDEX)
+@case("idx-fifo", INDEX_ALL, INDEX)
 def _(S: Path) -> None:
     fifo(S / S0 / INDEX)
 
@@ -358,37 +366,37 @@ def _(S: Path) -> None:
 @case("idx-int-5000-digits", INDEX_CMDS, INDEX)
 def _(S: Path) -> None:
     p = S / S0 / INDEX
-    p.write_text(p.read_text().replace('"total_size": 160', f'"total_size": {BIG_INT}'))
+    put(p, p.read_text().replace('"total_size": 160', f'"total_size": {BIG_INT}'))
 
 
 @case("idx-deep-nesting", INDEX_CMDS, INDEX)
 def _(S: Path) -> None:
-    (S / S0 / INDEX).write_text('{"metadata": ' + DEEP + ', "weight_map": {}}')
+    put(S / S0 / INDEX, '{"metadata": ' + DEEP + ', "weight_map": {}}')
 
 
-@case("idx-duplicate-keys", INDEX_CMDS, INDEX, "fc1.weight")
+@case("idx-duplicate-keys", INDEX_ALL, INDEX, "fc1.weight")
 def _(S: Path) -> None:
     text = (
         '{"metadata": {}, "weight_map": {"fc1.weight": "%s", "fc1.bias": "%s", "fc2.weight": "%s", '
         '"fc1.weight": "%s"}}' % (SHARD1, SHARD1, SHARD2, SHARD2)
     )
-    (S / S0 / INDEX).write_text(text)
+    put(S / S0 / INDEX, text)
 
 
 @case("idx-nan-literal", INDEX_CMDS, INDEX)
 def _(S: Path) -> None:
     p = S / S0 / INDEX
-    p.write_text(p.read_text().replace('"total_size": 160', '"total_size": NaN'))
+    put(p, p.read_text().replace('"total_size": 160', '"total_size": NaN'))
 
 
 @case("idx-not-json", INDEX_CMDS, INDEX)
 def _(S: Path) -> None:
-    (S / S0 / INDEX).write_text("{not json")
+    put(S / S0 / INDEX, "{not json")
 
 
 @case("idx-not-an-object", INDEX_CMDS, INDEX)
 def _(S: Path) -> None:
-    (S / S0 / INDEX).write_text("[]")
+    put(S / S0 / INDEX, "[]")
 
 
 @case("idx-weight-map-not-object", INDEX_CMDS, INDEX, "weight_map")
@@ -396,7 +404,7 @@ def _(S: Path) -> None:
     _edit_index(S, lambda i: i.__setitem__("weight_map", ["fc1.weight"]))
 
 
-@case("idx-shard-absolute", INDEX_CMDS, INDEX, "fc2.weight")
+@case("idx-shard-absolute", INDEX_ALL, INDEX, "fc2.weight")
 def _(S: Path) -> None:
     _edit_index(S, lambda i: i["weight_map"].__setitem__("fc2.weight", str(S / "outside" / "secret-shard.safetensors")))
 
@@ -416,7 +424,7 @@ def _(S: Path) -> None:
     _edit_index(S, lambda i: i["weight_map"].__setitem__("fc2.weight", 7))
 
 
-@case("idx-shard-symlink-outside", INDEX_CMDS, SHARD2)
+@case("idx-shard-symlink-outside", INDEX_ALL, SHARD2)
 def _(S: Path) -> None:
     symlink(S / S0 / SHARD2, S / "outside" / "secret-shard.safetensors")
 
@@ -443,15 +451,14 @@ def _(S: Path) -> None:
 
 @case("idx-oversized", INDEX_CMDS, INDEX)
 def _(S: Path) -> None:
-    with open(S / S0 / INDEX, "r+b") as fh:
-        fh.truncate(300 * 1024 * 1024)
+    grow(S / S0 / INDEX, 300 * 1024 * 1024)
 
 
 # ------------------------------------------------------------------------------ config.json (hf/h0)
 H0 = "hf/h0"
 
 
-@case("cfg-fifo", HF_CMDS, "config.json")
+@case("cfg-fifo", HF_ALL, "config.json")
 def _(S: Path) -> None:
     fifo(S / H0 / "config.json")
 
@@ -461,33 +468,32 @@ def _(S: Path) -> None:
     symlink(S / H0 / "config.json", "/dev/zero")
 
 
-@case("cfg-symlink-outside", HF_CMDS, "config.json")
+@case("cfg-symlink-outside", HF_ALL, "config.json")
 def _(S: Path) -> None:
     symlink(S / H0 / "config.json", S / "outside" / "secret.txt")
 
 
 @case("cfg-not-json", HF_CMDS, "config.json")
 def _(S: Path) -> None:
-    (S / H0 / "config.json").write_text("{oops")
+    put(S / H0 / "config.json", "{oops")
 
 
 @case("cfg-int-5000-digits", HF_CMDS, "config.json")
 def _(S: Path) -> None:
-    (S / H0 / "config.json").write_text('{"hidden_size": ' + BIG_INT + "}")
+    put(S / H0 / "config.json", '{"hidden_size": ' + BIG_INT + "}")
 
 
 @case("cfg-deep-nesting", HF_CMDS, "config.json")
 def _(S: Path) -> None:
-    (S / H0 / "config.json").write_text('{"x": ' + DEEP + "}")
+    put(S / H0 / "config.json", '{"x": ' + DEEP + "}")
 
 
 @case("cfg-oversized", HF_CMDS, "config.json")
 def _(S: Path) -> None:
-    with open(S / H0 / "config.json", "r+b") as fh:
-        fh.truncate(300 * 1024 * 1024)
+    grow(S / H0 / "config.json", 300 * 1024 * 1024)
 
 
-@case("cfg-weights-symlink-outside", HF_CMDS, "model.safetensors")
+@case("cfg-weights-symlink-outside", HF_ALL, "model.safetensors")
 def _(S: Path) -> None:
     symlink(S / H0 / "model.safetensors", S / "outside" / "secret.safetensors")
 
@@ -498,11 +504,11 @@ ACFG = "adapter_config.json"
 
 
 def _cfg(S: Path, **over: object) -> None:
-    (S / A0 / ACFG).write_text(json.dumps(adapter_config(**over)))
+    put(S / A0 / ACFG, json.dumps(adapter_config(**over)))
 
 
 def _cfg_text(S: Path, text: str) -> None:
-    (S / A0 / ACFG).write_text(text)
+    put(S / A0 / ACFG, text)
 
 
 for _id, _text in {
@@ -547,7 +553,7 @@ for _id, _over, _field in [
     ("ac-use-rslora-string", {"use_rslora": "yes"}, "use_rslora"),
     ("ac-fan-in-fan-out-int", {"fan_in_fan_out": 1}, "fan_in_fan_out"),
 ]:
-    case(_id, AD_CMDS, ACFG, _field)(lambda S, _o=_over: _cfg(S, **_o))
+    case(_id, AD_CFG_CMDS, ACFG, _field)(lambda S, _o=_over: _cfg(S, **_o))
 
 
 @case("ac-fifo", AD_CMDS, ACFG)
@@ -562,8 +568,7 @@ def _(S: Path) -> None:
 
 @case("ac-oversized", AD_CMDS, ACFG)
 def _(S: Path) -> None:
-    with open(S / A0 / ACFG, "r+b") as fh:
-        fh.truncate(300 * 1024 * 1024)
+    grow(S / A0 / ACFG, 300 * 1024 * 1024)
 
 
 @case("ad-weights-fifo", AD_CMDS, "adapter_model.safetensors")
@@ -605,7 +610,7 @@ def _(S: Path) -> None:
         }
         (d / "adapter_model.safetensors").unlink()
         save_file(tensors, d / "adapter_model.safetensors")
-        (d / ACFG).write_text(json.dumps(adapter_config(r=1, target_modules=["fc1"])))
+        put(d / ACFG, json.dumps(adapter_config(r=1, target_modules=["fc1"])))
 
 
 # ------------------------------------------------------------------------------ pickles (pk/p0.bin)
@@ -628,7 +633,7 @@ def _(S: Path) -> None:
 
 @case("pk-plain-pickle-exploit", PK_CMDS, "p0.bin")
 def _(S: Path) -> None:
-    (S / P0).write_bytes(pickle.dumps(_Exploit(S / "outside" / "pwned")))
+    put(S / P0, pickle.dumps(_Exploit(S / "outside" / "pwned")))
 
 
 @case("pk-crc-bit-flip", PK_CMDS, "p0.bin", "CRC")
@@ -640,7 +645,7 @@ def _(S: Path) -> None:
     name_len, extra_len = struct.unpack("<HH", raw[info.header_offset + 26 : info.header_offset + 30])
     pos = info.header_offset + 30 + name_len + extra_len + 5
     raw[pos] ^= 0x40
-    (S / P0).write_bytes(bytes(raw))
+    put(S / P0, bytes(raw))
 
 
 @case("pk-zip-bomb", PK_CMDS, "p0.bin")
@@ -660,7 +665,7 @@ def _(S: Path) -> None:
         zi.compress_type = zipfile.ZIP_DEFLATED
         with out.open(zi, "w", force_zip64=True) as fh:
             block = b"\0" * (1 << 20)
-            for _ in range(512):
+            for _ in range(64):
                 fh.write(block)
 
 
@@ -816,7 +821,7 @@ def _(S: Path) -> None:
     p = S / FULL / "coefficients.safetensors"
     raw = bytearray(p.read_bytes())
     raw[-3] ^= 0xFF
-    p.write_bytes(bytes(raw))
+    put(p, bytes(raw))
 
 
 @case("ar-manifest-fifo", ARC_FULL, "manifest.json")
@@ -841,12 +846,12 @@ def _(S: Path) -> None:
     import shutil
 
     shutil.rmtree(S / FULL)
-    (S / FULL).write_text("not an archive")
+    put(S / FULL, "not an archive")
 
 
 def _manifest_text(S: Path, fn: Callable[[str], str]) -> None:
     p = S / FULL / "manifest.json"
-    p.write_text(fn(p.read_text()))
+    put(p, fn(p.read_text()))
 
 
 @case("ar-manifest-int-5000-digits", ARC_FULL, "manifest.json")
@@ -871,7 +876,7 @@ def _(S: Path) -> None:
 
 @case("ar-manifest-not-json", ARC_FULL, "manifest.json")
 def _(S: Path) -> None:
-    (S / FULL / "manifest.json").write_text("{")
+    put(S / FULL / "manifest.json", "{")
 
 
 for _id, _fn, _field in [
@@ -900,7 +905,8 @@ for _id, _fn, _field in [
     ("ar-model-name-duplicate", lambda m: m["models"][1].__setitem__("name", m["models"][0]["name"]), "name"),
     ("ar-key-order-unknown-key", lambda m: m["models"][0]["key_order"].append("../x"), "../x"),
 ]:
-    case(_id, ARC_FULL, "full.wsz", _field)(lambda S, _f=_fn: _m(S, FULL, _f))
+    cmds = ARC_FULL if _id in ("ar-source-format-unknown-2nd", "ar-private-key-missing") else ("rec-full", "proj-full")
+    case(_id, cmds, "full.wsz", _field)(lambda S, _f=_fn: _m(S, FULL, _f))
 
 
 for _id, _fn, _field in [

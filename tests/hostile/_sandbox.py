@@ -169,16 +169,32 @@ def snapshot(root: Path) -> dict[str, tuple[Any, ...]]:
 
 
 def copy_sandbox(template: Path, dest: Path) -> Path:
-    shutil.copytree(template, dest, symlinks=True)
+    """A copy of the template whose files are hard links (fast); mutations must replace files, never edit them in
+    place (use :func:`put`), and the template checks on teardown that none did."""
+    shutil.copytree(template, dest, symlinks=True, copy_function=os.link)
     return dest
+
+
+def put(path: Path, data: bytes | str) -> None:
+    """Replace ``path`` with a new file holding ``data`` (a new inode: the template's hard link is untouched)."""
+    if os.path.lexists(path) and not path.is_dir():
+        path.unlink()
+    with open(path, "wb") as fh:
+        fh.write(data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data)
+
+
+def grow(path: Path, size: int) -> None:
+    """Replace ``path`` with a copy extended (sparsely) to ``size`` bytes."""
+    put(path, path.read_bytes())
+    with open(path, "r+b") as fh:
+        fh.truncate(size)
 
 
 # ------------------------------------------------------------------------------------------------ corrupting
 def raw_safetensors(path: Path, header: Any = None, data: bytes = b"", *, text: str | None = None) -> None:
     """Write a safetensors file from a header object (or raw header text) and data bytes, unchecked."""
     raw = (text if text is not None else json.dumps(header)).encode("utf-8", "surrogatepass")
-    path.unlink(missing_ok=True)
-    path.write_bytes(struct.pack("<Q", len(raw)) + raw + data)
+    put(path, struct.pack("<Q", len(raw)) + raw + data)
 
 
 def header_of(path: Path) -> tuple[dict[str, Any], bytes]:
@@ -197,7 +213,7 @@ def edit_json(path: Path, fn: Callable[[Any], Any]) -> None:
     """Change a JSON file in place (``fn`` mutates the parsed object; its return value is ignored)."""
     obj = json.loads(path.read_text())
     fn(obj)
-    path.write_text(json.dumps(obj))
+    put(path, json.dumps(obj))
 
 
 def edit_manifest(archive: Path, fn: Callable[[dict[str, Any]], Any]) -> None:

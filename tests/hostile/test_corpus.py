@@ -26,8 +26,12 @@ PAIRS = [(c, cmd) for c in CASES for cmd in c.commands]
 
 
 @pytest.fixture(scope="session")
-def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_sandbox(tmp_path_factory.mktemp("hostile-template") / "S")
+def template(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    root = build_sandbox(tmp_path_factory.mktemp("hostile-template") / "S")
+    before = snapshot(root)
+    yield root
+    # Sandboxes are hard-linked copies: a case (or a command) that edited a file in place would show here.
+    assert snapshot(root) == before, "a hostile case changed the shared template in place"
 
 
 class _Hang(Exception):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextvars
 import errno
+import functools
 import os
 import signal
 import sys
@@ -37,6 +38,12 @@ __all__ = ["app", "main"]
 _FS_FAULTS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC)}
 
 
+@functools.lru_cache(maxsize=1)
+def _command() -> click.Command:
+    """The click command of the app, built once (building it inspects every command's signature)."""
+    return typer.main.get_command(app)
+
+
 def _show_warning(message: Warning | str, category: type[Warning], *args: object, **kwargs: object) -> None:
     err_console.print(f"warning: {printable(str(message))}", markup=False, soft_wrap=True)
 
@@ -46,7 +53,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     # Offline by default: a hub miss in transformers would otherwise retry for ~46 s.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    command = typer.main.get_command(app)
+    command = _command()
     if hasattr(signal, "SIGXFSZ"):  # a file-size limit then fails a write with EFBIG (exit 2), not a core dump
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     try:

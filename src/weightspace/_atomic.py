@@ -351,6 +351,20 @@ def output_kind(path: str | os.PathLike[str]) -> str | None:
     return None
 
 
+_ONE_MODEL_FILES = (
+    "adapter_config.json",
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "manifest.json",
+)
+
+
+def _is_single_model(path: str) -> bool:
+    """A directory that is one model or archive (writing inside it would change it), not a folder of them."""
+    return os.path.isdir(path) and any(os.path.lexists(os.path.join(path, n)) for n in _ONE_MODEL_FILES)
+
+
 def _describe(p: Path) -> str:
     if p.is_symlink():
         return f"a symbolic link to {os.path.realpath(p)}"
@@ -426,7 +440,8 @@ def check_output(
     overwrite : bool, default False
         Replace an existing path even if weightspace did not write it as a ``kind`` (``--overwrite``).
     inputs : iterable of path
-        Paths being read (models, base, archive). The output may not be one of them, hold one, or lie inside one.
+        Paths being read (models, base, archive). The output may not be one of them, hold one, or lie inside one
+        that is a single model or archive directory.
     required_bytes : int, optional
         A lower bound of the output's size; refused when the file system has less free space.
     what : str, optional
@@ -472,7 +487,7 @@ def check_output(
                 f"refusing to replace a folder that holds the input {given} with the {what}; choose another -o",
                 path=path,
             )
-        if os.path.isdir(inp) and real.startswith(inp.rstrip(os.sep) + os.sep):
+        if _is_single_model(inp) and real.startswith(inp.rstrip(os.sep) + os.sep):
             raise OutputError(f"refusing to write the {what} inside the input {given}; choose another -o", path=path)
     if path.is_symlink() or path.exists():
         empty_dir = path.is_dir() and not path.is_symlink() and not any(path.iterdir())

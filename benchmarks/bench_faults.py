@@ -82,7 +82,18 @@ def argv_for(cmd: str, root: Path, out: Path, variant: int) -> list[str]:
     if cmd == "reconstruct":
         return ["reconstruct", str(root / f"arc{variant}.wsz"), "--all", "-o", str(out)]
     if cmd == "merge":
-        return ["merge", m, "--base", b, "-m", "task_arithmetic", "-p", f"lam={0.3 + 0.4 * variant}", "-o", str(out)]
+        return [
+            "merge",
+            m,
+            "--base",
+            b,
+            "-m",
+            "task_arithmetic",
+            "-p",
+            f"lam={0.3 + 0.4 * variant}",
+            "-o",
+            str(out),
+        ]
     return ["analyze", m, "-o", str(out), "--no-plots", "--null-draws", "1", "--seed", str(variant)]
 
 
@@ -229,7 +240,7 @@ def fault_runs(root: Path, sizes: dict[str, int]) -> list[dict[str, object]]:
             sentinel.write_text("previous\n")
             proc = subprocess.run(
                 _cli(argv_for(cmd, root, out, 1)), capture_output=True, text=True, env=_env(), preexec_fn=limit
-            )  # noqa: PLW1509 - the limit is set in the child only
+            )
             rows.append(
                 {
                     "fault": f"full disk (tmpfs {room // 1024} KiB)" if mounted else f"file-size limit {room} B",
@@ -251,7 +262,9 @@ def fault_runs(root: Path, sizes: dict[str, int]) -> list[dict[str, object]]:
             for cmd in COMMANDS:
                 out = ro / ("merged.safetensors" if cmd == "merge" else f"out-{cmd}")
                 t0 = time.perf_counter()
-                proc = subprocess.run(_cli(argv_for(cmd, root, out, 1)), capture_output=True, text=True, env=_env())
+                proc = subprocess.run(
+                    _cli(argv_for(cmd, root, out, 1)), capture_output=True, text=True, env=_env()
+                )
                 rows.append(
                     {
                         "fault": "read-only tmpfs",
@@ -286,11 +299,15 @@ def main() -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
     make_inputs(root)
     for v in (0, 1):
-        code, _, err = timed(["compress", str(root / "models"), "-o", str(root / f"arc{v}.wsz"), "--rank", str(2 + v)])
+        code, _, err = timed(
+            ["compress", str(root / "models"), "-o", str(root / f"arc{v}.wsz"), "--rank", str(2 + v)]
+        )
         if code != 0:
             raise RuntimeError(err)
     print(f"kill -9 at a uniformly random moment of the work (after the imports), {runs} runs per command")
-    print(f"{'command':12s} {'kills':>5s} {'old kept':>8s} {'new ok':>7s} {'broken':>6s} {'rerun ok':>8s} {'work s':>6s}")
+    print(
+        f"{'command':12s} {'kills':>5s} {'old kept':>8s} {'new ok':>7s} {'broken':>6s} {'rerun ok':>8s} {'work s':>6s}"
+    )
     total = {"kills": 0, "broken": 0, "rerun_ok": 0, "runs": 0}
     sizes: dict[str, int] = {}
     for cmd in args.commands:
@@ -298,21 +315,25 @@ def main() -> None:
         sizes[cmd] = int(c["output_bytes"])
         print(
             f"{cmd:12s} {c['kills']:5d} {c['old_kept']:8d} {c['new_complete']:7d} {c['broken']:6d} "
-            f"{c['rerun_ok']:8d} {c['full_run_s']:6.1f}" + (f"  ({c['finished_first']} finished before the kill)"
-                                                           if c["finished_first"] else "")
+            f"{c['rerun_ok']:8d} {c['full_run_s']:6.1f}"
+            + (f"  ({c['finished_first']} finished before the kill)" if c["finished_first"] else "")
         )
         total["kills"] += int(c["kills"])
         total["broken"] += int(c["broken"])
         total["rerun_ok"] += int(c["rerun_ok"])
         total["runs"] += runs
-    print(f"total: {total['kills']} kills, {total['broken']} broken outputs, {total['rerun_ok']}/{total['runs']} reruns ok")
+    print(
+        f"total: {total['kills']} kills, {total['broken']} broken outputs, {total['rerun_ok']}/{total['runs']} reruns ok"
+    )
     print()
     print("faults (each with an earlier file in place that must survive):")
     ok = 0
     rows = fault_runs(root, sizes)
     for r in rows:
         print("  " + ", ".join(f"{k}={v}" for k, v in r.items()))
-        ok += int(r.get("exit") == 2 and not r.get("traceback") and not r.get("left_behind") and bool(r.get("kept")))
+        ok += int(
+            r.get("exit") == 2 and not r.get("traceback") and not r.get("left_behind") and bool(r.get("kept"))
+        )
     tried = sum(1 for r in rows if "exit" in r)
     print(f"faults handled (exit 2, output named, nothing left, earlier file kept): {ok}/{tried}")
     if not args.workdir:

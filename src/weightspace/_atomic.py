@@ -69,7 +69,14 @@ OUTPUT_KINDS = {
 }
 META_KEY = "weightspace.output"
 """``__metadata__`` key of a single-file safetensors output: its kind."""
-_FAULTS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC)}
+_FAULTS = {
+    errno.ENOSPC,
+    errno.EROFS,
+    errno.EACCES,
+    errno.EPERM,
+    errno.EFBIG,
+    getattr(errno, "EDQUOT", errno.ENOSPC),
+}
 
 _TMP_MARK = ".wstmp-"
 _OLD_MARK = ".wsold-"
@@ -488,7 +495,9 @@ def check_output(
                 path=path,
             )
         if _is_single_model(inp) and real.startswith(inp.rstrip(os.sep) + os.sep):
-            raise OutputError(f"refusing to write the {what} inside the input {given}; choose another -o", path=path)
+            raise OutputError(
+                f"refusing to write the {what} inside the input {given}; choose another -o", path=path
+            )
     if path.is_symlink() or path.exists():
         empty_dir = path.is_dir() and not path.is_symlink() and not any(path.iterdir())
         ours = not path.is_symlink() and output_kind(path) == kind

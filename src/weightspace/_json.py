@@ -70,7 +70,7 @@ def _float(text: str) -> float:
     return value
 
 
-def _int_parser(max_digits: int):  # noqa: ANN202 - a closure over the cap
+def _int_parser(max_digits: int):
     def parse(text: str) -> int:
         digits = len(text) - (text[0] == "-")
         if digits > max_digits:
@@ -166,7 +166,7 @@ def parse_json(
     else:
         text = raw
     # The integer hook costs a Python call per integer; it is needed only when a long run of digits exists.
-    long_digits = re.search(r"[0-9]{%d}" % (max_int_digits + 1), text) is not None
+    long_digits = re.search(f"[0-9]{{{max_int_digits + 1}}}", text) is not None
     try:
         obj = json.loads(
             text,
@@ -183,7 +183,9 @@ def parse_json(
     except RecursionError:
         raise error(f"{what} nests deeper than {max_depth} levels", path=path) from None
     except json.JSONDecodeError as err:
-        raise error(f"{what} is not valid JSON ({err.msg} at line {err.lineno} column {err.colno})", path=path) from None
+        raise error(
+            f"{what} is not valid JSON ({err.msg} at line {err.lineno} column {err.colno})", path=path
+        ) from None
     except ValueError as err:  # e.g. the interpreter's own integer-string limit
         raise error(f"{what} is not valid JSON ({str(err)[:120]})", path=path) from None
     return obj

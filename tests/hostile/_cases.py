@@ -239,7 +239,9 @@ def _(S: Path) -> None:
 @case("st-duplicate-key", ALL_CMDS, "m0.safetensors", "fc1.bias")
 def _(S: Path) -> None:
     entry = '{"dtype": "F32", "shape": [1], "data_offsets": [%d, %d]}'
-    raw_safetensors(S / M0, text='{"fc1.bias": ' + entry % (0, 4) + ', "fc1.bias": ' + entry % (4, 8) + "}", data=b"\0" * 8)
+    raw_safetensors(
+        S / M0, text='{"fc1.bias": ' + entry % (0, 4) + ', "fc1.bias": ' + entry % (4, 8) + "}", data=b"\0" * 8
+    )
 
 
 @case("st-nan-literal", MODEL_CMDS, "m0.safetensors")
@@ -377,8 +379,8 @@ def _(S: Path) -> None:
 @case("idx-duplicate-keys", INDEX_ALL, INDEX, "fc1.weight")
 def _(S: Path) -> None:
     text = (
-        '{"metadata": {}, "weight_map": {"fc1.weight": "%s", "fc1.bias": "%s", "fc2.weight": "%s", '
-        '"fc1.weight": "%s"}}' % (SHARD1, SHARD1, SHARD2, SHARD2)
+        f'{{"metadata": {{}}, "weight_map": {{"fc1.weight": "{SHARD1}", "fc1.bias": "{SHARD1}", '
+        f'"fc2.weight": "{SHARD2}", "fc1.weight": "{SHARD2}"}}}}'
     )
     put(S / S0 / INDEX, text)
 
@@ -406,7 +408,9 @@ def _(S: Path) -> None:
 
 @case("idx-shard-absolute", INDEX_ALL, INDEX, "fc2.weight")
 def _(S: Path) -> None:
-    _edit_index(S, lambda i: i["weight_map"].__setitem__("fc2.weight", str(S / "outside" / "secret-shard.safetensors")))
+    _edit_index(
+        S, lambda i: i["weight_map"].__setitem__("fc2.weight", str(S / "outside" / "secret-shard.safetensors"))
+    )
 
 
 @case("idx-shard-traversal", INDEX_CMDS, INDEX, "fc2.weight")
@@ -762,7 +766,11 @@ def _(S: Path) -> None:
 
 @case("ar-index-int-5000-digits", ("rec-sh", "proj-sh"), "manifest.json")
 def _(S: Path) -> None:
-    _configs(S, lambda c: c.__setitem__(INDEX, '{"metadata": {"total_size": ' + BIG_INT + '}, "weight_map": {}}'), arc=SH)
+    _configs(
+        S,
+        lambda c: c.__setitem__(INDEX, '{"metadata": {"total_size": ' + BIG_INT + '}, "weight_map": {}}'),
+        arc=SH,
+    )
 
 
 @case("ar-index-deep-nesting", ("rec-sh", "proj-sh"), "manifest.json")
@@ -888,7 +896,11 @@ for _id, _fn, _field in [
     ("ar-unit-k-float", lambda m: m["units"][0].__setitem__("k", 1.5), "units"),
     ("ar-unit-rows-inconsistent", lambda m: m["units"][0].__setitem__("rows", 5), "fc1.bias"),
     ("ar-unit-cols-inconsistent", lambda m: m["units"][0].__setitem__("cols", 99), "fc1.bias"),
-    ("ar-unit-shape-1e6x1e6", lambda m: m["units"][0].update(shape=[10**6, 10**6], rows=10**6, cols=10**6), "fc1.bias"),
+    (
+        "ar-unit-shape-1e6x1e6",
+        lambda m: m["units"][0].update(shape=[10**6, 10**6], rows=10**6, cols=10**6),
+        "fc1.bias",
+    ),
     ("ar-unit-shape-bool", lambda m: m["units"][0].__setitem__("shape", [True, 6]), "units"),
     ("ar-unit-method-unknown", lambda m: m["units"][0].__setitem__("method", "evil"), "units"),
     ("ar-unit-name-duplicate", lambda m: m["units"][1].__setitem__("name", m["units"][0]["name"]), "unit names"),
@@ -898,24 +910,52 @@ for _id, _fn, _field in [
     ("ar-metadata-not-string", lambda m: m["models"][0].__setitem__("metadata", {"a": 1}), "metadata"),
     ("ar-dtype-unknown", lambda m: m["models"][0]["dtypes"].__setitem__("fc1.weight", "Q4"), "Q4"),
     ("ar-dtype-list", lambda m: m["models"][0]["dtypes"].__setitem__("fc1.weight", ["F32"]), "dtypes"),
-    ("ar-source-format-unknown-2nd", lambda m: m["models"][1].__setitem__("source_format", "evil"), "source_format"),
+    (
+        "ar-source-format-unknown-2nd",
+        lambda m: m["models"][1].__setitem__("source_format", "evil"),
+        "source_format",
+    ),
     ("ar-models-not-a-list", lambda m: m.__setitem__("models", {"a": 1}), "models"),
-    ("ar-members-bytes-negative", lambda m: m["members"]["coefficients.safetensors"].__setitem__("bytes", -1), "bytes"),
+    (
+        "ar-members-bytes-negative",
+        lambda m: m["members"]["coefficients.safetensors"].__setitem__("bytes", -1),
+        "bytes",
+    ),
     ("ar-storage-dtype-unknown", lambda m: m.__setitem__("storage_dtype", "int8"), "storage_dtype"),
     ("ar-model-name-duplicate", lambda m: m["models"][1].__setitem__("name", m["models"][0]["name"]), "name"),
     ("ar-key-order-unknown-key", lambda m: m["models"][0]["key_order"].append("../x"), "../x"),
 ]:
-    cmds = ARC_FULL if _id in ("ar-source-format-unknown-2nd", "ar-private-key-missing") else ("rec-full", "proj-full")
+    cmds = (
+        ARC_FULL
+        if _id in ("ar-source-format-unknown-2nd", "ar-private-key-missing")
+        else ("rec-full", "proj-full")
+    )
     case(_id, cmds, "full.wsz", _field)(lambda S, _f=_fn: _m(S, FULL, _f))
 
 
 for _id, _fn, _field in [
     ("ar-lora-rank-tampered", lambda m: m["models"][0]["lora"]["fc1.weight"].__setitem__("rank", 5), "rank"),
     ("ar-lora-rank-zero", lambda m: m["models"][0]["lora"]["fc1.weight"].__setitem__("rank", 0), "rank"),
-    ("ar-lora-a-shape-tampered", lambda m: m["models"][0]["lora"]["fc1.weight"].__setitem__("a_shape", [2, 7]), "a_shape"),
-    ("ar-lora-scaling-nan", lambda m: m["models"][0]["lora"]["fc1.weight"].__setitem__("scaling", "NaN"), "scaling"),
-    ("ar-lora-scaling-negative", lambda m: m["models"][0]["lora"]["fc1.weight"].__setitem__("scaling", -1.0), "scaling"),
-    ("ar-lora-unit-unknown", lambda m: m["models"][0]["lora"].__setitem__("ghost.weight", m["models"][0]["lora"]["fc1.weight"]), "ghost.weight"),
+    (
+        "ar-lora-a-shape-tampered",
+        lambda m: m["models"][0]["lora"]["fc1.weight"].__setitem__("a_shape", [2, 7]),
+        "a_shape",
+    ),
+    (
+        "ar-lora-scaling-nan",
+        lambda m: m["models"][0]["lora"]["fc1.weight"].__setitem__("scaling", "NaN"),
+        "scaling",
+    ),
+    (
+        "ar-lora-scaling-negative",
+        lambda m: m["models"][0]["lora"]["fc1.weight"].__setitem__("scaling", -1.0),
+        "scaling",
+    ),
+    (
+        "ar-lora-unit-unknown",
+        lambda m: m["models"][0]["lora"].__setitem__("ghost.weight", m["models"][0]["lora"]["fc1.weight"]),
+        "ghost.weight",
+    ),
     ("ar-lora-a-key-traversal", lambda m: m["models"][0]["lora"]["fc1.weight"].__setitem__("a_key", ""), "a_key"),
 ]:
     case(_id, ("rec-peft", "proj-peft"), "manifest.json", _field)(lambda S, _f=_fn: _m(S, PEFT, _f))
@@ -928,7 +968,9 @@ def _(S: Path) -> None:
 
 @case("ar-inf-in-coefficients", ("rec-full", "rec1-full"), "coefficients.safetensors")
 def _(S: Path) -> None:
-    rewrite_member(S / FULL, "coefficients.safetensors", lambda t: t["coef/fc1.weight"].view(-1).__setitem__(0, float("inf")))
+    rewrite_member(
+        S / FULL, "coefficients.safetensors", lambda t: t["coef/fc1.weight"].view(-1).__setitem__(0, float("inf"))
+    )
 
 
 @case("ar-nan-in-bf16-private", ("rec-full", "rec1-full"), "private.safetensors", "head.weight")
@@ -943,7 +985,9 @@ def _(S: Path) -> None:
 
 @case("ar-coefficients-wrong-shape", ARC_FULL, "full.wsz", "fc1.weight")
 def _(S: Path) -> None:
-    rewrite_member(S / FULL, "coefficients.safetensors", lambda t: t.__setitem__("coef/fc1.weight", torch.zeros(3, 5)))
+    rewrite_member(
+        S / FULL, "coefficients.safetensors", lambda t: t.__setitem__("coef/fc1.weight", torch.zeros(3, 5))
+    )
 
 
 @case("ar-basis-wrong-shape", ARC_FULL, "00000.safetensors", "fc1.bias")

@@ -194,8 +194,20 @@ def _adapter(d: Path) -> Path:
 
 
 _CONFIG_KEYS = st.sampled_from(
-    ["r", "lora_alpha", "rank_pattern", "alpha_pattern", "target_modules", "use_rslora", "fan_in_fan_out",
-     "peft_type", "use_dora", "modules_to_save", "layers_to_transform", "unknown_key"]
+    [
+        "r",
+        "lora_alpha",
+        "rank_pattern",
+        "alpha_pattern",
+        "target_modules",
+        "use_rslora",
+        "fan_in_fan_out",
+        "peft_type",
+        "use_dora",
+        "modules_to_save",
+        "layers_to_transform",
+        "unknown_key",
+    ]
 )
 _PATTERNS = st.dictionaries(
     st.sampled_from(["fc1", "fc.", "(a+)+b", "(", ".*.*.*.*x", "fc1|fc2", r"(\w+\.)*fc1", ""]), _VALUES, max_size=3
@@ -229,13 +241,17 @@ def archives(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     (root / "m").mkdir()
     for i in range(3):
         save_file(
-            {"w": torch.randn(4, 3, generator=g), "b": torch.randn(4, generator=g)}, root / "m" / f"m{i}.safetensors"
+            {"w": torch.randn(4, 3, generator=g), "b": torch.randn(4, generator=g)},
+            root / "m" / f"m{i}.safetensors",
         )
         a = root / "ads" / f"a{i}"
         a.mkdir(parents=True)
         p = "base_model.model."
         save_file(
-            {f"{p}fc1.lora_A.weight": torch.randn(2, 6, generator=g), f"{p}fc1.lora_B.weight": torch.randn(4, 2, generator=g)},
+            {
+                f"{p}fc1.lora_A.weight": torch.randn(2, 6, generator=g),
+                f"{p}fc1.lora_B.weight": torch.randn(4, 2, generator=g),
+            },
             a / "adapter_model.safetensors",
         )
         (a / "adapter_config.json").write_text(json.dumps(adapter_config(target_modules=["fc1"])))

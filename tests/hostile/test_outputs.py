@@ -43,7 +43,8 @@ def test_user_folder_is_refused_then_replaced_with_overwrite(tmp_path: Path) -> 
             assert run_cli(["compress", str(models), "-o", str(tmp_path / "a.wsz"), "--rank", "2"])[0] == 0
         code, _, err = run_cli(argv)
         assert code == 2, err
-        assert "refusing to replace it" in err and "--overwrite" in err
+        assert "refusing to replace it" in err
+        assert "--overwrite" in err
         assert _tree(mine) == before
     code, _, err = run_cli(["compress", str(models), "-o", str(mine), "--overwrite", "--rank", "2"])
     assert code == 0, err
@@ -56,7 +57,16 @@ def test_own_outputs_are_replaced_without_overwrite(tmp_path: Path) -> None:
         ["compress", str(models), "-o", str(tmp_path / "a.wsz"), "--rank", "2"],
         ["analyze", str(models), "-o", str(tmp_path / "rep"), "--no-plots", "--null-draws", "1"],
         ["reconstruct", str(tmp_path / "a.wsz"), "--all", "-o", str(tmp_path / "rec")],
-        ["merge", str(models), "--base", str(models / "m0.safetensors"), "-m", "mean", "-o", str(tmp_path / "mm.safetensors")],
+        [
+            "merge",
+            str(models),
+            "--base",
+            str(models / "m0.safetensors"),
+            "-m",
+            "mean",
+            "-o",
+            str(tmp_path / "mm.safetensors"),
+        ],
     ):
         for _ in range(2):  # the second run replaces the first
             code, _, err = run_cli(argv)
@@ -65,7 +75,8 @@ def test_own_outputs_are_replaced_without_overwrite(tmp_path: Path) -> None:
     assert output_kind(tmp_path / "rec") == "models"
     assert output_kind(tmp_path / "mm.safetensors") == "model"
     code, _, err = run_cli(["compress", str(models), "-o", str(tmp_path / "rep")])
-    assert code == 2 and "not a weightspace archive (.wsz) (it is a weightspace analysis report)" in " ".join(err.split())
+    assert code == 2
+    assert "not a weightspace archive (.wsz) (it is a weightspace analysis report)" in " ".join(err.split())
 
 
 def test_inputs_are_refused_even_with_overwrite(tmp_path: Path) -> None:
@@ -103,21 +114,29 @@ def test_read_only_destination_fails_before_the_work(tmp_path: Path, monkeypatch
     monkeypatch.setattr("weightspace.decompose.SharedSubspace.fit", lambda *a, **k: called.append(1))
     code, _, err = run_cli(["compress", str(models), "-o", str(tmp_path / "a.wsz")])
     assert code == 2, err
-    assert "a.wsz" in err and "Read-only file system" in err
+    assert "a.wsz" in err
+    assert "Read-only file system" in err
     assert not called  # refused before any fitting
 
 
-def test_no_space_while_writing_is_exit_2_and_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_no_space_while_writing_is_exit_2_and_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     dest = tmp_path / "out.txt"
     dest.write_text("previous")
 
     def full(*args: object, **kwargs: object) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    with pytest.raises(OutputError, match="No space left on device") as info, atomic_file(dest) as tmp:
-        tmp.write_text("new")
-        monkeypatch.setattr("weightspace._atomic.os.replace", full)
-    assert info.value.errno == errno.ENOSPC and str(dest) in str(info.value)
+    def write() -> None:
+        with atomic_file(dest) as tmp:
+            tmp.write_text("new")
+            monkeypatch.setattr("weightspace._atomic.os.replace", full)
+
+    with pytest.raises(OutputError, match="No space left on device") as info:
+        write()
+    assert info.value.errno == errno.ENOSPC
+    assert str(dest) in str(info.value)
     assert dest.read_text() == "previous"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.txt"]
 
@@ -145,7 +164,8 @@ def test_file_size_limit_mid_write_is_exit_2(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 2, proc.stderr
-    assert "a.wsz" in proc.stderr and "File too large" in proc.stderr
+    assert "a.wsz" in proc.stderr
+    assert "File too large" in proc.stderr
     assert _tree(tmp_path / "a.wsz") == before
     assert not [p for p in tmp_path.iterdir() if ".wstmp-" in p.name]
 

@@ -259,7 +259,9 @@ def test_unknown_layout_and_unsafe_names_are_refused(tmp_path: Path) -> None:
     with pytest.raises(CorruptFileError, match="must be one plain file name"):
         Layout("hf-dir", configs={"../config.json": "{}"})
     index = json.dumps({"weight_map": {"w": "../../evil.safetensors"}})
-    with pytest.raises(CorruptFileError, match=r"tensor 'w': shard name '../../evil.safetensors' must be one plain"):
+    with pytest.raises(
+        CorruptFileError, match=r"tensor 'w': shard name '../../evil.safetensors' must be one plain"
+    ):
         LayoutWriter(
             tmp_path / "m", Layout("hf-sharded", configs={SHARD_INDEX: index}), {"w": (torch.float32, (1,))}
         )
@@ -278,7 +280,7 @@ def test_check_destination(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="output exists and is a file"):
         check_destination(model, "hf-dir")
     (tmp_path / "d" / "notes.txt").write_text("keep me")
-    with pytest.raises(InputError, match="is not a weightspace .*refusing to replace it"):
+    with pytest.raises(InputError, match=r"is not a weightspace .*refusing to replace it"):
         check_destination(tmp_path / "d", "hf-dir")
     write_model(tmp_path / "m", "hf-dir", {"w": torch.ones(1)})
     with pytest.raises(InputError, match="not a weightspace merged model"):  # a user's model folder is kept

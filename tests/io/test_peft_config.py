@@ -15,7 +15,12 @@ from weightspace.io import LoraConfig, open_source
 from weightspace.io._peft import DEFAULT_LORA_ALPHA
 from weightspace.io._regex import safe_pattern
 
-MODULES = ["model.layers.0.self_attn.q_proj", "model.layers.0.self_attn.v_proj", "model.layers.10.mlp.up_proj", "fc1"]
+MODULES = [
+    "model.layers.0.self_attn.q_proj",
+    "model.layers.0.self_attn.v_proj",
+    "model.layers.10.mlp.up_proj",
+    "fc1",
+]
 
 
 def _adapter(tmp_path: Path, **config: object) -> Path:
@@ -77,7 +82,9 @@ def test_regex_targets_match_as_peft_does(pattern: str) -> None:
         assert cfg.targets(name) == bool(check_target_module_exists(pcfg, name)), name
 
 
-@pytest.mark.parametrize("keys", [["q_proj"], ["layers.0.self_attn.q_proj", "q_proj"], [r"layers\.\d+\.mlp\.up_proj"]])
+@pytest.mark.parametrize(
+    "keys", [["q_proj"], ["layers.0.self_attn.q_proj", "q_proj"], [r"layers\.\d+\.mlp\.up_proj"]]
+)
 def test_rank_pattern_picks_the_key_peft_picks(keys: list[str]) -> None:
     pytest.importorskip("peft")
     from peft.utils.other import get_pattern_key
@@ -124,7 +131,11 @@ def test_unknown_keys_are_reported_not_fatal(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "pattern",
-    ["^model.decoder.layers.0.encoder_attn.k_proj", r"layers\.\d+\.q_proj", ".*decoder.*(Self|EncDec)Attention.*(q|v)$"],
+    [
+        "^model.decoder.layers.0.encoder_attn.k_proj",
+        r"layers\.\d+\.q_proj",
+        ".*decoder.*(Self|EncDec)Attention.*(q|v)$",
+    ],
 )
 def test_documented_regex_forms_are_accepted(pattern: str) -> None:
     assert safe_pattern(pattern, what="target_modules").pattern == pattern

@@ -35,7 +35,14 @@ from weightspace.errors import WeightspaceError, printable
 __all__ = ["app", "main"]
 
 # File-system refusals that are about the user's disk or permissions, not a weightspace bug: exit 2.
-_FS_FAULTS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC)}
+_FS_FAULTS = {
+    errno.ENOSPC,
+    errno.EROFS,
+    errno.EACCES,
+    errno.EPERM,
+    errno.EFBIG,
+    getattr(errno, "EDQUOT", errno.ENOSPC),
+}
 
 
 @functools.lru_cache(maxsize=1)

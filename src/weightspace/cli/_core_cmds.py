@@ -87,7 +87,9 @@ def compress(
     ] = None,
     dtype: Annotated[
         str,
-        typer.Option(help="Storage dtype of basis and coefficients (auto: float64 for F64 sources, else float32)."),
+        typer.Option(
+            help="Storage dtype of basis and coefficients (auto: float64 for F64 sources, else float32)."
+        ),
     ] = "auto",
     no_center: Annotated[bool, typer.Option("--no-center", help="Do not subtract the mean model.")] = False,
     solver: Annotated[str, typer.Option(help="auto, gram or tsqr.")] = "auto",

@@ -214,7 +214,12 @@ def reconstruct(
             final = out_dir / fnames[i]
             # Errors name the final path (<out>/<model>...), not the temporary folder.
             write_model(
-                tmp / fnames[i], layouts[i], tensors, metadata=model.metadata or None, configs=model.configs, label=final
+                tmp / fnames[i],
+                layouts[i],
+                tensors,
+                metadata=model.metadata or None,
+                configs=model.configs,
+                label=final,
             )
             results.append(ReconstructedModel(model.name, str(final), layouts[i], worst))
             report(progress, "reconstruct", done, len(indices))

@@ -160,7 +160,12 @@ class LoraRecord(_Record):
             raise ValueError(f"scaling must be a finite number > 0, got {self.scaling}")
         _dims(self.a_shape, "a_shape")
         _dims(self.b_shape, "b_shape")
-        if len(self.a_shape) < 2 or len(self.b_shape) < 2 or self.a_shape[0] != self.rank or self.b_shape[1] != self.rank:
+        if (
+            len(self.a_shape) < 2
+            or len(self.b_shape) < 2
+            or self.a_shape[0] != self.rank
+            or self.b_shape[1] != self.rank
+        ):
             raise ValueError(
                 f"a_shape {self.a_shape} and b_shape {self.b_shape} must be (rank, ...) and (..., rank, ...) "
                 f"with rank {self.rank}"
@@ -323,7 +328,9 @@ class Manifest(_Record):
                     raise ValueError(f"model {m.name!r} of a PEFT archive has no LoRA records")
                 stray = sorted(set(m.lora) - units)
                 if stray:
-                    raise ValueError(f"model {m.name!r} has a LoRA record for {stray[0][:80]!r}, which is not a unit")
+                    raise ValueError(
+                        f"model {m.name!r} has a LoRA record for {stray[0][:80]!r}, which is not a unit"
+                    )
                 for key, rec in m.lora.items():
                     u = shapes[key]
                     d_out, d_in = (u.cols, u.rows) if rec.fan_in_fan_out else (u.rows, u.cols)
@@ -341,7 +348,9 @@ class Manifest(_Record):
             known = units | set(m.private) | set(self.excluded)
             odd = [k for k in m.key_order if k not in known]
             if odd:
-                raise ValueError(f"model {m.name!r} lists key {odd[0][:80]!r}, which is neither a unit nor private")
+                raise ValueError(
+                    f"model {m.name!r} lists key {odd[0][:80]!r}, which is neither a unit nor private"
+                )
         return self
 
     def to_json(self) -> str:
@@ -531,13 +540,21 @@ class Archive:
                         tensor=name,
                     )
                 if f.info(name).torch_dtype is None:
-                    raise ArchiveError(f"private tensor has dtype {f.info(name).dtype}, which cannot be read", path=f.path, tensor=name)
+                    raise ArchiveError(
+                        f"private tensor has dtype {f.info(name).dtype}, which cannot be read",
+                        path=f.path,
+                        tensor=name,
+                    )
 
     def check_unit_layout(self, unit: str, layout: Mapping[str, tuple[int, ...]]) -> None:
         """Raise :class:`ArchiveError` unless ``unit``'s stored tensors have exactly the shapes of ``layout``."""
         for name, shape in layout.items():
             if any(d < 0 for d in shape):
-                raise ArchiveError(f"the manifest implies a negative size {shape} for stored '{name}'", path=self.path, tensor=unit)
+                raise ArchiveError(
+                    f"the manifest implies a negative size {shape} for stored '{name}'",
+                    path=self.path,
+                    tensor=unit,
+                )
         src = self.unit_source(unit)
         f = self._file(src.member)
         for name, shape in layout.items():

@@ -54,7 +54,6 @@ from weightspace._atomic import META_KEY, atomic_dir, atomic_file, check_output,
 from weightspace._json import parse_json
 from weightspace.errors import (
     CorruptFileError,
-    InputError,
     OutputError,
     ShapeMismatchError,
     TensorKeyError,
@@ -157,7 +156,9 @@ class Layout:
         for key, shard in weight_map.items():
             name = check_name(shard, what="shard name", path=SHARD_INDEX, tensor=key)
             if not name.endswith(".safetensors") or name in CONFIG_NAMES:
-                raise CorruptFileError(f"shard name {name!r} must end in .safetensors", path=SHARD_INDEX, tensor=key)
+                raise CorruptFileError(
+                    f"shard name {name!r} must end in .safetensors", path=SHARD_INDEX, tensor=key
+                )
         return dict(weight_map), dict(meta)
 
 
@@ -384,7 +385,7 @@ def check_destination(
     True
     >>> try:
     ...     check_destination(d, "safetensors")
-    ... except InputError as err:
+    ... except OutputError as err:
     ...     print(err.message.split(";")[0])
     output is an existing directory, but the output is a single safetensors file like its template
     """
@@ -400,6 +401,10 @@ def check_destination(
         if fmt not in FILE_LAYOUTS and path.exists() and not path.is_dir():
             raise OutputError(f"output exists and is a file, but the {what} is a directory", path=path)
     return check_output(
-        path, "model", overwrite=overwrite, inputs=inputs, required_bytes=required_bytes,
+        path,
+        "model",
+        overwrite=overwrite,
+        inputs=inputs,
+        required_bytes=required_bytes,
         what=None if what == "output" else what,
     )

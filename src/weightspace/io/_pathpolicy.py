@@ -34,15 +34,14 @@ import os
 import re
 import stat
 from collections.abc import Iterator
-from pathlib import Path
 
 from weightspace.errors import CorruptFileError, InputError, UnsafeFileError
 
 __all__ = [
     "check_name",
     "check_relpath",
-    "following_symlinks",
     "follow_symlinks",
+    "following_symlinks",
     "open_regular",
     "read_regular",
     "regular_size",
@@ -115,7 +114,9 @@ def check_name(
     if name in (".", "..") or _BAD_CHARS.search(name) or os.path.isabs(name):
         raise error(f"{what} {name!r} must be one plain file name (no '/', '..')", path=path, tensor=tensor)
     if name.startswith("."):
-        raise error(f"{what} {name!r} must not start with '.' (hidden names are reserved)", path=path, tensor=tensor)
+        raise error(
+            f"{what} {name!r} must not start with '.' (hidden names are reserved)", path=path, tensor=tensor
+        )
     try:
         n_bytes = len(name.encode("utf-8"))
     except UnicodeEncodeError:
@@ -212,7 +213,9 @@ def open_regular(
     except OSError as err:
         raise missing(f"cannot stat {what} ({err.strerror})", path=p) from None
     if not stat.S_ISREG(st.st_mode):
-        raise UnsafeFileError(f"{what} is not a regular file ({_kind(st.st_mode)}); only regular files are read", path=p)
+        raise UnsafeFileError(
+            f"{what} is not a regular file ({_kind(st.st_mode)}); only regular files are read", path=p
+        )
     if root is not None and not following_symlinks() and not within(p, root):
         raise UnsafeFileError(
             f"{what} is a symbolic link to {os.path.realpath(p)}, outside {os.fspath(root)}; weightspace reads only "
@@ -240,7 +243,9 @@ def open_regular(
     return fd
 
 
-def regular_size(path: str | os.PathLike[str], *, root: str | os.PathLike[str] | None = None, what: str = "file") -> int:
+def regular_size(
+    path: str | os.PathLike[str], *, root: str | os.PathLike[str] | None = None, what: str = "file"
+) -> int:
     """Size in bytes of a regular file (checked as :func:`open_regular` does)."""
     fd = open_regular(path, root=root, what=what)
     try:

@@ -84,7 +84,9 @@ def _expand_one(spec: str, base_dir: Path, depth: int) -> list[Path]:
         list_path = (base_dir / spec[1:]).expanduser()
         if depth >= _MAX_LIST_DEPTH:
             raise InputError(f"@-lists nest deeper than {_MAX_LIST_DEPTH} levels", path=list_path)
-        raw = read_regular(list_path, limit=_MAX_ZOO_JSON_BYTES, what="model list", missing=InputError, error=InputError)
+        raw = read_regular(
+            list_path, limit=_MAX_ZOO_JSON_BYTES, what="model list", missing=InputError, error=InputError
+        )
         try:
             lines = raw.decode("utf-8").splitlines()
         except UnicodeDecodeError as err:

@@ -74,13 +74,53 @@ MAX_LORA_ALPHA = 1e6
 MAX_RANK = 1 << 16
 # Every field of peft.LoraConfig (0.17-0.21) and a few older ones; other keys are reported in a warning.
 _KNOWN_KEYS = frozenset(
-    """alora_invocation_tokens alpha_pattern arrow_config auto_mapping base_model_name_or_path bias corda_config
-    ensure_weight_tying eva_config exclude_modules fan_in_fan_out inference_mode init_lora_weights kasa_config
-    layer_replication layers_pattern layers_to_transform loftq_config lora_alpha lora_bias lora_dropout
-    lora_ga_config megatron_config megatron_core modules_to_save monteclora_config peft_type peft_version
-    qalora_group_size r rank_pattern revision runtime_config target_modules target_parameters task_type
-    trainable_token_indices use_bdlora use_dora use_qalora use_rslora velora_config enable_lora merge_weights
-    use_original_module""".split()
+    {
+        "alora_invocation_tokens",
+        "alpha_pattern",
+        "arrow_config",
+        "auto_mapping",
+        "base_model_name_or_path",
+        "bias",
+        "corda_config",
+        "ensure_weight_tying",
+        "eva_config",
+        "exclude_modules",
+        "fan_in_fan_out",
+        "inference_mode",
+        "init_lora_weights",
+        "kasa_config",
+        "layer_replication",
+        "layers_pattern",
+        "layers_to_transform",
+        "loftq_config",
+        "lora_alpha",
+        "lora_bias",
+        "lora_dropout",
+        "lora_ga_config",
+        "megatron_config",
+        "megatron_core",
+        "modules_to_save",
+        "monteclora_config",
+        "peft_type",
+        "peft_version",
+        "qalora_group_size",
+        "r",
+        "rank_pattern",
+        "revision",
+        "runtime_config",
+        "target_modules",
+        "target_parameters",
+        "task_type",
+        "trainable_token_indices",
+        "use_bdlora",
+        "use_dora",
+        "use_qalora",
+        "use_rslora",
+        "velora_config",
+        "enable_lora",
+        "merge_weights",
+        "use_original_module",
+    }
 )
 _LORA_KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<which>A|B)(?:\.(?P<adapter>[^.]+))?\.weight$")
 _UNSUPPORTED_KEYS = (
@@ -183,14 +223,17 @@ def _bad(path: Path, message: str) -> CorruptFileError:
 
 def _positive_int(value: object, field: str, path: Path) -> int:
     if type(value) is not int or not 1 <= value <= MAX_RANK:
-        raise _bad(path, f"adapter config field '{field}' must be an int in [1, {MAX_RANK}], got {str(value)[:40]!r}")
+        raise _bad(
+            path, f"adapter config field '{field}' must be an int in [1, {MAX_RANK}], got {str(value)[:40]!r}"
+        )
     return value
 
 
 def _alpha(value: object, field: str, path: Path) -> float:
     if type(value) not in (int, float) or not (0 < value <= MAX_LORA_ALPHA):  # type: ignore[operator]
         raise _bad(
-            path, f"adapter config field '{field}' must be a finite number in (0, {MAX_LORA_ALPHA:g}], got {str(value)[:40]!r}"
+            path,
+            f"adapter config field '{field}' must be a finite number in (0, {MAX_LORA_ALPHA:g}], got {str(value)[:40]!r}",
         )
     return float(value)  # type: ignore[arg-type]
 
@@ -209,7 +252,10 @@ def _patterns(raw: dict[str, Any], field: str, path: Path, check: Any) -> dict[s
     if value is None:
         return {}
     if not isinstance(value, dict):
-        raise _bad(path, f"adapter config field '{field}' must be an object (pattern -> value), got {type(value).__name__}")
+        raise _bad(
+            path,
+            f"adapter config field '{field}' must be an object (pattern -> value), got {type(value).__name__}",
+        )
     out = {}
     for key, v in value.items():
         try:
@@ -232,7 +278,10 @@ def _target_modules(raw: dict[str, Any], path: Path) -> list[str] | str | None:
         return value
     if isinstance(value, list) and all(isinstance(v, str) and v for v in value):
         return list(value)
-    raise _bad(path, f"adapter config field 'target_modules' must be a list of module names or a regex, got {str(value)[:60]!r}")
+    raise _bad(
+        path,
+        f"adapter config field 'target_modules' must be a list of module names or a regex, got {str(value)[:60]!r}",
+    )
 
 
 def read_adapter_config(path: Path, *, root: str | os.PathLike[str] | None = None) -> LoraConfig:
@@ -271,7 +320,9 @@ def read_adapter_config(path: Path, *, root: str | os.PathLike[str] | None = Non
     unknown = sorted(k for k in raw if k not in _KNOWN_KEYS)
     if unknown:
         listing = ", ".join(repr(k[:40]) for k in unknown[:5])
-        warnings.warn(f"{path}: adapter config keys PEFT does not know are ignored: {listing}", UserWarning, stacklevel=2)
+        warnings.warn(
+            f"{path}: adapter config keys PEFT does not know are ignored: {listing}", UserWarning, stacklevel=2
+        )
     return LoraConfig(
         r=r,
         lora_alpha=alpha,

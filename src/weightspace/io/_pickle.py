@@ -76,9 +76,13 @@ def _check_zip(path: Path, fd: int) -> None:
                         while member.read(1 << 22):
                             pass
         except zipfile.BadZipFile as err:
-            raise CorruptFileError(f"zip checkpoint is corrupted ({_clean(str(err))}; CRC or structure)", path=path) from None
+            raise CorruptFileError(
+                f"zip checkpoint is corrupted ({_clean(str(err))}; CRC or structure)", path=path
+            ) from None
         except (OSError, EOFError, ValueError, NotImplementedError, RuntimeError) as err:
-            raise CorruptFileError(f"zip checkpoint is unreadable ({type(err).__name__}: {_clean(str(err))})", path=path) from None
+            raise CorruptFileError(
+                f"zip checkpoint is unreadable ({type(err).__name__}: {_clean(str(err))})", path=path
+            ) from None
 
 
 def load_pickled_state_dict(

@@ -61,7 +61,7 @@ def _is_single(items: Any) -> bool:
 def _walk(items: Any, what: str, pattern: str, in_repeat: bool, counter: list[int]) -> None:
     for op, arg in items:
         if op in _REPEATS:
-            lo, hi, body = arg
+            _lo, hi, body = arg
             big = hi == _sre_constants.MAXREPEAT or hi > _BIG_REPEAT
             if hi > 1:
                 if in_repeat:

@@ -225,7 +225,6 @@ class _SafetensorsBacked(ModelSource):
         return sorted(files)
 
 
-
 class SafetensorsSource(_SafetensorsBacked):
     format = "safetensors"
 

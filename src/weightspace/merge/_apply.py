@@ -305,7 +305,9 @@ def merge(
         dest = None
     else:
         inputs = [s.path for s in coll.sources] + ([coll.base.path] if coll.base is not None else [])
-        size = sum(math.prod(shape) * torch.empty((), dtype=dt).element_size() for dt, shape in plan.specs.values())
+        size = sum(
+            math.prod(shape) * torch.empty((), dtype=dt).element_size() for dt, shape in plan.specs.values()
+        )
         dest = check_destination(
             out, plan.layout, inputs=inputs, what="merged model", overwrite=overwrite, required_bytes=size
         )

@@ -1,5 +1,6 @@
 """Safe, lazy model I/O: safetensors (single, sharded), PEFT adapters, opt-in pickles, atomic layout writers."""
 
+from weightspace.io._hub import HubRef, hub_cache_dir, hub_name_parts, looks_like_hub_id, resolve_hub
 from weightspace.io._layout import (
     FILE_LAYOUTS,
     LAYOUTS,
@@ -19,7 +20,7 @@ from weightspace.io._pathpolicy import (
     set_follow_symlinks,
     within,
 )
-from weightspace.io._paths import expand_models, natural_key
+from weightspace.io._paths import adapter_base_model, expand_models, natural_key, resolve_model_path
 from weightspace.io._peft import (
     LoraConfig,
     LoraModule,
@@ -67,6 +68,7 @@ __all__ = [
     "MAX_HEADER_BYTES",
     "SHARD_INDEX",
     "Entry",
+    "HubRef",
     "Layout",
     "LayoutWriter",
     "LoraConfig",
@@ -79,6 +81,7 @@ __all__ = [
     "TensorInfo",
     "TensorSpec",
     "adapter_base_keys",
+    "adapter_base_model",
     "available_memory",
     "base_key_for",
     "check_allocation",
@@ -92,7 +95,10 @@ __all__ = [
     "file_sha256",
     "follow_symlinks",
     "following_symlinks",
+    "hub_cache_dir",
+    "hub_name_parts",
     "is_model_dir",
+    "looks_like_hub_id",
     "lora_factors_from_delta",
     "lora_targets",
     "natural_key",
@@ -101,6 +107,8 @@ __all__ = [
     "output_name",
     "read_adapter_config",
     "read_regular",
+    "resolve_hub",
+    "resolve_model_path",
     "save_safetensors",
     "set_follow_symlinks",
     "torch_dtype_tag",

@@ -119,6 +119,8 @@ class ModelSource:
 
     def __init__(self, path: Path):
         self.path = path
+        # Files of a directory model must resolve inside this root (see weightspace.io._pathpolicy).
+        self.root: Path | None = model_root(path) if path.is_dir() else None
         self.entries: dict[str, Entry] = {}
         self.metadata: dict[str, str] = {}
         self.configs: dict[str, str] = {}
@@ -154,7 +156,7 @@ class ModelSource:
                 h = hashlib.sha256()
                 for f in files:
                     h.update(f.relative_to(self.path).as_posix().encode() + b"\0")
-                    h.update(bytes.fromhex(file_sha256(f, root=self.path)))
+                    h.update(bytes.fromhex(file_sha256(f, root=self.root)))
                 self._sha256 = h.hexdigest()
         return self._sha256
 
@@ -189,13 +191,32 @@ def read_json_file(
     return obj, raw.decode("utf-8")
 
 
-def _read_configs(directory: Path, names: tuple[str, ...]) -> dict[str, str]:
-    """Config files present in ``directory``, verbatim; each must be a regular JSON file inside it."""
+def model_root(directory: Path) -> Path:
+    """The folder a directory model's files must stay inside: the directory itself, or for a snapshot in the
+    Hugging Face cache (``models--org--name/snapshots/<rev>[/sub]``, whose files link to ``../../blobs``) the
+    repo's cache folder ``models--org--name``.
+
+    Examples
+    --------
+    >>> model_root(Path("/c/hub/models--org--tiny/snapshots/0123abcd/sub")).name
+    'models--org--tiny'
+    >>> model_root(Path("/data/my-model")).name
+    'my-model'
+    """
+    real = Path(os.path.realpath(directory))
+    for d in (real, *real.parents):
+        if d.parent.name == "snapshots" and d.parent.parent.name.startswith("models--"):
+            return d.parent.parent
+    return directory
+
+
+def _read_configs(directory: Path, names: tuple[str, ...], root: Path | None = None) -> dict[str, str]:
+    """Config files present in ``directory``, verbatim; each must be a regular JSON file inside ``root``."""
     out = {}
     for name in names:
         p = directory / name
         if os.path.lexists(p):
-            _, out[name] = read_json_file(p, root=directory, what=name)
+            _, out[name] = read_json_file(p, root=root or directory, what=name)
     return out
 
 
@@ -243,9 +264,9 @@ class HFDirSource(_SafetensorsBacked):
 
     def __init__(self, path: Path):
         super().__init__(path)
-        st = SafetensorsFile(path / "model.safetensors", root=path)
+        st = SafetensorsFile(path / "model.safetensors", root=self.root)
         self.metadata = dict(st.metadata)
-        self.configs = _read_configs(path, CONFIG_FILES)
+        self.configs = _read_configs(path, CONFIG_FILES, self.root)
         self._add_file(st)
 
 
@@ -256,7 +277,7 @@ class ShardedSource(_SafetensorsBacked):
     def __init__(self, path: Path):
         super().__init__(path)
         index_path = path / self.INDEX
-        index, text = read_json_file(index_path, root=path, what="shard index", limit=MAX_INDEX_BYTES)
+        index, text = read_json_file(index_path, root=self.root, what="shard index", limit=MAX_INDEX_BYTES)
         if not isinstance(index, dict):
             raise CorruptFileError("the shard index is not a JSON object", path=index_path)
         weight_map = index.get("weight_map")
@@ -268,10 +289,10 @@ class ShardedSource(_SafetensorsBacked):
         for key, shard in weight_map.items():
             check_shard_name(shard, path=index_path, tensor=key)
             by_shard.setdefault(shard, []).append(key)
-        self.configs = _read_configs(path, CONFIG_FILES)
+        self.configs = _read_configs(path, CONFIG_FILES, self.root)
         self.configs[self.INDEX] = text
         for shard in sorted(by_shard):
-            st = SafetensorsFile(path / shard, root=path)
+            st = SafetensorsFile(path / shard, root=self.root)
             if not self.metadata:
                 self.metadata = dict(st.metadata)
             keys = by_shard[shard]
@@ -312,11 +333,10 @@ class TorchSource(ModelSource):
     def __init__(self, path: Path, *, allow_pickle: bool):
         super().__init__(path)
         weight_file = path / "pytorch_model.bin" if path.is_dir() else path
-        root = path if path.is_dir() else None
         if path.is_dir():
-            self.configs = _read_configs(path, CONFIG_FILES)
+            self.configs = _read_configs(path, CONFIG_FILES, self.root)
         self._weight_file = weight_file
-        self._tensors = load_pickled_state_dict(weight_file, allow_pickle=allow_pickle, root=root)
+        self._tensors = load_pickled_state_dict(weight_file, allow_pickle=allow_pickle, root=self.root)
         for key, t in self._tensors.items():
             if t.dtype not in _TAGS:
                 raise UnsupportedFormatError(f"dtype {t.dtype} is not supported", path=weight_file, tensor=key)
@@ -342,20 +362,20 @@ class PeftSource(ModelSource):
     def __init__(self, path: Path, *, allow_pickle: bool):
         super().__init__(path)
         cfg_path = path / "adapter_config.json"
-        self.config: LoraConfig = read_adapter_config(cfg_path, root=path)
+        self.config: LoraConfig = read_adapter_config(cfg_path, root=self.root)
         self.configs = {"adapter_config.json": self.config.text}
         st_path = path / "adapter_model.safetensors"
         self._st: SafetensorsFile | None = None
         self._tensors: dict[str, torch.Tensor] | None = None
         if os.path.lexists(st_path):
-            self._st = SafetensorsFile(st_path, root=path)
+            self._st = SafetensorsFile(st_path, root=self.root)
             self.metadata = dict(self._st.metadata)
             shapes = {k: self._st.info(k).shape for k in self._st}
             dtypes = {k: self._st.info(k).dtype for k in self._st}
             self._weight_file = st_path
         elif os.path.lexists(path / "adapter_model.bin"):
             self._weight_file = path / "adapter_model.bin"
-            self._tensors = load_pickled_state_dict(self._weight_file, allow_pickle=allow_pickle, root=path)
+            self._tensors = load_pickled_state_dict(self._weight_file, allow_pickle=allow_pickle, root=self.root)
             shapes = {k: tuple(t.shape) for k, t in self._tensors.items()}
             dtypes = {k: _TAGS.get(t.dtype, str(t.dtype)) for k, t in self._tensors.items()}
         else:

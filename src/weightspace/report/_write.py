@@ -65,12 +65,13 @@ def load_report(path: str | os.PathLike[str]) -> dict[str, Any]:
     -------
     dict
     """
+    from weightspace._json import parse_json
+    from weightspace.io import read_regular
+
     p = Path(path)
     if p.is_dir():
         p = p / "report.json"
-    try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as err:
-        raise InputError(f"cannot read the report ({type(err).__name__}: {err})", path=p) from None
+    raw = read_regular(p, limit=1 << 28, what="report", missing=InputError, error=InputError)
+    data = parse_json(raw, path=p, what="report", error=InputError)
     validate_report(data, path=p)
     return data

@@ -115,7 +115,7 @@ FollowSymlinksOpt = Annotated[
 
 def read_policy(follow_symlinks: bool) -> None:
     """Apply ``--follow-symlinks`` for the rest of the command (``main`` runs each command in its own context)."""
-    from weightspace.io._pathpolicy import set_follow_symlinks
+    from weightspace.io import set_follow_symlinks
 
     set_follow_symlinks(follow_symlinks)
 

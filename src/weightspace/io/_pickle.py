@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import pickle
 import re
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -117,14 +118,19 @@ def load_pickled_state_dict(
         with os.fdopen(os.dup(fd), "rb") as fh:  # a dup shares the offset: rewind after the checks
             fh.seek(0)
             try:
-                obj = torch.load(fh, map_location="cpu", weights_only=True)
+                with warnings.catch_warnings():  # torch's own notes about its unpickler are not for our users
+                    warnings.simplefilter("ignore")
+                    obj = torch.load(fh, map_location="cpu", weights_only=True)
             except pickle.UnpicklingError as err:
                 found = _GLOBAL.search(_ANSI.sub("", str(err)))
-                what = f"loads the global {found.group(1)}" if found else "holds objects other than tensors"
+                what = (
+                    f"loads the global {found.group(1)}, which is not a tensor type"
+                    if found
+                    else "holds objects other than tensors"
+                )
                 raise UnsafeFileError(
-                    f"refused: the pickle {what}, which is not a tensor type and could run code when loaded; "
-                    "weightspace reads only plain state dicts. Convert the checkpoint to safetensors with a tool "
-                    "you trust",
+                    f"refused: the pickle {what} and could run code when loaded; weightspace reads only plain "
+                    "state dicts. Convert the checkpoint to safetensors with a tool you trust",
                     path=path,
                 ) from None
             except (RuntimeError, EOFError, OSError, ValueError, KeyError, TypeError, AttributeError) as err:

@@ -71,7 +71,10 @@ def load_report(path: str | os.PathLike[str]) -> dict[str, Any]:
     p = Path(path)
     if p.is_dir():
         p = p / "report.json"
-    raw = read_regular(p, limit=1 << 28, what="report", missing=InputError, error=InputError)
-    data = parse_json(raw, path=p, what="report", error=InputError)
+    try:
+        raw = read_regular(p, limit=1 << 28, what="report", missing=InputError, error=InputError)
+        data = parse_json(raw, path=p, what="report", error=InputError)
+    except InputError as err:
+        raise InputError(f"cannot read the report ({err.message})", path=p) from None
     validate_report(data, path=p)
     return data

@@ -135,8 +135,11 @@ def load_zoo_info(dir: str | os.PathLike[str]) -> ZooInfo:
     from weightspace.io import check_relpath, read_regular
 
     # zoo.json may come with a downloaded zoo: read bounded, parsed strictly, model paths kept inside the zoo.
-    raw = read_regular(path, limit=64 << 20, root=root, what=ZOO_JSON, missing=InputError, error=InputError)
-    doc = parse_json(raw, path=path, what=ZOO_JSON, error=InputError)
+    try:
+        raw = read_regular(path, limit=64 << 20, root=root, what=ZOO_JSON, missing=InputError, error=InputError)
+        doc = parse_json(raw, path=path, what=ZOO_JSON, error=InputError)
+    except InputError as err:
+        raise _bad(path, f"cannot be parsed ({err.message})") from None
     if not isinstance(doc, dict):
         raise _bad(path, "top level must be an object")
 

@@ -1027,3 +1027,45 @@ for _target, _cmds, _what in [
             (S / _t).symlink_to(S / "userdir")
 
     case(f"out-{_target.replace('/', '-').strip('.') or 'sandbox-root'}", _cmds, "", out=_target)(_mk)
+
+
+# ------------------------------------------------------------------------------ recipes (weightspace run)
+RECIPE = "recipe.yaml"
+COMMANDS["run"] = ["run", "{S}/" + RECIPE]
+
+
+def _recipe(S: Path, text: str) -> None:
+    put(S / RECIPE, text.replace("{S}", str(S)))
+
+
+_BILLION_LAUGHS = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 9)}]\n" for i in range(9)
+)
+
+for _id, _text, _expect in [
+    ("rc-billion-laughs", _BILLION_LAUGHS, "aliases"),
+    ("rc-int-5000-digits", "job: compress\nmodels: [{S}/models]\nrank: " + BIG_INT + "\nout: {S}/o.wsz\n", "yaml"),
+    ("rc-deep-nesting", "job: " + "[" * 5000 + "]" * 5000 + "\n", "yaml"),
+    ("rc-not-a-mapping", "- a\n- b\n", "mapping"),
+    ("rc-out-user-folder", "job: compress\nmodels: [{S}/models]\nrank: 2\nout: {S}/userdir\n", "userdir"),
+    ("rc-out-input-folder", "job: analyze\nmodels: [{S}/models]\nout: {S}/models\nplots: false\n", "models"),
+    (
+        "rc-merge-out-base",
+        "merge_method: linear\nbase_model: {S}/base.safetensors\nmodels: [{S}/models]\n"
+        "out: {S}/base.safetensors\n",
+        "base.safetensors",
+    ),
+]:
+    named = "" if "-out-" in _id else RECIPE
+    case(_id, ("run",), named, _expect)(lambda S, _t=_text: _recipe(S, _t))
+
+
+@case("rc-fifo", ("run",), RECIPE)
+def _(S: Path) -> None:
+    fifo(S / RECIPE)
+
+
+@case("rc-oversized", ("run",), RECIPE)
+def _(S: Path) -> None:
+    put(S / RECIPE, "job: compress\n")
+    grow(S / RECIPE, 300 * 1024 * 1024)

@@ -66,6 +66,7 @@ OUTPUT_KINDS = {
     "zoo": "zoo",
     "demo": "demo folder",
     "adapt": "adaptation result",
+    "aligned": "folder of aligned models",
 }
 META_KEY = "weightspace.output"
 """``__metadata__`` key of a single-file safetensors output: its kind."""
@@ -355,6 +356,9 @@ def output_kind(path: str | os.PathLike[str]) -> str | None:
     demo = _small_json(p / "demo.json")
     if isinstance(demo, dict) and {"zoos", "created_by"} <= set(demo):
         return "demo"
+    alignment = _small_json(p / "alignment.json")
+    if isinstance(alignment, dict) and {"spec", "models"} <= set(alignment):
+        return "aligned"
     return None
 
 

@@ -36,10 +36,11 @@ from typing import Any
 
 from weightspace.errors import CorruptFileError, InputError
 
-__all__ = ["MAX_DEPTH", "MAX_INT_DIGITS", "parse_json"]
+__all__ = ["MAX_DEPTH", "MAX_INT_DIGITS", "MAX_YAML_NODES", "parse_json", "parse_yaml", "yaml_nodes"]
 
 MAX_DEPTH = 64
 MAX_INT_DIGITS = 32
+MAX_YAML_NODES = 100_000
 
 
 class _Refused(Exception):
@@ -189,3 +190,52 @@ def parse_json(
     except ValueError as err:  # e.g. the interpreter's own integer-string limit
         raise error(f"{what} is not valid JSON ({str(err)[:120]})", path=path) from None
     return obj
+
+
+def yaml_nodes(root: Any) -> int:
+    """Values a composed YAML document holds once aliases are expanded (memoized: an alias is a shared node, so a
+    "billion laughs" document is counted in linear time)."""
+    sizes: dict[int, int] = {}
+
+    def size(node: Any) -> int:
+        key = id(node)
+        if key not in sizes:
+            sizes[key] = 0  # a cycle counts once
+            value = node.value if isinstance(node.value, list) else []
+            children = [c for pair in value for c in (pair if isinstance(pair, tuple) else (pair,))]
+            sizes[key] = 1 + sum(size(c) for c in children)
+        return sizes[key]
+
+    return 0 if root is None else size(root)
+
+
+def parse_yaml(
+    text: str,
+    *,
+    path: str | os.PathLike[str] | None = None,
+    what: str = "YAML",
+    max_nodes: int = MAX_YAML_NODES,
+    error: type[InputError] = CorruptFileError,
+) -> Any:
+    """``yaml.safe_load`` with the same spirit of bounds: alias expansion capped at ``max_nodes`` values, deep
+    nesting and oversized integers refused as ``error`` naming ``path``.
+
+    Examples
+    --------
+    >>> parse_yaml("a: [1, 2]", path="spec.yaml")
+    {'a': [1, 2]}
+    """
+    import yaml
+
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        if yaml_nodes(root) > max_nodes:
+            raise error(f"{what} expands to more than {max_nodes} values (aliases)", path=path)
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise error(f"{what} is not valid YAML ({first})", path=path) from None
+    except RecursionError:
+        raise error(f"{what} nests too deeply", path=path) from None
+    except ValueError as err:  # an integer longer than Python converts
+        raise error(f"{what} is not valid YAML ({str(err)[:120]})", path=path) from None

@@ -158,11 +158,18 @@ class MergeRecipe(_Recipe):
         return None if self.is_raw() else self.base_model
 
 
+def _default_method() -> str:
+    """The library's default decomposition (imported lazily: parsing a recipe needs no torch otherwise)."""
+    from weightspace.decompose import PCAUnit
+
+    return PCAUnit.method
+
+
 class CompressRecipe(_Recipe):
     """``job: compress``: the options of ``weightspace compress``."""
 
     job: Literal["compress"]
-    method: str = "pca"
+    method: str = Field(default_factory=_default_method)
     rank: int | None = Field(default=None, ge=1)
     variance: float | None = Field(default=None, gt=0, lt=1)
     clip_rank: bool = False
@@ -181,7 +188,7 @@ class AnalyzeRecipe(_Recipe):
     """``job: analyze``: the options of ``weightspace analyze``."""
 
     job: Literal["analyze"]
-    method: str = "pca"
+    method: str = Field(default_factory=_default_method)
     seed: int = Field(default=0, ge=0)
     null_draws: int = Field(default=5, ge=1)
     folds: int | None = Field(default=None, ge=2)
@@ -268,7 +275,9 @@ def parse_recipe(text: str, source: str | os.PathLike[str] = "<recipe>") -> Reci
     src = os.fspath(source)
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
-        if _expanded_nodes(root) > _MAX_RECIPE_NODES:
+        from weightspace._json import yaml_nodes
+
+        if yaml_nodes(root) > _MAX_RECIPE_NODES:
             raise _fail(src, None, "(yaml)", f"expands to more than {_MAX_RECIPE_NODES} values (aliases)")
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:
@@ -307,22 +316,6 @@ def parse_recipe(text: str, source: str | os.PathLike[str] = "<recipe>") -> Reci
                 src, _line_of(root, ["method"]), "method", f"must be one of {', '.join(UNIT_FITS.names())}"
             )
     return recipe  # type: ignore[return-value]
-
-
-def _expanded_nodes(root: Any) -> int:
-    """Values a composed YAML document holds once aliases are expanded (memoized: aliases are shared nodes)."""
-    sizes: dict[int, int] = {}
-
-    def size(node: Any) -> int:
-        key = id(node)
-        if key not in sizes:
-            sizes[key] = 0  # a cycle counts once
-            value = node.value if isinstance(node.value, list) else []
-            children = [c for pair in value for c in (pair if isinstance(pair, tuple) else (pair,))]
-            sizes[key] = 1 + sum(size(c) for c in children)
-        return sizes[key]
-
-    return 0 if root is None else size(root)
 
 
 def load_recipe(path: str | os.PathLike[str]) -> Recipe:

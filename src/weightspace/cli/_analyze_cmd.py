@@ -7,6 +7,14 @@ from typing import Annotated
 
 import typer
 
+from weightspace.cli._align_opts import (
+    ReferenceOpt,
+    SpecOpt,
+    SymmetriesOpt,
+    ToOpt,
+    align_options,
+    print_alignment,
+)
 from weightspace.cli._common import (
     AllowPickle,
     BaseOpt,
@@ -44,6 +52,13 @@ def analyze(
     allow_pickle: AllowPickle = False,
     private: PrivateOpt = None,
     exclude: ExcludeOpt = None,
+    align: Annotated[
+        bool, typer.Option("--align", help="Align hidden units first; the null is aligned the same way.")
+    ] = False,
+    reference: ReferenceOpt = None,
+    to: ToOpt = None,
+    spec: SpecOpt = None,
+    symmetries: SymmetriesOpt = None,
     overwrite: OverwriteOpt = False,
     follow_symlinks: FollowSymlinksOpt = False,
 ) -> None:
@@ -53,6 +68,7 @@ def analyze(
     from weightspace.collection import Collection
     from weightspace.report import require_matplotlib
 
+    opts = align_options(align, reference=reference, to=to, spec=spec, symmetries=symmetries, seed=seed)
     read_policy(follow_symlinks)
     if not no_plots:
         require_matplotlib()  # fail before the (long) analysis, not after it
@@ -62,11 +78,13 @@ def analyze(
     inputs = [s.path for s in coll.sources] + ([coll.base.path] if coll.base is not None else [])
     check_output(out, "report", overwrite=overwrite, inputs=inputs)  # before the analysis, not after it
     with progress_bar("analyze", quiet=quiet) as cb:
-        rep = run(coll, method=method, seed=seed, n_null=null_draws, folds=folds, progress=cb)
+        rep = run(coll, method=method, seed=seed, n_null=null_draws, folds=folds, align=opts, progress=cb)
         cb("report", 0, 1)
         rep.save(out, plots=not no_plots, overwrite=overwrite)
         cb("report", 1, 1)
     if json_out:
         emit_json(rep.to_dict())
+    if "alignment" in rep.data:
+        print_alignment(rep.data["alignment"])
     rep.print_summary(err_console)
     say(f"wrote {out / 'report.html'}, report.json{'' if no_plots else ' and plots'}")

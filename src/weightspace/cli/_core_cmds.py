@@ -8,6 +8,14 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 
+from weightspace.cli._align_opts import (
+    ReferenceOpt,
+    SpecOpt,
+    SymmetriesOpt,
+    ToOpt,
+    align_options,
+    print_alignment,
+)
 from weightspace.cli._common import (
     AllowPickle,
     BaseOpt,
@@ -146,6 +154,15 @@ def compress(
     allow_pickle: AllowPickle = False,
     private: PrivateOpt = None,
     exclude: ExcludeOpt = None,
+    align: Annotated[
+        bool,
+        typer.Option("--align", help="Align hidden units first; the archive stores the permutations."),
+    ] = False,
+    reference: ReferenceOpt = None,
+    to: ToOpt = None,
+    spec: SpecOpt = None,
+    symmetries: SymmetriesOpt = None,
+    seed: Annotated[int, typer.Option(help="Seeds the alignment's matching order (with --align).")] = 0,
     overwrite: OverwriteOpt = False,
     follow_symlinks: FollowSymlinksOpt = False,
 ) -> None:
@@ -155,6 +172,7 @@ def compress(
     from weightspace.compress import compress as run
 
     read_policy(follow_symlinks)
+    opts = align_options(align, reference=reference, to=to, spec=spec, symmetries=symmetries, seed=seed)
     n_components = rank_choice(rank, variance)
     coll = Collection.from_paths(
         models, base=base, allow_pickle=allow_pickle, private=private or (), exclude=exclude or ()
@@ -169,9 +187,12 @@ def compress(
             center=not no_center,
             svd_solver=solver,
             storage_dtype=dtype,
+            align=opts,
             progress=cb,
             overwrite=overwrite,
         )
+    if result.alignment is not None:
+        print_alignment(result.alignment)
     summary = {**compress_summary(result, n_components), "duplicates": coll.duplicates()}
     if json_out:
         emit_json(summary)
@@ -192,6 +213,10 @@ def reconstruct(
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
     allow_pickle: AllowPickle = False,
+    aligned: Annotated[
+        bool,
+        typer.Option("--aligned", help="For a compress --align archive: keep the aligned unit order."),
+    ] = False,
     overwrite: OverwriteOpt = False,
     follow_symlinks: FollowSymlinksOpt = False,
 ) -> None:
@@ -211,6 +236,7 @@ def reconstruct(
             names or None,
             base=base_path,
             allow_pickle=allow_pickle,
+            aligned=aligned,
             progress=cb,
             overwrite=overwrite,
         )

@@ -23,8 +23,10 @@ import torch
 
 from weightspace._atomic import check_output
 from weightspace._progress import Progress
+from weightspace.align import AlignOptions, align_collection
 from weightspace.collection import Collection, as_collection
 from weightspace.decompose import DEFAULT_CHUNK_BYTES, STORAGE_DTYPES, PCAUnit, SharedSubspace
+from weightspace.errors import ParameterError
 from weightspace.io import DTYPES
 
 __all__ = ["CompressResult", "UnitSummary", "compress", "min_archive_bytes", "storage_dtype_for"]
@@ -72,6 +74,8 @@ class CompressResult:
     wall_s : float
     duplicates : list of list of str
         Groups of models with identical content (they distort the spectrum).
+    alignment : dict or None
+        With ``align``: the alignment (:meth:`~weightspace.align.AlignResult.to_dict`) the archive stores.
     """
 
     archive: str
@@ -85,6 +89,7 @@ class CompressResult:
     n_private: int
     wall_s: float
     duplicates: list[list[str]] = field(default_factory=list)
+    alignment: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able dict (the ``--json`` output)."""
@@ -132,6 +137,7 @@ def compress(
     allow_pickle: bool = False,
     private: Sequence[str] = (),
     exclude: Sequence[str] = (),
+    align: AlignOptions | bool | None = None,
     progress: Progress | None = None,
     overwrite: bool = False,
 ) -> CompressResult:
@@ -149,6 +155,11 @@ def compress(
     storage_dtype : str, default "auto"
         One of :data:`~weightspace.decompose.STORAGE_DTYPES`, or ``auto``: ``float64`` when a source tensor is
         F64, else ``float32`` (see :func:`storage_dtype_for`).
+    align : AlignOptions or bool, optional
+        Align the models first (``True``: default :class:`~weightspace.align.AlignOptions`). The archive
+        stores every model's permutations (``align.safetensors``) and the alignment (manifest
+        ``extras["alignment"]``), so :func:`~weightspace.compress.reconstruct` returns each model in its
+        original unit order (``aligned=True`` for the aligned one).
     progress : callable, optional
         ``progress(stage, done, total)``.
     overwrite : bool, default False
@@ -174,8 +185,6 @@ def compress(
     coll = as_collection(models, base=base, allow_pickle=allow_pickle, private=private, exclude=exclude)
     storage_dtype = storage_dtype_for(coll, storage_dtype)
     if storage_dtype not in STORAGE_DTYPES:
-        from weightspace.errors import ParameterError
-
         raise ParameterError(
             f"The 'storage_dtype' parameter of compress must be one of 'auto', "
             f"{', '.join(repr(d) for d in STORAGE_DTYPES)}. Got {storage_dtype!r} instead."
@@ -190,6 +199,12 @@ def compress(
         required_bytes=min_archive_bytes(coll, storage_dtype),
         detail=f"the largest unit is '{largest.name}' of shape {tuple(largest.shape)} ({largest.numel:,} values)",
     )
+    alignment = None
+    if align:
+        coll, result = align_collection(
+            coll, align if isinstance(align, AlignOptions) else None, progress=progress
+        )
+        alignment = result.to_dict()
     ss = SharedSubspace(
         n_components=n_components,
         method=method,
@@ -223,4 +238,5 @@ def compress(
         units=units,
         n_private=len(coll.private),
         wall_s=time.perf_counter() - t0,
+        alignment=alignment,
     )

@@ -27,6 +27,7 @@ import torch
 
 from weightspace._atomic import MARKER, atomic_dir, check_output, output_kind
 from weightspace._progress import Progress, report
+from weightspace.align import ALIGN_MEMBER, PermutationSpec, Transform, read_alignment, unalign_tensors
 from weightspace.decompose import Archive, ModelRecord, SharedSubspace, open_base
 from weightspace.errors import ArchiveError, NonFiniteError
 from weightspace.io import DTYPES, ModelSource, lora_factors_from_delta, output_name, write_model
@@ -63,10 +64,23 @@ def _source_layout(model: ModelRecord) -> str:
     return fmt
 
 
+def _alignment(subspace: SharedSubspace, name: str) -> tuple[PermutationSpec, dict[str, Transform]] | None:
+    extras = subspace.manifest_.extras if subspace.manifest_ is not None else {}
+    if "alignment" not in extras:
+        return None
+    arc = subspace.archive_
+    if arc is None:
+        raise ArchiveError("the alignment of a fit lives in its saved archive; save() the subspace first")
+    return read_alignment(extras, lambda key: arc.read_member(ALIGN_MEMBER, key), path=arc.path, only=name)
+
+
 def reconstruct_tensors(
-    subspace: SharedSubspace, i: int, base: ModelSource | None
+    subspace: SharedSubspace, i: int, base: ModelSource | None, *, aligned: bool = False
 ) -> tuple[dict[str, torch.Tensor], float]:
     """File tensors of fitted model ``i`` and the largest LoRA truncation error (0 for full checkpoints).
+
+    For an archive of an aligned collection (``compress(..., align=...)``) the tensors are put back in the
+    model's own unit order (and scale) unless ``aligned=True``.
 
     Returns
     -------
@@ -121,6 +135,9 @@ def reconstruct_tensors(
             out[key] = w.to(_torch_dtype(model.dtypes.get(key, "F32"), name))
         elif key in private:
             out[key] = _private(arc, name, key)
+    alignment = None if aligned else _alignment(subspace, name)
+    if alignment is not None and name in alignment[1]:
+        out = unalign_tensors(out, alignment[0], alignment[1][name])
     return out, worst
 
 
@@ -167,6 +184,7 @@ def reconstruct(
     *,
     base: str | os.PathLike[str] | None = None,
     allow_pickle: bool = False,
+    aligned: bool = False,
     progress: Progress | None = None,
     overwrite: bool = False,
 ) -> list[ReconstructedModel]:
@@ -186,6 +204,9 @@ def reconstruct(
         must match).
     overwrite : bool, default False
         Replace an existing ``out_dir`` that is not an earlier ``reconstruct`` output (refused otherwise).
+    aligned : bool, default False
+        For an archive of an aligned collection: write the aligned models instead of putting every model back
+        in its own unit order.
 
     Returns
     -------
@@ -210,7 +231,7 @@ def reconstruct(
                     _link_tree(entry, tmp / entry.name)
         for done, i in enumerate(indices, 1):
             model = ss.models_[i]
-            tensors, worst = reconstruct_tensors(ss, i, base_src)
+            tensors, worst = reconstruct_tensors(ss, i, base_src, aligned=aligned)
             final = out_dir / fnames[i]
             # Errors name the final path (<out>/<model>...), not the temporary folder.
             write_model(

@@ -460,7 +460,7 @@ def _check_out(out: Path, coll: Collection, *, overwrite: bool = False) -> None:
 
 def _write(out: Path, aligned: AlignedCollection, result: AlignResult) -> AlignResult:
     rows = []
-    with atomic_dir(out, kind="aligned") as tmp:
+    with atomic_dir(out) as tmp:  # recognised as an align output by its alignment.json
         for name, src, row in zip(aligned.names, aligned.sources, result.models, strict=True):
             layout = Layout.of(src)
             fmt = layout.format

@@ -376,6 +376,10 @@ def _is_single_model(path: str) -> bool:
     return os.path.isdir(path) and any(os.path.lexists(os.path.join(path, n)) for n in _ONE_MODEL_FILES)
 
 
+def _article(what: str) -> str:
+    return "an" if what[:1].lower() in "aeiou" else "a"
+
+
 def _describe(p: Path) -> str:
     if p.is_symlink():
         return f"a symbolic link to {os.path.realpath(p)}"
@@ -480,7 +484,7 @@ def check_output(
     ...     check_output(d, "report")
     ... except OutputError as err:
     ...     print(err.message.split(";")[0])
-    output exists and is not a weightspace analysis report (it is a folder with 1 entry)
+    output exists and weightspace did not write it as an analysis report (it is a folder with 1 entry)
     """
     if kind not in OUTPUT_KINDS:
         raise ValueError(f"unknown output kind {kind!r}")
@@ -507,7 +511,8 @@ def check_output(
         ours = not path.is_symlink() and output_kind(path) == kind
         if not (empty_dir or ours or overwrite):
             raise OutputError(
-                f"output exists and is not a weightspace {what} (it is {_describe(path)}); refusing "
+                f"output exists and weightspace did not write it as {_article(what)} {what} (it is "
+                f"{_describe(path)}); refusing "
                 "to replace it: choose another -o, or pass --overwrite to replace it",
                 path=path,
             )

@@ -76,7 +76,7 @@ def test_own_outputs_are_replaced_without_overwrite(tmp_path: Path) -> None:
     assert output_kind(tmp_path / "mm.safetensors") == "model"
     code, _, err = run_cli(["compress", str(models), "-o", str(tmp_path / "rep")])
     assert code == 2
-    assert "not a weightspace archive (.wsz) (it is a weightspace analysis report)" in " ".join(err.split())
+    assert "did not write it as an archive (.wsz) (it is a weightspace analysis report)" in " ".join(err.split())
 
 
 def test_inputs_are_refused_even_with_overwrite(tmp_path: Path) -> None:

@@ -280,10 +280,10 @@ def test_check_destination(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="output exists and is a file"):
         check_destination(model, "hf-dir")
     (tmp_path / "d" / "notes.txt").write_text("keep me")
-    with pytest.raises(InputError, match=r"is not a weightspace .*refusing to replace it"):
+    with pytest.raises(InputError, match=r"did not write it as .*refusing to replace it"):
         check_destination(tmp_path / "d", "hf-dir")
     write_model(tmp_path / "m", "hf-dir", {"w": torch.ones(1)})
-    with pytest.raises(InputError, match="not a weightspace merged model"):  # a user's model folder is kept
+    with pytest.raises(InputError, match="did not write it as a merged model"):  # a user's model folder is kept
         check_destination(tmp_path / "m", "hf-dir", what="merged model")
     assert check_destination(tmp_path / "m", "hf-dir", overwrite=True) == tmp_path / "m"
     with LayoutWriter(tmp_path / "w", Layout("hf-dir"), {"w": (torch.float32, (1,))}, marker="model") as w:

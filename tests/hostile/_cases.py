@@ -1045,7 +1045,7 @@ _BILLION_LAUGHS = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
 for _id, _text, _expect in [
     ("rc-billion-laughs", _BILLION_LAUGHS, "aliases"),
     ("rc-int-5000-digits", "job: compress\nmodels: [{S}/models]\nrank: " + BIG_INT + "\nout: {S}/o.wsz\n", "yaml"),
-    ("rc-deep-nesting", "job: " + "[" * 5000 + "]" * 5000 + "\n", "yaml"),
+    ("rc-deep-nesting", "job: " + "[" * 1500 + "]" * 1500 + "\n", "yaml"),
     ("rc-not-a-mapping", "- a\n- b\n", "mapping"),
     ("rc-out-user-folder", "job: compress\nmodels: [{S}/models]\nrank: 2\nout: {S}/userdir\n", "userdir"),
     ("rc-out-input-folder", "job: analyze\nmodels: [{S}/models]\nout: {S}/models\nplots: false\n", "models"),

@@ -446,29 +446,35 @@ def model_record(
 
 
 def capped_metadata(metadata: Mapping[str, str], path: str | os.PathLike[str]) -> dict[str, str]:
-    """``metadata`` cut to :data:`MAX_METADATA_BYTES` (whole entries, in order), with a warning when cut.
+    """``metadata`` within :data:`MAX_METADATA_BYTES`: entries are kept smallest first while they fit, the rest
+    dropped with a warning naming them (so ``format: pt`` survives a megabyte-sized blob beside it).
 
     Examples
     --------
     >>> capped_metadata({"format": "pt"}, "m.safetensors")
     {'format': 'pt'}
     """
-    out: dict[str, str] = {}
+
+    def size(item: tuple[str, str]) -> int:
+        return len(item[0].encode("utf-8", "replace")) + len(item[1].encode("utf-8", "replace"))
+
+    keep: set[str] = set()
     used = 0
-    for k, v in metadata.items():
-        size = len(k.encode("utf-8", "replace")) + len(v.encode("utf-8", "replace"))
-        if used + size > MAX_METADATA_BYTES:
-            dropped = len(metadata) - len(out)
-            warnings.warn(
-                f"{path}: __metadata__ holds more than {MAX_METADATA_BYTES} bytes; {dropped} entr"
-                f"{'y is' if dropped == 1 else 'ies are'} not kept (from {k[:40]!r} on)",
-                UserWarning,
-                stacklevel=3,
-            )
+    for k, v in sorted(metadata.items(), key=size):
+        if used + size((k, v)) > MAX_METADATA_BYTES:
             break
-        out[k] = v
-        used += size
-    return out
+        keep.add(k)
+        used += size((k, v))
+    dropped = [k for k in metadata if k not in keep]
+    if dropped:
+        listing = ", ".join(repr(k[:40]) for k in dropped[:5])
+        warnings.warn(
+            f"{path}: __metadata__ holds more than {MAX_METADATA_BYTES} bytes; not kept: {listing}"
+            + (f" and {len(dropped) - 5} more" if len(dropped) > 5 else ""),
+            UserWarning,
+            stacklevel=3,
+        )
+    return {k: v for k, v in metadata.items() if k in keep}
 
 
 # ------------------------------------------------------------------------------------------------ reading

@@ -23,6 +23,7 @@ import os
 
 __all__ = [
     "ArchiveError",
+    "BackendError",
     "CorruptFileError",
     "DependencyError",
     "InputError",
@@ -114,3 +115,7 @@ class NotFittedError(WeightspaceError, ValueError, AttributeError):
 
 class DependencyError(WeightspaceError, ImportError):
     """An optional dependency is missing; the message names the extra to install."""
+
+
+class BackendError(WeightspaceError, RuntimeError):
+    """A run could not finish on its backend (a Dask worker died, the cluster went away); nothing was written."""

@@ -13,6 +13,7 @@ Kaushik et al., "The Universal Weight Subspace Hypothesis", arXiv:2512.05117.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import math
 import os
@@ -33,6 +34,7 @@ from weightspace.analyze._methods import HOSVD_LOO_MAX_MODELS, LOO_MAX_MODELS, U
 from weightspace.analyze._pca_unit import Plan
 from weightspace.analyze._stability import split_halves
 from weightspace.analyze._verdict import VERDICTS, Thresholds
+from weightspace.backends import RunOptions, Task, open_executor, resolve_device
 from weightspace.collection import Collection, as_collection
 from weightspace.decompose import DEFAULT_CHUNK_BYTES, PCAUnit
 from weightspace.errors import ParameterError
@@ -196,6 +198,15 @@ def analyze_unit(
     rec = analyzer_for(method, stack.spec).run(stack, plan, gen, chunk_bytes)
     rec["at_k_ref"] = _at(rec)
     return rec
+
+
+def _unit_record(
+    collection: Collection, name: str, method: str, plan: Plan, seed: int, chunk_bytes: int
+) -> dict[str, Any]:
+    """One unit's evidence (a task: it reads the unit from paths its worker sees; the nulls use the unit's seed)."""
+    spec = collection.unit(name)
+    gen = torch.Generator().manual_seed(_unit_seed(seed, name))
+    return analyzer_for(method, spec).run(collection.stack(name), plan, gen, chunk_bytes)
 
 
 def _counts(units: Sequence[dict[str, Any]]) -> dict[str, int]:
@@ -391,6 +402,10 @@ def analyze(
     thresholds: Thresholds | None = None,
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
     progress: Progress | None = None,
+    threads: int | None = None,
+    scheduler: str | None = None,
+    client: Any = None,
+    device: str | None = None,
 ) -> AnalysisReport:
     """Spectra vs matched nulls, mean energy, held-out reconstruction and stability for every unit.
 
@@ -415,6 +430,10 @@ def analyze(
         Budget of one streamed float64 chunk across all models.
     progress : callable, optional
         ``progress(stage, done, total)``.
+    threads, scheduler, client, device
+        Where the units run (see :class:`~weightspace.backends.RunOptions`): ``threads`` units at once here
+        (default every core) or on Dask workers; ``device`` for the linear algebra. The report does not depend
+        on them (every unit draws its nulls from its own seed).
 
     Returns
     -------
@@ -440,16 +459,25 @@ def analyze(
     n = collection.n_models
     if n < 2:
         raise ParameterError(f"analyze needs at least 2 models. Got {n}.")
+    opts = RunOptions.of(threads=threads, scheduler=scheduler, client=client, device=device)
     plan = _plan(n, method, seed, n_null, ks_t, folds, t)
+    plan = dataclasses.replace(plan, device=str(resolve_device(opts.device)), cache_bytes=opts.cache_bytes)
     groups = unit_groups([u.name for u in collection.units])
     units: list[dict[str, Any]] = []
     n_units = len(collection.units)
     report(progress, "units", 0, n_units)
+    records: dict[int, dict[str, Any]] = {}
+    with open_executor(opts) as ex:
+        shared = ex.share(collection)
+        tasks = [
+            Task(_unit_record, (shared, spec.name, method, plan, seed, chunk_bytes), f"unit '{spec.name}'")
+            for spec in collection.units
+        ]
+        for i, rec in ex.run(tasks):
+            records[i] = rec
+            report(progress, "units", len(records), n_units)
     for i, spec in enumerate(collection.units):
-        stack = collection.stack(spec.name)
-        gen = torch.Generator().manual_seed(_unit_seed(seed, spec.name))
-        rec = analyzer_for(method, spec).run(stack, plan, gen, chunk_bytes)
-        del stack
+        rec = records[i]
         typ, depth = groups[spec.name]
         units.append(
             {
@@ -463,7 +491,6 @@ def analyze(
                 "at_k_ref": _at(rec),
             }
         )
-        report(progress, "units", i + 1, n_units)
     a, b = plan.split
     data = {
         "version": REPORT_VERSION,

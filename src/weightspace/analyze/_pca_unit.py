@@ -47,6 +47,10 @@ class Plan:
     n_null : int
         Null draws per unit.
     thresholds : Thresholds
+    device : str
+        Where the data pass's products run (a run option; the record does not depend on it).
+    cache_bytes : int
+        A unit whose float64 members fit in this many bytes is read once and kept for every later pass.
     """
 
     ks: tuple[int, ...]
@@ -55,6 +59,8 @@ class Plan:
     split: tuple[torch.Tensor, torch.Tensor]
     n_null: int
     thresholds: Thresholds
+    device: str = "cpu"
+    cache_bytes: int = 0
 
     @property
     def n_train_min(self) -> int:
@@ -191,7 +197,7 @@ def analyze_pca_unit(
         The unit's record (see :mod:`weightspace.report` for the keys), floats possibly NaN.
     """
     # n_components=1 keeps k at 1, so the Gram route never needs its ill-conditioning fallback (a second pass).
-    sp = pca_spectrum(stack, 1, center=True, chunk_bytes=chunk_bytes, tick=tick)
+    sp = pca_spectrum(stack, 1, center=True, chunk_bytes=chunk_bytes, tick=tick, device=plan.device)
     with single_thread():
         return _from_spectrum(stack, sp, plan, generator)
 

@@ -10,13 +10,17 @@ import typer
 from weightspace.cli._common import (
     AllowPickle,
     BaseOpt,
+    DeviceOpt,
     ExcludeOpt,
     JsonOpt,
     PrivateOpt,
+    SchedulerOpt,
+    ThreadsOpt,
     app,
     emit_json,
     err_console,
     progress_bar,
+    run_options,
 )
 from weightspace.collection import Collection
 
@@ -45,18 +49,22 @@ def analyze(
     allow_pickle: AllowPickle = False,
     private: PrivateOpt = None,
     exclude: ExcludeOpt = None,
+    threads: ThreadsOpt = None,
+    scheduler: SchedulerOpt = None,
+    device: DeviceOpt = "cpu",
 ) -> None:
     """Is there a shared subspace, or only a mean? Evidence per unit beside a matched Gaussian null."""
     from weightspace.analyze import analyze as run
     from weightspace.report import require_matplotlib
 
+    where = run_options(threads, scheduler, device)
     if not no_plots:
         require_matplotlib()  # fail before the (long) analysis, not after it
     coll = Collection.from_paths(
         models, base=base, allow_pickle=allow_pickle, private=private or (), exclude=exclude or ()
     )
     with progress_bar("analyze") as cb:
-        rep = run(coll, method=method, seed=seed, n_null=null_draws, folds=folds, progress=cb)
+        rep = run(coll, method=method, seed=seed, n_null=null_draws, folds=folds, progress=cb, **where)
         cb("report", 0, 1)
         rep.save(output, plots=not no_plots)
         cb("report", 1, 1)

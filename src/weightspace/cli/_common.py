@@ -15,19 +15,24 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from weightspace._validation import Interval, validate_params
+from weightspace.backends import RUN_OPTIONS_HELP, RunOptions, resolve_device
 from weightspace.errors import InputError
 
 __all__ = [
     "AllowPickle",
     "BaseOpt",
+    "DeviceOpt",
     "ExcludeOpt",
     "JsonOpt",
     "PrivateOpt",
+    "SchedulerOpt",
+    "ThreadsOpt",
     "app",
     "emit_json",
     "err_console",
     "progress_bar",
     "rank_choice",
+    "run_options",
 ]
 
 app = typer.Typer(
@@ -67,6 +72,24 @@ ExcludeOpt = Annotated[
     list[str] | None,
     typer.Option("--exclude", help="Glob of tensor keys to leave out entirely (repeatable).", show_default=False),
 ]
+
+
+ThreadsOpt = Annotated[
+    int | None, typer.Option("--threads", help=RUN_OPTIONS_HELP["threads"], show_default=False, min=1)
+]
+SchedulerOpt = Annotated[
+    str | None,
+    typer.Option("--scheduler", help=RUN_OPTIONS_HELP["scheduler"], metavar="local[:N]|tcp://HOST:PORT"),
+]
+DeviceOpt = Annotated[str, typer.Option("--device", help=RUN_OPTIONS_HELP["device"], metavar="cpu|cuda|auto")]
+
+
+def run_options(threads: int | None, scheduler: str | None, device: str = "cpu") -> dict[str, Any]:
+    """The run options of a command (``--threads``, ``--scheduler``, ``--device``) as library keyword arguments,
+    checked once by :class:`~weightspace.backends.RunOptions`."""
+    opts = RunOptions(threads=threads, scheduler=scheduler, device=device)
+    resolve_device(opts.device)  # a missing CUDA device fails before any work
+    return {"threads": opts.threads, "scheduler": opts.scheduler, "device": opts.device}
 
 
 def _clean(obj: Any) -> Any:

@@ -12,14 +12,18 @@ from rich.table import Table
 from weightspace.cli._common import (
     AllowPickle,
     BaseOpt,
+    DeviceOpt,
     ExcludeOpt,
     JsonOpt,
     PrivateOpt,
+    SchedulerOpt,
+    ThreadsOpt,
     app,
     emit_json,
     err_console,
     progress_bar,
     rank_choice,
+    run_options,
 )
 from weightspace.collection import Collection
 from weightspace.errors import InputError
@@ -87,11 +91,15 @@ def compress(
     allow_pickle: AllowPickle = False,
     private: PrivateOpt = None,
     exclude: ExcludeOpt = None,
+    threads: ThreadsOpt = None,
+    scheduler: SchedulerOpt = None,
+    device: DeviceOpt = "cpu",
 ) -> None:
     """Fit the shared subspace and write a compressed archive (basis + coefficients + private tensors)."""
     from weightspace.compress import compress as run
 
     n_components = rank_choice(rank, variance)
+    where = run_options(threads, scheduler, device)
     coll = Collection.from_paths(
         models, base=base, allow_pickle=allow_pickle, private=private or (), exclude=exclude or ()
     )
@@ -105,6 +113,7 @@ def compress(
             svd_solver=solver,
             storage_dtype=dtype,
             progress=cb,
+            **where,
         )
     dups = coll.duplicates()
     summary = {**result.to_dict(), "duplicates": dups}
@@ -160,12 +169,16 @@ def project(
     base: BaseOpt = None,
     json_out: JsonOpt = False,
     allow_pickle: AllowPickle = False,
+    threads: ThreadsOpt = None,
+    scheduler: SchedulerOpt = None,
 ) -> None:
     """Project unseen models onto an archive's subspace; residuals beside the mean-only baseline."""
     from weightspace.compress import project as run
 
+    where = run_options(threads, scheduler)
+    where.pop("device")
     with progress_bar("project") as cb:
-        result = run(archive, models, add=add, base=base, allow_pickle=allow_pickle, progress=cb)
+        result = run(archive, models, add=add, base=base, allow_pickle=allow_pickle, progress=cb, **where)
     if json_out:
         emit_json(result.to_dict())
         return

@@ -12,13 +12,17 @@ from rich.table import Table
 from weightspace.cli._common import (
     AllowPickle,
     BaseOpt,
+    DeviceOpt,
     ExcludeOpt,
     JsonOpt,
     PrivateOpt,
+    SchedulerOpt,
+    ThreadsOpt,
     app,
     emit_json,
     err_console,
     progress_bar,
+    run_options,
 )
 from weightspace.collection import Collection
 from weightspace.errors import InputError
@@ -141,6 +145,9 @@ def merge(
     allow_pickle: AllowPickle = False,
     private: PrivateOpt = None,
     exclude: ExcludeOpt = None,
+    threads: ThreadsOpt = None,
+    scheduler: SchedulerOpt = None,
+    device: DeviceOpt = "cpu",
 ) -> None:
     from weightspace.bench import evaluate_merged, load_zoo, merge_benchmark
     from weightspace.merge import merge as merge_fn
@@ -186,6 +193,7 @@ def merge(
             rank=rank,
             subspace=basis_archive,
             progress=cb,
+            **run_options(threads, scheduler, device),
         )
     summary = result.to_dict()
     if eval_zoo is not None:

@@ -97,6 +97,10 @@ def compress(
     private: Sequence[str] = (),
     exclude: Sequence[str] = (),
     progress: Progress | None = None,
+    threads: int | None = None,
+    scheduler: str | None = None,
+    client: Any = None,
+    device: str | None = None,
 ) -> CompressResult:
     """Fit the shared subspace of ``models`` and write it as an archive at ``out``.
 
@@ -111,6 +115,10 @@ def compress(
         As in :class:`~weightspace.decompose.SharedSubspace`.
     progress : callable, optional
         ``progress(stage, done, total)``.
+    threads, scheduler, client, device
+        Where the units run (see :class:`~weightspace.backends.RunOptions`): ``threads`` units at once here
+        (default every core), or Dask workers (``scheduler="local:N"``, ``"tcp://HOST:PORT"``, or ``client=``)
+        that write their own archive members; ``device`` for the linear algebra. Results do not depend on them.
 
     Returns
     -------
@@ -139,7 +147,7 @@ def compress(
         chunk_bytes=chunk_bytes,
         storage_dtype=storage_dtype,
     )
-    ss.fit(coll, out=out, progress=progress)
+    ss.fit(coll, out=out, progress=progress, threads=threads, scheduler=scheduler, client=client, device=device)
     archive_bytes = sum(p.stat().st_size for p in ss.path_.rglob("*") if p.is_file())  # type: ignore[union-attr]
     model_bytes = sum(m.source_bytes for m in ss.models_)
     units = [

@@ -8,6 +8,7 @@ the truncation error is reported. Everything is checked (names, base identity) b
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -17,9 +18,10 @@ from typing import Any
 import torch
 
 from weightspace._progress import Progress, report
-from weightspace.decompose import Archive, ModelRecord, SharedSubspace, open_base
+from weightspace.backends import DEFAULT_CACHE_BYTES
+from weightspace.decompose import Archive, ModelRecord, SharedSubspace, member_groups, open_base
 from weightspace.errors import ArchiveError
-from weightspace.io import DTYPES, ModelSource, lora_factors_from_delta, output_name, write_model
+from weightspace.io import DTYPES, Layout, LayoutWriter, ModelSource, lora_factors_from_delta, output_name
 
 __all__ = ["ReconstructedModel", "reconstruct", "reconstruct_tensors"]
 
@@ -117,6 +119,57 @@ def _private(arc: Archive | None, model: str, key: str) -> torch.Tensor:
     return arc.private(model, key)
 
 
+def _output_specs(subspace: SharedSubspace, model: ModelRecord) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
+    """Every file key :func:`reconstruct_tensors` gives model ``model``, in the same order, as (dtype, shape)."""
+    units = subspace.units_
+    name = model.name
+    arc = subspace.archive_
+    private_specs = arc.private_specs() if arc is not None and model.private else {}
+
+    def private_spec(key: str) -> tuple[torch.dtype, tuple[int, ...]]:
+        if arc is None:
+            raise ArchiveError("private tensors live in a saved archive; save() the subspace first", tensor=key)
+        spec = private_specs.get(f"{name}/{key}")
+        if spec is None:
+            raise ArchiveError("archive holds no such private tensor", tensor=f"{name}/{key}")
+        return spec
+
+    if subspace.kind_ == "peft":
+        if not model.lora:
+            raise ArchiveError("a PEFT model record holds no LoRA modules", tensor=name)
+        by_file_key: dict[str, tuple[torch.dtype, tuple[int, ...]]] = {}
+        for key, rec in model.lora.items():
+            if key not in units:
+                raise ArchiveError("LoRA record names a unit the archive lacks", tensor=key)
+            dt = _torch_dtype(model.dtypes.get(key, "F32"), name)
+            by_file_key[rec.a_key] = (dt, tuple(rec.a_shape))
+            by_file_key[rec.b_key] = (dt, tuple(rec.b_shape))
+        for key in model.private:
+            by_file_key[model.extra_keys.get(key, key)] = private_spec(key)
+        out = {fk: by_file_key.pop(fk) for fk in model.file_key_order or list(by_file_key) if fk in by_file_key}
+        out.update(by_file_key)
+        return out
+    private = set(model.private)
+    specs: dict[str, tuple[torch.dtype, tuple[int, ...]]] = {}
+    for key in model.key_order:
+        if key in units:
+            specs[key] = (_torch_dtype(model.dtypes.get(key, "F32"), name), tuple(units[key].spec.shape))
+        elif key in private:
+            specs[key] = private_spec(key)
+    return specs
+
+
+def _max_open_models() -> int:
+    """Models written at once: their files stay open while every unit streams into them."""
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (ImportError, OSError, ValueError):  # pragma: no cover - not on POSIX
+        soft = 1024
+    return max(1, min(256, (soft - 64) // 4))
+
+
 def reconstruct(
     archive: str | os.PathLike[str] | SharedSubspace,
     out_dir: str | os.PathLike[str],
@@ -125,8 +178,13 @@ def reconstruct(
     base: str | os.PathLike[str] | None = None,
     allow_pickle: bool = False,
     progress: Progress | None = None,
+    chunk_bytes: int = DEFAULT_CACHE_BYTES,
 ) -> list[ReconstructedModel]:
     """Write fitted models back as checkpoints under ``out_dir``.
+
+    Units are the outer loop: each unit's stored tensors (mean, basis or factors) are read once and every
+    requested model's member of it is computed in batched products and streamed into that model's open writer
+    (up to a few hundred models at a time, the open-file limit permitting). Each model still appears atomically.
 
     Parameters
     ----------
@@ -138,6 +196,8 @@ def reconstruct(
     base : path, optional
         The base model for task-vector archives (default: the path recorded at compress time; its sha256
         must match).
+    chunk_bytes : int
+        Budget of one batch of reconstructed members (float64).
 
     Returns
     -------
@@ -148,13 +208,77 @@ def reconstruct(
     indices = [ss.model_index(n) for n in wanted]
     base_src = open_base(ss, base, allow_pickle=allow_pickle)
     out_dir = Path(out_dir)
-    results = []
-    for done, i in enumerate(indices, 1):
-        model = ss.models_[i]
-        tensors, worst = reconstruct_tensors(ss, i, base_src)
+    records = ss.models_
+    plans = []
+    for i in indices:
+        model = records[i]
         fmt = _source_layout(model)
         dest = out_dir / output_name(model.name, "torch" if fmt == "torch" else fmt)
-        write_model(dest, fmt, tensors, metadata=model.metadata or None, configs=model.configs)
-        results.append(ReconstructedModel(model.name, str(dest), fmt, worst))
-        report(progress, "reconstruct", done, len(indices))
+        plans.append((i, model, fmt, dest, _output_specs(ss, model)))  # every spec checked before any write
+    results: list[ReconstructedModel] = []
+    step = _max_open_models()
+    for b0 in range(0, len(plans), step):
+        batch = plans[b0 : b0 + step]
+        worst = [0.0] * len(batch)
+        with contextlib.ExitStack() as stack:
+            writers = [
+                stack.enter_context(
+                    LayoutWriter(dest, Layout(fmt, dict(model.metadata or {}), dict(model.configs or {})), specs)
+                )
+                for _, model, fmt, dest, specs in batch
+            ]
+            for key, unit in ss.units_.items():
+                _write_unit(ss, key, unit, batch, writers, worst, base_src, chunk_bytes)
+            for j, (_, model, _, _, _) in enumerate(batch):
+                for key in model.private:
+                    fk = model.extra_keys.get(key, key) if ss.kind_ == "peft" else key
+                    writers[j].write(fk, _private(ss.archive_, model.name, key))
+        for j, (_, model, fmt, dest, _) in enumerate(batch):
+            results.append(ReconstructedModel(model.name, str(dest), fmt, worst[j]))
+        report(progress, "reconstruct", len(results), len(plans))
     return results
+
+
+def _write_unit(
+    ss: SharedSubspace,
+    key: str,
+    unit: Any,
+    batch: Sequence[tuple[int, ModelRecord, str, Path, Any]],
+    writers: Sequence[LayoutWriter],
+    worst: list[float],
+    base: ModelSource | None,
+    chunk_bytes: int,
+) -> None:
+    """Stream unit ``key`` of every model in ``batch`` into its writer, the unit's stored tensors read once."""
+    peft = ss.kind_ == "peft"
+    wanted = [j for j, (_, model, _, _, _) in enumerate(batch) if not peft or (model.lora and key in model.lora)]
+    if not wanted:
+        return
+    shape = tuple(unit.spec.shape)
+    base_w = None if peft or base is None else base.read(key).to(torch.float64).reshape(shape)
+    with unit.pinned():
+        for g0, g1 in member_groups(len(wanted), unit.spec.numel, chunk_bytes):
+            group = wanted[g0:g1]
+            members = unit.members([batch[j][0] for j in group])  # (b, rows, cols), float64
+            for m, j in zip(members, group, strict=True):
+                model = batch[j][1]
+                if peft:
+                    assert model.lora is not None
+                    rec = model.lora[key]
+                    a_shape = tuple(rec.a_shape)
+                    b, a, err = lora_factors_from_delta(
+                        m,
+                        rec.rank,
+                        rec.scaling,
+                        fan_in_fan_out=rec.fan_in_fan_out,
+                        a_shape=a_shape if len(a_shape) > 2 else None,
+                    )
+                    worst[j] = max(worst[j], err)
+                    dt = _torch_dtype(model.dtypes.get(key, "F32"), model.name)
+                    writers[j].write(rec.a_key, a.to(dt))
+                    writers[j].write(rec.b_key, b.reshape(rec.b_shape).to(dt))
+                    continue
+                w = m.reshape(shape)
+                if base_w is not None:
+                    w = w + base_w
+                writers[j].write(key, w.to(_torch_dtype(model.dtypes.get(key, "F32"), model.name)))

@@ -145,6 +145,10 @@ class ModelSource:
                 self._sha256 = h.hexdigest()
         return self._sha256
 
+    def remember_sha256(self, digest: str) -> None:
+        """Adopt a content hash that :meth:`sha256` computed elsewhere for the same files (e.g. on a worker)."""
+        self._sha256 = digest
+
     @property
     def adapter_config(self) -> dict | None:
         """The PEFT adapter config (parsed) for ``peft`` sources, else None."""

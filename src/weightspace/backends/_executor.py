@@ -30,6 +30,7 @@ import abc
 import contextlib
 import logging
 import uuid
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -240,13 +241,16 @@ class DaskExecutor(Executor):
         distributed = require_dask()
         kind, n = parse_scheduler(scheduler)
         if kind == "local":
-            cluster = distributed.LocalCluster(
-                n_workers=n,
-                threads_per_worker=1,
-                processes=True,
-                dashboard_address=None,
-                silence_logs=logging.ERROR,
-            )
+            with warnings.catch_warnings():
+                # "Port 8787 is already in use": the scheduler's HTTP endpoint then takes another port, harmlessly.
+                warnings.filterwarnings("ignore", message="Port .* is already in use", category=UserWarning)
+                cluster = distributed.LocalCluster(
+                    n_workers=n,
+                    threads_per_worker=1,
+                    processes=True,
+                    dashboard_address=None,
+                    silence_logs=logging.ERROR,
+                )
             client = distributed.Client(cluster)
             return cls(client, owned=(client, cluster))
         try:

@@ -461,13 +461,14 @@ def analyze(
         raise ParameterError(f"analyze needs at least 2 models. Got {n}.")
     opts = RunOptions.of(threads=threads, scheduler=scheduler, client=client, device=device)
     plan = _plan(n, method, seed, n_null, ks_t, folds, t)
-    plan = dataclasses.replace(plan, device=str(resolve_device(opts.device)), cache_bytes=opts.cache_bytes)
+    plan = dataclasses.replace(plan, device=str(resolve_device(opts.device)))
     groups = unit_groups([u.name for u in collection.units])
     units: list[dict[str, Any]] = []
     n_units = len(collection.units)
     report(progress, "units", 0, n_units)
     records: dict[int, dict[str, Any]] = {}
     with open_executor(opts) as ex:
+        plan = dataclasses.replace(plan, cache_bytes=ex.task_bytes(opts.cache_bytes))
         shared = ex.share(collection)
         tasks = [
             Task(_unit_record, (shared, spec.name, method, plan, seed, chunk_bytes), f"unit '{spec.name}'")

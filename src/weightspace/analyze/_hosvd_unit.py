@@ -1,18 +1,19 @@
 """Evidence for one matrix unit under zero-centered HOSVD (Tucker on the weight axes, ``μ + U C_i Vᵀ``).
 
-Data passes (one model in memory at a time; accumulators ``O(rows² + cols² + rows·cols)``):
+Data passes (accumulators ``O(rows² + cols² + rows·cols)``, on the plan's device):
 
 1. **Halves.** The mode scatters ``Σ y yᵀ``, ``Σ yᵀ y`` and ``Σ y`` (``y = x − x_0``, a shift that keeps a
    dominant mean from cancelling) are accumulated separately over the two stability halves; each half's top
    mode-1/mode-2 subspaces give the split-half overlap, and their sum gives the full scatters, hence the
    mode spectra and the mean.
-2. **Folds (two reads per fold).** Each fold's own scatters are accumulated and subtracted from the totals: the
-   training scatters of that fold, without keeping any per-fold state beyond one set of accumulators. Its
-   ``U``, ``V`` come from two eigendecompositions; the held-out models are read again and reconstructed as
-   mean-only, basis-only (``U Uᵀ x V Vᵀ``) and mean + basis (``μ_S + U Uᵀ (x − μ_S) V Vᵀ``) with
-   ``k1 = k2 = k``.
+2. **Folds.** Each fold's own scatters are subtracted from the totals: the training scatters of that fold. Its
+   ``U``, ``V`` come from two eigendecompositions; the held-out models are reconstructed as mean-only,
+   basis-only (``U Uᵀ x V Vᵀ``) and mean + basis (``μ_S + U Uᵀ (x − μ_S) V Vᵀ``) with ``k1 = k2 = k``.
 
-So every model is read 3 times. Default folds: leave-one-out up to 10 models, else 10-fold.
+How often a model is read depends on ``plan.cache_bytes``: when the unit's members fit, once (they are kept);
+when every fold's scatters fit, pass 1 adds each model's products to its fold as well, so the fold pass reads
+only the held-out models (2 reads) and multiplies nothing for the fold scatters; otherwise each fold's scatters
+are accumulated again (3 reads). Default folds: leave-one-out up to 10 models, else 10-fold.
 
 Nulls. For N iid Gaussian rows × cols matrices the centered mode-1 scatter is Wishart((N − 1)·cols, I_rows)
 (mode 2 likewise); the per-model norms are matched through Kish's effective count
@@ -55,6 +56,15 @@ class _Scatter:
         self.s1.addmm_(y, y.T)
         self.s2.addmm_(y.T, y)
         self.n += 1
+
+    def add_to(self, y: torch.Tensor, *others: _Scatter) -> None:
+        """Add ``y`` here and to every scatter of ``others``, computing its two products once."""
+        s1, s2 = y @ y.T, y.T @ y
+        for o in (self, *others):
+            o.sum += y
+            o.s1 += s1
+            o.s2 += s2
+            o.n += 1
 
     def merge(self, other: _Scatter) -> None:
         self.sum += other.sum
@@ -178,12 +188,24 @@ def analyze_hosvd_unit(
     def read(i: int) -> torch.Tensor:
         return to_device(reader[i], dev)  # (rows, cols), float64, shifted
 
-    # Pass 1: the two halves, then their sum.
+    # Pass 1: the two halves, then their sum. When every fold's scatter fits plan.cache_bytes too, each model's
+    # products are computed once here and added to its half and to its fold (the fold pass then reads nothing
+    # but the held-out models, and multiplies nothing for the fold scatters).
+    per_scatter = (rows * rows + cols * cols + rows * cols) * 8
+    fold_of = {i: f for f, held in enumerate(plan.folds) for i in held.tolist()}
+    left = plan.cache_bytes - (n * rows * cols * 8 if reader.kept else 0)  # the kept members come first
+    folds_kept = (len(plan.folds) + 2) * per_scatter <= left
+    fold_acc: list[_Scatter | None] | None = (
+        [_Scatter(rows, cols, dev) for _ in plan.folds] if folds_kept else None
+    )
     halves = []
     for idx in plan.split:
         acc = _Scatter(rows, cols, dev)
         for i in idx.tolist():
-            acc.add(read(i))
+            if fold_acc is None:
+                acc.add(read(i))
+            else:
+                acc.add_to(read(i), fold_acc[fold_of[i]])  # type: ignore[arg-type]
         halves.append(acc)
     raw_sq = float(reader.sq_norms.sum())
     total = halves[0]
@@ -217,12 +239,18 @@ def analyze_hosvd_unit(
     x_sq = torch.zeros(n, dtype=torch.float64)
     spread_i = torch.zeros(n, dtype=torch.float64)
     ybar_d = to_device(ybar, dev)
-    for held in plan.folds:
-        fold = _Scatter(rows, cols, dev)
-        for i in held.tolist():
-            fold.add(read(i))
+    for f, held in enumerate(plan.folds):
+        kept_fold = fold_acc[f] if fold_acc is not None else None
+        if kept_fold is not None:
+            fold = kept_fold
+        else:
+            fold = _Scatter(rows, cols, dev)
+            for i in held.tolist():
+                fold.add(read(i))
         s1, s2, ybar_s, n_s = total.centered(minus=fold)
         del fold
+        if fold_acc is not None:
+            fold_acc[f] = None
         u = _basis(s1, kmax, tol1) if n_s > 1 else torch.zeros(rows, 0, dtype=torch.float64, device=dev)
         v = _basis(s2, kmax, tol2) if n_s > 1 else torch.zeros(cols, 0, dtype=torch.float64, device=dev)
         del s1, s2

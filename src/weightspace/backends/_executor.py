@@ -107,6 +107,10 @@ class Executor(abc.ABC):
         """A handle to pass ``obj`` to many tasks (sent to each worker once); locally the object itself."""
         return obj
 
+    def task_bytes(self, total: int) -> int:
+        """A task's share of a memory budget of ``total`` bytes for everything this process runs at once."""
+        return total // max(1, self.slots)
+
     @abc.abstractmethod
     def _iterate(self, tasks: Sequence[Task]) -> Iterator[tuple[int, Any]]: ...
 
@@ -267,6 +271,10 @@ class DaskExecutor(Executor):
     def share(self, obj: Any) -> Any:
         # A one-element list so that a list-like object is scattered as one piece, not element by element.
         return self.client.scatter([obj], broadcast=True, hash=False)[0]
+
+    def task_bytes(self, total: int) -> int:
+        # Each worker has its own memory: the budget is per worker thread (the largest worker's threads share it).
+        return total // max(1, max(self.client.nthreads().values(), default=1))
 
     def _iterate(self, tasks: Sequence[Task]) -> Iterator[tuple[int, Any]]:
         distributed = require_dask()

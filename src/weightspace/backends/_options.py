@@ -36,8 +36,8 @@ __all__ = [
     "parse_scheduler",
 ]
 
-#: A unit whose rows across all models take at most this many bytes (in their stored dtypes) is read once and kept
-#: between the passes of a fit, instead of being streamed twice. Memory is per unit in flight.
+#: Memory (float64 bytes) for keeping units between the passes of a fit, shared by the units in flight on one
+#: machine (each gets ``cache_bytes // units in flight``): a unit that fits its share is read once, not twice.
 DEFAULT_CACHE_BYTES = 1 << 30
 
 DEVICES = ("cpu", "cuda", "auto")
@@ -109,7 +109,8 @@ class RunOptions:
     device : {"cpu", "cuda", "cuda:N", "auto"}, default "cpu"
         Device of the linear algebra.
     cache_bytes : int
-        Keep a unit's rows between the passes of a fit when they take at most this many bytes.
+        Memory for keeping units between the passes of a fit, shared by the units in flight (a unit whose float64
+        rows fit its share is read once).
 
     Attributes
     ----------

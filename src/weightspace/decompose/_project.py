@@ -220,10 +220,8 @@ def project_models(
     results_by_unit: dict[int, list[Any]] = {}
     with open_executor(opts) as ex:
         shared = ex.share((subspace, sources, base_src))
-        tasks = [
-            Task(_project_unit, (shared, name, max(opts.cache_bytes, DEFAULT_CHUNK_BYTES)), f"unit '{name}'")
-            for name in unit_names
-        ]
+        budget = max(ex.task_bytes(opts.cache_bytes), DEFAULT_CHUNK_BYTES)
+        tasks = [Task(_project_unit, (shared, name, budget), f"unit '{name}'") for name in unit_names]
         for u, res in ex.run(tasks):
             results_by_unit[u] = res
             if progress is not None:

@@ -188,7 +188,7 @@ class SharedSubspace:
             rules["n_components"] = [PairOf(tuple(self._parameter_constraints["n_components"]))]
         validate_params("SharedSubspace", rules, params)
 
-    def _fit_params(self, run: RunOptions | None = None) -> FitParams:
+    def _fit_params(self, run: RunOptions | None = None, cache_bytes: int | None = None) -> FitParams:
         run = run if run is not None else RunOptions()
         return FitParams(
             n_components=self.n_components,
@@ -197,7 +197,7 @@ class SharedSubspace:
             modes=tuple(self.modes),
             chunk_bytes=self.chunk_bytes,
             device=str(resolve_device(run.device)),
-            cache_bytes=run.cache_bytes,
+            cache_bytes=run.cache_bytes if cache_bytes is None else cache_bytes,
         )
 
     # -- fitting -----------------------------------------------------------------------------------------
@@ -247,12 +247,13 @@ class SharedSubspace:
         """
         self._validate()
         opts = RunOptions.of(run, threads=threads, scheduler=scheduler, client=client, device=device)
-        params = self._fit_params(opts)
+        self._fit_params(opts)  # a bad device fails before anything is read
         stacks, names, prov = _inputs(X, hash_base=out is None)
         self._reset()
         coll = X if isinstance(X, Collection) else None
         if out is None:
             with open_executor(opts) as ex:
+                params = self._fit_params(opts, ex.task_bytes(opts.cache_bytes))
                 shared = ex.share(coll) if coll is not None else None
                 tasks = [
                     Task(
@@ -272,6 +273,7 @@ class SharedSubspace:
             self._prov = prov
             return self
         with ArchiveWriter(out, self.storage_dtype) as writer, open_executor(opts) as ex:
+            params = self._fit_params(opts, ex.task_bytes(opts.cache_bytes))
             shared = ex.share(coll) if coll is not None else None
             # The same workers hash the sources (for the manifest), first: that also warms their page cache.
             hashes = [] if coll is None else [-1] * (coll.base is not None) + list(range(coll.n_models))
@@ -292,11 +294,14 @@ class SharedSubspace:
                 for i, st in enumerate(stacks)
             ]
             members: dict[int, MemberFit] = {}
+            hashed = 0
             for t, result in ex.run(tasks):
                 if t < len(hashes):
                     assert coll is not None
                     j = hashes[t]
                     (coll.base if j < 0 else coll.sources[j]).remember_sha256(result)  # type: ignore[union-attr]
+                    hashed += 1
+                    report(progress, "hash", hashed, len(hashes))
                     continue
                 members[t - len(hashes)] = result
                 report(progress, "units", len(members), len(stacks))

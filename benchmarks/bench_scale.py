@@ -4,17 +4,21 @@ Every figure is measured in this run, each job in a fresh process (wall time of 
 of that process from ``getrusage``), and the 1-minute load average is printed beside every row: on a shared
 machine a ratio is only as good as the load it was measured under. Sections (``--sections``, default all):
 
-* ``read``    — full-weight collection (64 models × 8 units × 1024² fp32): ``compress --rank 8`` and ``analyze``
-  wall ÷ a bare read of the same bytes (``cat`` and a safetensors loop; warm page cache, best of 2);
-  ``reconstruct`` ÷ a bare read + write of as many bytes (``cp``); ``project`` of 8 models ÷ ``cat`` of them.
+* ``read``    — full-weight collection (64 models × 8 units × 1024² fp32; quick 32 × 8 × 512²): ``compress --rank 8``
+  and ``analyze`` wall ÷ a bare read of the same bytes (``cat`` and a safetensors loop; warm page cache, best of
+  2); ``reconstruct`` ÷ a bare read + write + fsync of as many bytes; ``project`` of 8 models ÷ ``cat`` of them.
   Targets: ≤ 1.5× the read pass.
 * ``threads`` — compress and analyze with 1 thread vs every core (target ≥ 1.7× on 2 cores).
 * ``dask``    — compress on a LocalCluster of 1 vs 2 workers (cluster started and warmed before the clock),
   beside 2 threads (target: 2 workers within 15 % of 2 threads).
-* ``nscale``  — N = 16 … 256 models at a fixed unit size: wall, wall per model, peak RSS (time ~linear, RSS flat).
-* ``tiny``    — N = 1000 … 10 000 tiny models (4 units, 800 parameters): compress wall and RSS (10 000 < 2 min).
-* ``hosvd``   — HOSVD analyze on 64 × 8 × 512² (target < 60 s).
-* ``tv``      — 12 layers × 4096² task vectors of 4 models: HOSVD analyze, merge ties / knots / tsv.
+* ``nscale``  — N = 16 … 256 models × 4 × 256² (quick 16 … 64 × 4 × 128²): wall, wall per model, peak RSS (time
+  ~linear, RSS flat).
+* ``tiny``    — N = 1000 … 10 000 tiny models (quick 1000, 2000; 4 units, 800 parameters): compress wall and RSS
+  (10 000 < 2 min).
+* ``hosvd``   — HOSVD analyze on 64 × 8 × 512² (quick 16 × 4 × 256²; target < 60 s).
+* ``tv``      — 12 layers × 4096² task vectors of 4 models (quick 4 × 1024²; ``--tv-layers/--tv-dim/--tv-models``):
+  HOSVD analyze, merge ties / knots / tsv. Long: HOSVD analysis of a 4096² unit is ~20 eigendecompositions of
+  4096 × 4096 (halves, folds, nulls), about an hour on 2 cores for the default shape.
 
 The LoRA comparison with vlora-dev is ``benchmarks/bench_lora.py`` (its own workload; it takes ``--threads``).
 
@@ -100,14 +104,21 @@ def _files(models: str) -> list[str]:
 
 
 def job_st_loop(a: dict[str, Any]) -> dict[str, Any]:
+    """Every tensor of every file copied into one reused buffer (``get_tensor`` alone maps without reading)."""
+    import torch
     from safetensors import safe_open
 
+    buf = torch.empty(0, dtype=torch.uint8)
     n = 0
     for f in _files(a["models"]):
         with safe_open(f, "pt") as h:
             for k in h.keys():  # noqa: SIM118 (safe_open handles are not iterable)
-                n += h.get_tensor(k).numel()
-    return {"elements": n}
+                t = h.get_tensor(k).reshape(-1).view(torch.uint8)
+                if buf.numel() < t.numel():
+                    buf = torch.empty(t.numel(), dtype=torch.uint8)
+                buf[: t.numel()].copy_(t)
+                n += t.numel()
+    return {"bytes": n}
 
 
 def job_copy_fsync(a: dict[str, Any]) -> dict[str, Any]:
@@ -361,8 +372,12 @@ def section_hosvd(t: Table, work: Path, q: bool, threads: int | None) -> None:
     t.add("hosvd", f"HOSVD analyze {n}×{units}×{d}²", m, None, "< 60 s" if not q else "")
 
 
+TV_SHAPE: dict[str, int] = {}
+
+
 def section_tv(t: Table, work: Path, q: bool, threads: int | None) -> None:
     n, units, d = (4, 4, 1024) if q else (4, 12, 4096)
+    n, units, d = TV_SHAPE.get("models", n), TV_SHAPE.get("layers", units), TV_SHAPE.get("dim", d)
     root = _write_collection(work / f"tv-{n}x{units}x{d}", n, units, d, d, base=True)
     label = f"{units} layers × {d}², {n} task vectors"
     m = run_job("analyze", models=root / "models", method="hosvd", threads=threads)
@@ -397,11 +412,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=None, help="threads for the non-thread sections (default: all)")
     ap.add_argument("--workdir", type=Path, default=None, help="keep workloads here (reused when they match)")
     ap.add_argument("--keep", action="store_true", help="do not delete a temporary workdir")
+    ap.add_argument("--tv-layers", type=int, help="tv section: layers (default 12; quick 4)")
+    ap.add_argument(
+        "--tv-dim", type=int, help="tv section: d of the d × d task vectors (default 4096; quick 1024)"
+    )
+    ap.add_argument("--tv-models", type=int, help="tv section: task vectors (default 4)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
         _child(args.child)
         return
+    for key, value in (("layers", args.tv_layers), ("dim", args.tv_dim), ("models", args.tv_models)):
+        if value is not None:
+            TV_SHAPE[key] = value
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
     unknown = sorted(set(sections) - set(SECTIONS))
     if unknown:

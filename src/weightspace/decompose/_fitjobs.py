@@ -8,6 +8,7 @@ the manifest last.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +19,7 @@ from weightspace.decompose._archive import STORAGE_DTYPES, MemberDigest, UnitFil
 from weightspace.decompose._unitfit import FitParams, MemoryStore, UnitFit, UnitRecord, unit_fit_for
 from weightspace.units import UnitStack
 
-__all__ = ["MemberFit", "fit_member", "fit_unit", "hash_source", "stack_of"]
+__all__ = ["MemberFit", "fit_member", "fit_unit", "hash_sources", "stack_of"]
 
 
 def stack_of(source: Collection | UnitStack, name: str) -> UnitStack:
@@ -56,7 +57,10 @@ def fit_member(
     return MemberFit(unit.record(), unit.coefficients, digest)
 
 
-def hash_source(source: Collection, index: int) -> str:
-    """sha256 of model ``index`` of the collection (``-1``: its base)."""
-    src: Any = source.base if index < 0 else source.sources[index]
-    return src.sha256()
+def hash_sources(source: Collection, indices: Sequence[int]) -> list[str]:
+    """sha256 of models ``indices`` of the collection (``-1``: its base), one task for a batch of models."""
+    out = []
+    for i in indices:
+        src: Any = source.base if i < 0 else source.sources[i]
+        out.append(src.sha256())
+    return out

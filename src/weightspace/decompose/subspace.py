@@ -36,7 +36,7 @@ from weightspace.decompose._archive import (
     model_record,
     unit_member_name,
 )
-from weightspace.decompose._fitjobs import MemberFit, fit_member, fit_unit, hash_source
+from weightspace.decompose._fitjobs import MemberFit, fit_member, fit_unit, hash_sources
 from weightspace.decompose._project import ProjectResult, project_models
 from weightspace.decompose._unitfit import (
     DEFAULT_CHUNK_BYTES,
@@ -275,9 +275,14 @@ class SharedSubspace:
         with ArchiveWriter(out, self.storage_dtype) as writer, open_executor(opts) as ex:
             params = self._fit_params(opts, ex.task_bytes(opts.cache_bytes))
             shared = ex.share(coll) if coll is not None else None
-            # The same workers hash the sources (for the manifest), first: that also warms their page cache.
-            hashes = [] if coll is None else [-1] * (coll.base is not None) + list(range(coll.n_models))
-            tasks = [Task(hash_source, (shared, j), f"hashing model {j}") for j in hashes]
+            # The same workers hash the sources (for the manifest), first: that also warms their page cache. A
+            # few models per task keep the per-task overhead of thousands of tiny models small.
+            todo = [] if coll is None else [-1] * (coll.base is not None) + list(range(coll.n_models))
+            step = max(1, -(-len(todo) // (4 * ex.slots)))
+            hashes = [todo[j : j + step] for j in range(0, len(todo), step)]
+            tasks = [
+                Task(hash_sources, (shared, batch), f"hashing models {batch[0]}…{batch[-1]}") for batch in hashes
+            ]
             tasks += [
                 Task(
                     fit_member,
@@ -298,10 +303,10 @@ class SharedSubspace:
             for t, result in ex.run(tasks):
                 if t < len(hashes):
                     assert coll is not None
-                    j = hashes[t]
-                    (coll.base if j < 0 else coll.sources[j]).remember_sha256(result)  # type: ignore[union-attr]
-                    hashed += 1
-                    report(progress, "hash", hashed, len(hashes))
+                    for j, digest in zip(hashes[t], result, strict=True):
+                        (coll.base if j < 0 else coll.sources[j]).remember_sha256(digest)  # type: ignore[union-attr]
+                    hashed += len(result)
+                    report(progress, "hash", hashed, len(todo))
                     continue
                 members[t - len(hashes)] = result
                 report(progress, "units", len(members), len(stacks))

@@ -17,8 +17,9 @@ machine a ratio is only as good as the load it was measured under. Sections (``-
   (10 000 < 2 min).
 * ``hosvd``   — HOSVD analyze on 64 × 8 × 512² (quick 16 × 4 × 256²; target < 60 s).
 * ``tv``      — 12 layers × 4096² task vectors of 4 models (quick 4 × 1024²; ``--tv-layers/--tv-dim/--tv-models``):
-  HOSVD analyze, merge ties / knots / tsv. Long: HOSVD analysis of a 4096² unit is ~20 eigendecompositions of
-  4096 × 4096 (halves, folds, nulls), about an hour on 2 cores for the default shape.
+  HOSVD analyze, merge ties / knots / tsv. Long: HOSVD analysis of a 4096² unit with 4 models is ~24 float64
+  eigendecompositions of 4096 × 4096 (stability halves, leave-one-out folds, nulls), hours on 2 cores for the
+  default shape; ``--device auto`` runs them on a GPU, ``--tv-dim 2048`` is 8× cheaper.
 
 The LoRA comparison with vlora-dev is ``benchmarks/bench_lora.py`` (its own workload; it takes ``--threads``).
 
@@ -195,9 +196,19 @@ def job_project(a: dict[str, Any]) -> dict[str, Any]:
 def job_merge(a: dict[str, Any]) -> dict[str, Any]:
     from weightspace.merge import merge
 
-    r = merge([a["models"]], base=a["base"], method=a["method"], out=a["out"], threads=a.get("threads"))
+    r = merge(
+        [a["models"]],
+        base=a["base"],
+        method=a["method"],
+        out=a["out"],
+        threads=a.get("threads"),
+        device=DEVICE.get("device"),
+    )
     return {"units": r.n_units}
 
+
+#: ``--device`` for the compress, analyze and merge jobs (set in the child from its job spec).
+DEVICE: dict[str, str] = {}
 
 JOBS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     name[4:]: fn for name, fn in globals().items() if name.startswith("job_")
@@ -207,6 +218,8 @@ JOBS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
 def _child(spec: str) -> None:
     job = json.loads(spec)
     fn = JOBS[job["job"]]
+    if job.get("device"):
+        DEVICE["device"] = job["device"]
     # Imported before the clock starts: the figures are the calls, not the interpreter's start-up.
     import torch  # noqa: F401
 
@@ -224,6 +237,8 @@ def _child(spec: str) -> None:
 def run_job(job: str, **args: Any) -> dict[str, Any]:
     """Run one job in a fresh process; its wall (of the call), peak RSS and the load average around it."""
     load0 = os.getloadavg()[0]
+    if DEVICE.get("device"):
+        args = {"device": DEVICE["device"], **args}
     proc = subprocess.run(
         [sys.executable, __file__, "--child", json.dumps({"job": job, **args}, default=str)],
         capture_output=True,
@@ -412,6 +427,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=None, help="threads for the non-thread sections (default: all)")
     ap.add_argument("--workdir", type=Path, default=None, help="keep workloads here (reused when they match)")
     ap.add_argument("--keep", action="store_true", help="do not delete a temporary workdir")
+    ap.add_argument("--device", default=None, help="cpu, cuda or auto for compress/analyze/merge (default cpu)")
     ap.add_argument("--tv-layers", type=int, help="tv section: layers (default 12; quick 4)")
     ap.add_argument(
         "--tv-dim", type=int, help="tv section: d of the d × d task vectors (default 4096; quick 1024)"
@@ -422,6 +438,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.child:
         _child(args.child)
         return
+    if args.device:
+        DEVICE["device"] = args.device
     for key, value in (("layers", args.tv_layers), ("dim", args.tv_dim), ("models", args.tv_models)):
         if value is not None:
             TV_SHAPE[key] = value

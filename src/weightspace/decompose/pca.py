@@ -571,14 +571,17 @@ class PCAUnit(UnitFit):
         with self.pinned():
             mean = self.mean().reshape(1, d)  # (1, D)
             basis = self.basis()  # (k, D)
+            # x − P x = (x_c − P x_c) + (μ − P μ): the basis-only residual is the mean+basis one plus a fixed vector.
+            mean_err = mean - (mean @ basis.T) @ basis  # (1, D)
             for g0, g1 in member_groups(stack.n, d, budget_bytes):
                 x = UnitStack(stack.spec, stack.members[g0:g1]).chunk(0, stack.spec.rows)  # (b, D)
-                xc = x - mean
+                x_sq = _row_sq(x)
+                xc = x.sub_(mean)  # (b, D), in place: x is not needed again
+                mo_sq = _row_sq(xc)
                 c = xc @ basis.T  # (b, k)
-                fit_err = xc - c @ basis
-                raw_err = x - (x @ basis.T) @ basis  # x − P x
-                x_sq, mo_sq = _row_sq(x), _row_sq(xc)
-                mb_sq, bo_sq = _row_sq(fit_err), _row_sq(raw_err)
+                fit_err = xc.sub_(c @ basis)  # x_c − P x_c
+                mb_sq = _row_sq(fit_err)
+                bo_sq = _row_sq(fit_err.add_(mean_err))  # x − P x
                 out += [
                     Residuals(c[j].clone(), float(x_sq[j]), float(mb_sq[j]), float(mo_sq[j]), float(bo_sq[j]))
                     for j in range(x.shape[0])

@@ -327,7 +327,9 @@ class DaskExecutor(Executor):
             if f.status == "error":
                 with contextlib.suppress(Exception):
                     failures.append((j, f.exception()))
-        j, exc = min(failures, key=lambda pair: pair[0])
+        # A dead worker is the cause of the cancellations that follow it: report it first.
+        killed = [pair for pair in failures if isinstance(pair[1], distributed.KilledWorker)]
+        j, exc = min(killed or failures, key=lambda pair: pair[0])
         what = tasks[j].label or f"task {j}"
         if isinstance(exc, distributed.KilledWorker):
             return BackendError(

@@ -466,9 +466,15 @@ class PCAUnit(UnitFit):
 
     @classmethod
     def fit(cls, stack: UnitStack, params: FitParams, store: TensorStore, tick: Tick | None = None) -> PCAUnit:
-        # One stream for both phases: a unit that fits params.cache_bytes is read once.
+        # One stream for both phases: a unit that fits params.cache_bytes is read once. Factored (LoRA) members
+        # take the factored-Gram route, after which the data is streamed only once: nothing to keep.
+        one_pass = stack.all_factored() and params.svd_solver != "tsqr"
         chunks = ChunkStream(
-            stack, center=params.center, chunk_bytes=params.chunk_bytes, cache_bytes=params.cache_bytes, tick=tick
+            stack,
+            center=params.center,
+            chunk_bytes=params.chunk_bytes,
+            cache_bytes=0 if one_pass else params.cache_bytes,
+            tick=tick,
         )
         spectrum = pca_spectrum(
             stack,

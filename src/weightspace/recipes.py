@@ -157,11 +157,18 @@ class MergeRecipe(_Recipe):
         return None if self.is_raw() else self.base_model
 
 
+def _default_method() -> str:
+    """The library's default decomposition (imported lazily: parsing a recipe needs no torch otherwise)."""
+    from weightspace.decompose import PCAUnit
+
+    return PCAUnit.method
+
+
 class CompressRecipe(_Recipe):
     """``job: compress``: the options of ``weightspace compress``."""
 
     job: Literal["compress"]
-    method: str = "pca"
+    method: str = Field(default_factory=_default_method)
     rank: int | None = Field(default=None, ge=1)
     variance: float | None = Field(default=None, gt=0, lt=1)
     clip_rank: bool = False
@@ -180,7 +187,7 @@ class AnalyzeRecipe(_Recipe):
     """``job: analyze``: the options of ``weightspace analyze``."""
 
     job: Literal["analyze"]
-    method: str = "pca"
+    method: str = Field(default_factory=_default_method)
     seed: int = Field(default=0, ge=0)
     null_draws: int = Field(default=5, ge=1)
     folds: int | None = Field(default=None, ge=2)

@@ -19,6 +19,7 @@ from rich.markup import escape
 # Commands register on import; this order is the order `weightspace --help` lists them (the data flow).
 # isort: off
 from weightspace.cli import _core_cmds  # noqa: F401
+from weightspace.cli import _align_cmd  # noqa: F401
 from weightspace.cli import _analyze_cmd  # noqa: F401
 from weightspace.cli import _merge_cmd  # noqa: F401
 from weightspace.cli import _adapt_cmd  # noqa: F401

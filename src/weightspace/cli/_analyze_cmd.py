@@ -7,6 +7,14 @@ from typing import Annotated
 
 import typer
 
+from weightspace.cli._align_opts import (
+    ReferenceOpt,
+    SpecOpt,
+    SymmetriesOpt,
+    ToOpt,
+    align_options,
+    print_alignment,
+)
 from weightspace.cli._common import (
     AllowPickle,
     BaseOpt,
@@ -45,6 +53,13 @@ def analyze(
     allow_pickle: AllowPickle = False,
     private: PrivateOpt = None,
     exclude: ExcludeOpt = None,
+    align: Annotated[
+        bool, typer.Option("--align", help="Align hidden units first; the null is aligned the same way.")
+    ] = False,
+    reference: ReferenceOpt = None,
+    to: ToOpt = None,
+    spec: SpecOpt = None,
+    symmetries: SymmetriesOpt = None,
     threads: ThreadsOpt = None,
     scheduler: SchedulerOpt = None,
     device: DeviceOpt = "cpu",
@@ -55,17 +70,20 @@ def analyze(
     from weightspace.report import require_matplotlib
 
     where = run_options(threads, scheduler, device)
+    opts = align_options(align, reference=reference, to=to, spec=spec, symmetries=symmetries, seed=seed)
     if not no_plots:
         require_matplotlib()  # fail before the (long) analysis, not after it
     coll = Collection.from_paths(
         models, base=base, allow_pickle=allow_pickle, private=private or (), exclude=exclude or ()
     )
     with progress_bar("analyze", quiet=quiet) as cb:
-        rep = run(coll, method=method, seed=seed, n_null=null_draws, folds=folds, progress=cb, **where)
+        rep = run(coll, method=method, seed=seed, n_null=null_draws, folds=folds, align=opts, progress=cb, **where)
         cb("report", 0, 1)
         rep.save(out, plots=not no_plots)
         cb("report", 1, 1)
     if json_out:
         emit_json(rep.to_dict())
+    if "alignment" in rep.data:
+        print_alignment(rep.data["alignment"])
     rep.print_summary(err_console)
     say(f"wrote {out / 'report.html'}, report.json{'' if no_plots else ' and plots'}")

@@ -8,6 +8,14 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 
+from weightspace.cli._align_opts import (
+    ReferenceOpt,
+    SpecOpt,
+    SymmetriesOpt,
+    ToOpt,
+    align_options,
+    print_alignment,
+)
 from weightspace.cli._common import (
     AllowPickle,
     BaseOpt,
@@ -140,6 +148,15 @@ def compress(
     allow_pickle: AllowPickle = False,
     private: PrivateOpt = None,
     exclude: ExcludeOpt = None,
+    align: Annotated[
+        bool,
+        typer.Option("--align", help="Align hidden units first; the archive stores the permutations."),
+    ] = False,
+    reference: ReferenceOpt = None,
+    to: ToOpt = None,
+    spec: SpecOpt = None,
+    symmetries: SymmetriesOpt = None,
+    seed: Annotated[int, typer.Option(help="Seeds the alignment's matching order (with --align).")] = 0,
     threads: ThreadsOpt = None,
     scheduler: SchedulerOpt = None,
     device: DeviceOpt = "cpu",
@@ -149,6 +166,7 @@ def compress(
     from weightspace.collection import Collection
     from weightspace.compress import compress as run
 
+    opts = align_options(align, reference=reference, to=to, spec=spec, symmetries=symmetries, seed=seed)
     n_components = rank_choice(rank, variance)
     where = run_options(threads, scheduler, device)
     coll = Collection.from_paths(
@@ -164,9 +182,12 @@ def compress(
             center=not no_center,
             svd_solver=solver,
             storage_dtype=dtype,
+            align=opts,
             progress=cb,
             **where,
         )
+    if result.alignment is not None:
+        print_alignment(result.alignment)
     summary = {**compress_summary(result, n_components), "duplicates": coll.duplicates()}
     if json_out:
         emit_json(summary)
@@ -187,6 +208,10 @@ def reconstruct(
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
     allow_pickle: AllowPickle = False,
+    aligned: Annotated[
+        bool,
+        typer.Option("--aligned", help="For a compress --align archive: keep the aligned unit order."),
+    ] = False,
 ) -> None:
     """Rebuild models from an archive in their source format (dtypes, keys, configs restored)."""
     from weightspace.compress import reconstruct as run
@@ -197,7 +222,9 @@ def reconstruct(
         raise InputError("name the models to rebuild, or pass --all")
     base_path = _local_base(base, allow_pickle)
     with progress_bar("reconstruct", quiet=quiet) as cb:
-        results = run(archive, out, names or None, base=base_path, allow_pickle=allow_pickle, progress=cb)
+        results = run(
+            archive, out, names or None, base=base_path, allow_pickle=allow_pickle, aligned=aligned, progress=cb
+        )
     if json_out:
         emit_json({"archive": str(archive), "out": str(out), "models": [r.to_dict() for r in results]})
     worst = max((r.max_lora_truncation_error for r in results), default=0.0)

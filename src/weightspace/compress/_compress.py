@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from weightspace._progress import Progress
+from weightspace.align import AlignOptions, align_collection
 from weightspace.collection import Collection, as_collection
 from weightspace.decompose import DEFAULT_CHUNK_BYTES, PCAUnit, SharedSubspace
 
@@ -62,6 +63,8 @@ class CompressResult:
     wall_s : float
     duplicates : list of list of str
         Groups of models with identical content (they distort the spectrum).
+    alignment : dict or None
+        With ``align``: the alignment (:meth:`~weightspace.align.AlignResult.to_dict`) the archive stores.
     """
 
     archive: str
@@ -75,6 +78,7 @@ class CompressResult:
     n_private: int
     wall_s: float
     duplicates: list[list[str]] = field(default_factory=list)
+    alignment: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able dict (the ``--json`` output)."""
@@ -96,6 +100,7 @@ def compress(
     allow_pickle: bool = False,
     private: Sequence[str] = (),
     exclude: Sequence[str] = (),
+    align: AlignOptions | bool | None = None,
     progress: Progress | None = None,
     threads: int | None = None,
     scheduler: str | None = None,
@@ -113,6 +118,11 @@ def compress(
         Archive directory (conventionally ``*.wsz``); replaced atomically if it exists.
     method, n_components, center, svd_solver, modes, storage_dtype, chunk_bytes
         As in :class:`~weightspace.decompose.SharedSubspace`.
+    align : AlignOptions or bool, optional
+        Align the models first (``True``: default :class:`~weightspace.align.AlignOptions`). The archive
+        stores every model's permutations (``align.safetensors``) and the alignment (manifest
+        ``extras["alignment"]``), so :func:`~weightspace.compress.reconstruct` returns each model in its
+        original unit order (``aligned=True`` for the aligned one).
     progress : callable, optional
         ``progress(stage, done, total)``.
     threads, scheduler, client, device
@@ -138,6 +148,12 @@ def compress(
     """
     t0 = time.perf_counter()
     coll = as_collection(models, base=base, allow_pickle=allow_pickle, private=private, exclude=exclude)
+    alignment = None
+    if align:
+        coll, result = align_collection(
+            coll, align if isinstance(align, AlignOptions) else None, progress=progress
+        )
+        alignment = result.to_dict()
     ss = SharedSubspace(
         n_components=n_components,
         method=method,
@@ -171,4 +187,5 @@ def compress(
         units=units,
         n_private=len(coll.private),
         wall_s=time.perf_counter() - t0,
+        alignment=alignment,
     )

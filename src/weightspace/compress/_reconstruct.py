@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from weightspace._progress import Progress, report
+from weightspace.align import ALIGN_MEMBER, PermutationSpec, Transform, read_alignment, unalign_tensors
 from weightspace.backends import DEFAULT_CACHE_BYTES
 from weightspace.decompose import Archive, ModelRecord, SharedSubspace, member_groups, open_base
 from weightspace.errors import ArchiveError
@@ -55,10 +56,23 @@ def _source_layout(model: ModelRecord) -> str:
     return fmt
 
 
+def _alignment(subspace: SharedSubspace, name: str) -> tuple[PermutationSpec, dict[str, Transform]] | None:
+    extras = subspace.manifest_.extras if subspace.manifest_ is not None else {}
+    if "alignment" not in extras:
+        return None
+    arc = subspace.archive_
+    if arc is None:
+        raise ArchiveError("the alignment of a fit lives in its saved archive; save() the subspace first")
+    return read_alignment(extras, lambda key: arc.read_member(ALIGN_MEMBER, key), path=arc.path, only=name)
+
+
 def reconstruct_tensors(
-    subspace: SharedSubspace, i: int, base: ModelSource | None
+    subspace: SharedSubspace, i: int, base: ModelSource | None, *, aligned: bool = False
 ) -> tuple[dict[str, torch.Tensor], float]:
     """File tensors of fitted model ``i`` and the largest LoRA truncation error (0 for full checkpoints).
+
+    For an archive of an aligned collection (``compress(..., align=...)``) the tensors are put back in the
+    model's own unit order (and scale) unless ``aligned=True``.
 
     Returns
     -------
@@ -110,6 +124,9 @@ def reconstruct_tensors(
             out[key] = w.to(_torch_dtype(model.dtypes.get(key, "F32"), name))
         elif key in private:
             out[key] = _private(arc, name, key)
+    alignment = None if aligned else _alignment(subspace, name)
+    if alignment is not None and name in alignment[1]:
+        out = unalign_tensors(out, alignment[0], alignment[1][name])
     return out, worst
 
 
@@ -159,6 +176,16 @@ def _output_specs(subspace: SharedSubspace, model: ModelRecord) -> dict[str, tup
     return specs
 
 
+class _Unalign:
+    """Puts one model's tensors back in its own unit order (and scale), one tensor at a time."""
+
+    def __init__(self, spec: PermutationSpec, transform: Transform):
+        self.spec, self.transform = spec, transform
+
+    def __call__(self, key: str, tensor: torch.Tensor) -> torch.Tensor:
+        return unalign_tensors({key: tensor}, self.spec, self.transform)[key]
+
+
 def _max_open_models() -> int:
     """Models written at once: their files stay open while every unit streams into them."""
     try:
@@ -177,6 +204,7 @@ def reconstruct(
     *,
     base: str | os.PathLike[str] | None = None,
     allow_pickle: bool = False,
+    aligned: bool = False,
     progress: Progress | None = None,
     chunk_bytes: int = DEFAULT_CACHE_BYTES,
 ) -> list[ReconstructedModel]:
@@ -196,6 +224,9 @@ def reconstruct(
     base : path, optional
         The base model for task-vector archives (default: the path recorded at compress time; its sha256
         must match).
+    aligned : bool, default False
+        For an archive of an aligned collection: write the aligned models instead of putting every model back
+        in its own unit order.
     chunk_bytes : int
         Budget of one batch of reconstructed members (float64).
 
@@ -214,7 +245,12 @@ def reconstruct(
         model = records[i]
         fmt = _source_layout(model)
         dest = out_dir / output_name(model.name, "torch" if fmt == "torch" else fmt)
-        plans.append((i, model, fmt, dest, _output_specs(ss, model)))  # every spec checked before any write
+        specs = _output_specs(ss, model)  # every spec checked before any write
+        alignment = None if aligned or ss.kind_ == "peft" else _alignment(ss, model.name)
+        undo = (
+            _Unalign(alignment[0], alignment[1][model.name]) if alignment and model.name in alignment[1] else None
+        )
+        plans.append((i, model, fmt, dest, specs, undo))
     results: list[ReconstructedModel] = []
     step = _max_open_models()
     for b0 in range(0, len(plans), step):
@@ -225,15 +261,16 @@ def reconstruct(
                 stack.enter_context(
                     LayoutWriter(dest, Layout(fmt, dict(model.metadata or {}), dict(model.configs or {})), specs)
                 )
-                for _, model, fmt, dest, specs in batch
+                for _, model, fmt, dest, specs, _ in batch
             ]
             for key, unit in ss.units_.items():
                 _write_unit(ss, key, unit, batch, writers, worst, base_src, chunk_bytes)
-            for j, (_, model, _, _, _) in enumerate(batch):
+            for j, (_, model, _, _, _, undo) in enumerate(batch):
                 for key in model.private:
                     fk = model.extra_keys.get(key, key) if ss.kind_ == "peft" else key
-                    writers[j].write(fk, _private(ss.archive_, model.name, key))
-        for j, (_, model, fmt, dest, _) in enumerate(batch):
+                    t = _private(ss.archive_, model.name, key)
+                    writers[j].write(fk, undo(fk, t) if undo is not None else t)
+        for j, (_, model, fmt, dest, _, _) in enumerate(batch):
             results.append(ReconstructedModel(model.name, str(dest), fmt, worst[j]))
         report(progress, "reconstruct", len(results), len(plans))
     return results
@@ -243,7 +280,7 @@ def _write_unit(
     ss: SharedSubspace,
     key: str,
     unit: Any,
-    batch: Sequence[tuple[int, ModelRecord, str, Path, Any]],
+    batch: Sequence[tuple[int, ModelRecord, str, Path, Any, _Unalign | None]],
     writers: Sequence[LayoutWriter],
     worst: list[float],
     base: ModelSource | None,
@@ -251,7 +288,7 @@ def _write_unit(
 ) -> None:
     """Stream unit ``key`` of every model in ``batch`` into its writer, the unit's stored tensors read once."""
     peft = ss.kind_ == "peft"
-    wanted = [j for j, (_, model, _, _, _) in enumerate(batch) if not peft or (model.lora and key in model.lora)]
+    wanted = [j for j, (_, model, *_) in enumerate(batch) if not peft or (model.lora and key in model.lora)]
     if not wanted:
         return
     shape = tuple(unit.spec.shape)
@@ -281,4 +318,6 @@ def _write_unit(
                 w = m.reshape(shape)
                 if base_w is not None:
                     w = w + base_w
-                writers[j].write(key, w.to(_torch_dtype(model.dtypes.get(key, "F32"), model.name)))
+                w = w.to(_torch_dtype(model.dtypes.get(key, "F32"), model.name))
+                undo = batch[j][5]
+                writers[j].write(key, undo(key, w) if undo is not None else w)

@@ -26,6 +26,7 @@ import re
 
 __all__ = [
     "ArchiveError",
+    "BackendError",
     "CorruptFileError",
     "DependencyError",
     "InputError",
@@ -155,3 +156,7 @@ class NotFittedError(WeightspaceError, ValueError, AttributeError):
 
 class DependencyError(WeightspaceError, ImportError):
     """An optional dependency is missing; the message names the extra to install."""
+
+
+class BackendError(WeightspaceError, RuntimeError):
+    """A run could not finish on its backend (a Dask worker died, the cluster went away); nothing was written."""

@@ -19,6 +19,7 @@ from weightspace.cli._align_opts import (
 from weightspace.cli._common import (
     AllowPickle,
     BaseOpt,
+    DeviceOpt,
     ExcludeOpt,
     FollowSymlinksOpt,
     JsonOpt,
@@ -26,6 +27,8 @@ from weightspace.cli._common import (
     OverwriteOpt,
     PrivateOpt,
     QuietOpt,
+    SchedulerOpt,
+    ThreadsOpt,
     app,
     emit_json,
     err_console,
@@ -33,6 +36,7 @@ from weightspace.cli._common import (
     progress_bar,
     rank_choice,
     read_policy,
+    run_options,
     say,
 )
 from weightspace.errors import InputError
@@ -165,6 +169,9 @@ def compress(
     seed: Annotated[int, typer.Option(help="Seeds the alignment's matching order (with --align).")] = 0,
     overwrite: OverwriteOpt = False,
     follow_symlinks: FollowSymlinksOpt = False,
+    threads: ThreadsOpt = None,
+    scheduler: SchedulerOpt = None,
+    device: DeviceOpt = "cpu",
 ) -> None:
     """Fit the shared subspace and write a compressed archive (basis + coefficients + private tensors)."""
     from weightspace.cli._rank import check_rank
@@ -174,6 +181,7 @@ def compress(
     read_policy(follow_symlinks)
     opts = align_options(align, reference=reference, to=to, spec=spec, symmetries=symmetries, seed=seed)
     n_components = rank_choice(rank, variance)
+    where = run_options(threads, scheduler, device)
     coll = Collection.from_paths(
         models, base=base, allow_pickle=allow_pickle, private=private or (), exclude=exclude or ()
     )
@@ -190,6 +198,7 @@ def compress(
             align=opts,
             progress=cb,
             overwrite=overwrite,
+            **where,
         )
     if result.alignment is not None:
         print_alignment(result.alignment)
@@ -266,14 +275,24 @@ def project(
     quiet: QuietOpt = False,
     allow_pickle: AllowPickle = False,
     follow_symlinks: FollowSymlinksOpt = False,
+    threads: ThreadsOpt = None,
+    scheduler: SchedulerOpt = None,
 ) -> None:
     """Project unseen models onto an archive's subspace; residuals beside the mean-only baseline."""
     from weightspace.compress import project as run
 
     read_policy(follow_symlinks)
+    where = run_options(threads, scheduler)
+    where.pop("device")
     with progress_bar("project", quiet=quiet) as cb:
         result = run(
-            archive, models, add=add, base=_local_base(base, allow_pickle), allow_pickle=allow_pickle, progress=cb
+            archive,
+            models,
+            add=add,
+            base=_local_base(base, allow_pickle),
+            allow_pickle=allow_pickle,
+            progress=cb,
+            **where,
         )
     if json_out:
         emit_json(result.to_dict())

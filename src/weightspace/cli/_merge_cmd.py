@@ -11,12 +11,15 @@ from rich.markup import escape
 from weightspace.cli._common import (
     AllowPickle,
     BaseOpt,
+    DeviceOpt,
     ExcludeOpt,
     FollowSymlinksOpt,
     JsonOpt,
     OverwriteOpt,
     PrivateOpt,
     QuietOpt,
+    SchedulerOpt,
+    ThreadsOpt,
     app,
     default_base,
     emit_json,
@@ -24,6 +27,7 @@ from weightspace.cli._common import (
     print_table,
     progress_bar,
     read_policy,
+    run_options,
     say,
 )
 from weightspace.errors import InputError
@@ -206,6 +210,9 @@ def merge(
     exclude: ExcludeOpt = None,
     overwrite: OverwriteOpt = False,
     follow_symlinks: FollowSymlinksOpt = False,
+    threads: ThreadsOpt = None,
+    scheduler: SchedulerOpt = None,
+    device: DeviceOpt = "cpu",
 ) -> None:
     read_policy(follow_symlinks)
     if list_all:
@@ -256,6 +263,7 @@ def merge(
         private=private or (),
         exclude=exclude or (),
         overwrite=overwrite,
+        run=run_options(threads, scheduler, device),
     )
 
 
@@ -278,8 +286,12 @@ def run_merge(
     private: tuple[str, ...] | list[str] = (),
     exclude: tuple[str, ...] | list[str] = (),
     overwrite: bool = False,
+    run: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Open the models, merge and write, print the summary (shared by ``merge`` and ``run``); the JSON summary."""
+    """Open the models, merge and write, print the summary (shared by ``merge`` and ``run``); the JSON summary.
+
+    ``run`` holds the run options (``threads``, ``scheduler``, ``device``) from :func:`run_options`.
+    """
     from weightspace.collection import Collection
     from weightspace.merge import merge as merge_fn
 
@@ -310,6 +322,7 @@ def run_merge(
             subspace=basis_archive,
             progress=cb,
             overwrite=overwrite,
+            **(run or {}),
         )
     summary = result.to_dict()
     if eval_zoo is not None:

@@ -140,6 +140,10 @@ def compress(
     align: AlignOptions | bool | None = None,
     progress: Progress | None = None,
     overwrite: bool = False,
+    threads: int | None = None,
+    scheduler: str | None = None,
+    client: Any = None,
+    device: str | None = None,
 ) -> CompressResult:
     """Fit the shared subspace of ``models`` and write it as an archive at ``out``.
 
@@ -164,6 +168,10 @@ def compress(
         ``progress(stage, done, total)``.
     overwrite : bool, default False
         Replace an existing ``out`` that is not a weightspace archive (refused otherwise, before any work).
+    threads, scheduler, client, device
+        Where the units run (see :class:`~weightspace.backends.RunOptions`): ``threads`` units at once here
+        (default every core), or Dask workers (``scheduler="local:N"``, ``"tcp://HOST:PORT"``, or ``client=``)
+        that write their own archive members; ``device`` for the linear algebra. Results do not depend on them.
 
     Returns
     -------
@@ -214,7 +222,16 @@ def compress(
         chunk_bytes=chunk_bytes,
         storage_dtype=storage_dtype,
     )
-    ss.fit(coll, out=out, progress=progress, overwrite=overwrite)
+    ss.fit(
+        coll,
+        out=out,
+        progress=progress,
+        threads=threads,
+        scheduler=scheduler,
+        client=client,
+        device=device,
+        overwrite=overwrite,
+    )
     archive_bytes = sum(p.stat().st_size for p in ss.path_.rglob("*") if p.is_file())  # type: ignore[union-attr]
     model_bytes = sum(m.source_bytes for m in ss.models_)
     units = [

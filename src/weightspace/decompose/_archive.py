@@ -86,6 +86,7 @@ __all__ = [
     "MemberDigest",
     "ModelRecord",
     "PrivateRecord",
+    "UnitFileStore",
     "model_record",
 ]
 
@@ -689,17 +690,20 @@ def _finite(t: torch.Tensor, path: Path, key: str) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ writing
-class _UnitFileStore:
-    """One unit's member file: declare the layout, stream tensors in, read them back once closed."""
+class UnitFileStore:
+    """One unit's member file: declare the layout, stream tensors in, read them back once closed.
 
-    def __init__(self, path: Path, dtype: torch.dtype, label: Path | None = None):
-        self.path, self.dtype, self.label = path, dtype, label
+    The member's folder must exist already (:meth:`ArchiveWriter.member_path` makes it): a store whose archive
+    was removed underneath it (a failed run) fails instead of re-creating the folder.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], dtype: torch.dtype, label: Path | None = None):
+        self.path, self.dtype, self.label = Path(path), dtype, label
         self._writer: SafetensorsWriter | None = None
         self._layout: dict[str, tuple[int, ...]] = {}
 
     def declare(self, layout: Mapping[str, tuple[int, ...]]) -> None:
         self._layout = dict(layout)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._writer = SafetensorsWriter(
             self.path, {k: (self.dtype, s) for k, s in layout.items()}, label=self.label
         )
@@ -727,6 +731,11 @@ class _UnitFileStore:
         self.close()
         return SafetensorsFile(self.path).read(name).to(torch.float64)
 
+    def digest(self) -> MemberDigest:
+        """Close the member and return its sha256 and size (computed where it was written)."""
+        self.close()
+        return MemberDigest(sha256=file_sha256(self.path), bytes=self.path.stat().st_size)
+
 
 class ArchiveWriter:
     """Builds an archive in a temporary sibling of ``dest`` and swaps it into place when done.
@@ -753,7 +762,7 @@ class ArchiveWriter:
         self.dtype = STORAGE_DTYPES[storage_dtype]
         self.storage_dtype = storage_dtype
         self.tmp: Path | None = None
-        self._stores: list[_UnitFileStore] = []
+        self._stores: list[UnitFileStore] = []
         self._ctx: contextlib.AbstractContextManager[Path] | None = None
         self.archive_bytes = 0
 
@@ -775,12 +784,17 @@ class ArchiveWriter:
             raise RuntimeError("ArchiveWriter must be used as a context manager")
         return self.tmp
 
-    def unit_store(self, index: int) -> _UnitFileStore:
+    def unit_store(self, index: int) -> UnitFileStore:
         """The member store of unit ``index``."""
-        name = unit_member_name(index)
-        store = _UnitFileStore(self._dir() / name, self.dtype, label=self.dest / name)
+        store = UnitFileStore(self.member_path(index), self.dtype, label=self.dest / unit_member_name(index))
         self._stores.append(store)
         return store
+
+    def member_path(self, index: int) -> Path:
+        """Where unit ``index``'s member is written (its folder is created); a worker may write it there."""
+        path = self._dir() / unit_member_name(index)
+        path.parent.mkdir(exist_ok=True)
+        return path
 
     def write_coefficients(self, coefficients: Mapping[str, torch.Tensor]) -> None:
         """``coef/<unit>`` tensors, stored in the storage dtype."""
@@ -819,19 +833,27 @@ class ArchiveWriter:
 
             shutil.copyfile(source, dst)
 
-    def finish(self, manifest: dict[str, Any]) -> Manifest:
+    def finish(self, manifest: dict[str, Any], digests: Mapping[str, MemberDigest] | None = None) -> Manifest:
         """Close every member, hash them, validate and write ``manifest.json`` last.
 
-        ``manifest`` holds every field but ``format``, ``version``, ``created_by`` and ``members``.
+        ``manifest`` holds every field but ``format``, ``version``, ``created_by`` and ``members``. ``digests``
+        are members hashed where they were written (by workers); one whose size differs on disk is hashed again.
         """
         root = self._dir()
         for s in self._stores:
             s.close()
+        known = dict(digests or {})
         members = {}
         for p in sorted(root.rglob("*")):
             if p.is_file():
                 name = p.relative_to(root).as_posix()
-                members[name] = {"sha256": file_sha256(p), "bytes": p.stat().st_size}
+                size = p.stat().st_size
+                d = known.get(name)
+                members[name] = (
+                    {"sha256": d.sha256, "bytes": size}
+                    if d is not None and d.bytes == size
+                    else {"sha256": file_sha256(p), "bytes": size}
+                )
         full = {
             "format": FORMAT,
             "version": VERSION,

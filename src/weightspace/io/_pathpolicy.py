@@ -11,7 +11,9 @@ that nothing but a regular file inside its root is ever read:
   block on it), ``open`` with ``O_NONBLOCK``, then ``fstat`` the descriptor (a FIFO swapped in between is still
   refused). With a ``root`` (the model directory or archive), the file actually opened — its real path, read back
   from the descriptor — must lie inside the root's real path; a symbolic link that leaves the root is refused
-  unless following links is switched on (``--follow-symlinks``, :func:`follow_symlinks`).
+  unless following links is switched on (``--follow-symlinks``, :func:`follow_symlinks`). The setting is read when
+  a model is opened (indexed): the objects remember it, so their later reads on worker threads or Dask workers
+  follow the same rule.
 
 Paths the user names on the command line are trusted as given (a link named by the user is followed); the roots
 of what is found inside them are their real paths.

@@ -39,7 +39,7 @@ from weightspace.errors import (
     ShapeMismatchError,
     UnsupportedFormatError,
 )
-from weightspace.io._pathpolicy import open_regular
+from weightspace.io._pathpolicy import following_symlinks, open_regular
 
 __all__ = [
     "DTYPES",
@@ -218,7 +218,8 @@ class SafetensorsFile:
 
     def __init__(self, path: str | os.PathLike[str], *, root: str | os.PathLike[str] | None = None):
         self.path = Path(path)
-        self._root = None if root is None else Path(root)
+        # Decided once: reads may happen on worker threads or processes that do not share --follow-symlinks.
+        self._root = None if root is None or following_symlinks() else Path(root)
         if sys.byteorder != "little":
             raise UnsupportedFormatError("safetensors data is little-endian; big-endian hosts are not supported")
         fd = open_regular_file(self.path, root=self._root)

@@ -34,7 +34,7 @@ import torch
 
 from weightspace._json import parse_json
 from weightspace.errors import CorruptFileError, NonFiniteError, TensorKeyError, UnsupportedFormatError
-from weightspace.io._pathpolicy import check_name, open_regular, read_regular
+from weightspace.io._pathpolicy import check_name, following_symlinks, open_regular, read_regular
 from weightspace.io._peft import LoraConfig, LoraModule, parse_adapter_keys, read_adapter_config
 from weightspace.io._pickle import PICKLE_SUFFIXES, load_pickled_state_dict
 from weightspace.io._safetensors import DTYPES, SafetensorsFile
@@ -119,8 +119,9 @@ class ModelSource:
 
     def __init__(self, path: Path):
         self.path = path
-        # Files of a directory model must resolve inside this root (see weightspace.io._pathpolicy).
-        self.root: Path | None = model_root(path) if path.is_dir() else None
+        # Files of a directory model must resolve inside this root (see weightspace.io._pathpolicy). The choice is
+        # made once, here: later reads may run on worker threads or processes that do not share the setting.
+        self.root: Path | None = model_root(path) if path.is_dir() and not following_symlinks() else None
         self.entries: dict[str, Entry] = {}
         self.metadata: dict[str, str] = {}
         self.configs: dict[str, str] = {}
@@ -160,6 +161,10 @@ class ModelSource:
                 self._sha256 = h.hexdigest()
         return self._sha256
 
+    def remember_sha256(self, digest: str) -> None:
+        """Adopt a content hash that :meth:`sha256` computed elsewhere for the same files (e.g. on a worker)."""
+        self._sha256 = digest
+
     @property
     def adapter_config(self) -> dict | None:
         """The PEFT adapter config (parsed) for ``peft`` sources, else None."""
@@ -173,12 +178,14 @@ class ModelSource:
 
 
 def file_sha256(path: str | os.PathLike[str], *, root: str | os.PathLike[str] | None = None) -> str:
-    """Hex sha256 of a regular file's bytes, read in 4 MiB blocks (refusing FIFOs, devices, links out of ``root``)."""
+    """Hex sha256 of a regular file's bytes (refusing FIFOs, devices, links out of ``root``), read into one reused
+    1 MiB buffer (no new bytes object per block)."""
     h = hashlib.sha256()
+    buf = memoryview(bytearray(1 << 20))
     fd = open_regular(path, root=root)
-    with os.fdopen(fd, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            h.update(block)
+    with os.fdopen(fd, "rb", buffering=0) as fh:
+        while n := fh.readinto(buf):
+            h.update(buf[:n])
     return h.hexdigest()
 
 

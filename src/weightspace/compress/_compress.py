@@ -3,6 +3,12 @@
 ``compress(models, out, ...)`` is ``SharedSubspace(...).fit(collection, out=out)``: each unit is fitted and its
 stored tensors streamed straight into its own archive member, so peak memory is about ``N² + one chunk`` per
 unit on top of the interpreter. What it returns is measured on disk.
+
+Before any work, the output is checked (:func:`weightspace._atomic.check_output`): an existing path that is not a
+weightspace archive is refused unless ``overwrite``, an output that is or holds an input is always refused, the
+file system must accept writes and have room for at least the archive's unavoidable part (each unit's mean and the
+private tensors, in the storage dtype) — so a collection whose headers declare terabytes fails in a second, not
+after hours.
 """
 
 from __future__ import annotations
@@ -13,12 +19,17 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import torch
+
+from weightspace._atomic import check_output
 from weightspace._progress import Progress
 from weightspace.align import AlignOptions, align_collection
 from weightspace.collection import Collection, as_collection
-from weightspace.decompose import DEFAULT_CHUNK_BYTES, PCAUnit, SharedSubspace
+from weightspace.decompose import DEFAULT_CHUNK_BYTES, STORAGE_DTYPES, PCAUnit, SharedSubspace
+from weightspace.errors import ParameterError
+from weightspace.io import DTYPES
 
-__all__ = ["CompressResult", "UnitSummary", "compress"]
+__all__ = ["CompressResult", "UnitSummary", "compress", "min_archive_bytes", "storage_dtype_for"]
 
 PathLike = str | os.PathLike[str]
 
@@ -85,6 +96,32 @@ class CompressResult:
         return asdict(self)
 
 
+def storage_dtype_for(coll: Collection, choice: str = "auto") -> str:
+    """``choice``, or for ``"auto"`` the storage dtype that keeps the sources' precision.
+
+    ``float64`` when any decomposed tensor is stored as F64 (float32 storage would erase differences below
+    ~1e-7 relative while the float64 spectrum reports them as explained), else ``float32``.
+    """
+    if choice != "auto":
+        return choice
+    wide = any(
+        src.entries[u.name].dtype == "F64" for src in coll.sources for u in coll.units if u.name in src.entries
+    )
+    return "float64" if wide else "float32"
+
+
+def min_archive_bytes(coll: Collection, storage_dtype: str) -> int:
+    """A lower bound of the archive's size: every unit's mean in the storage dtype plus the private tensors."""
+    item = torch.empty((), dtype=STORAGE_DTYPES[storage_dtype]).element_size()
+    total = sum(u.numel for u in coll.units) * item
+    for src in coll.sources:
+        for key in coll.private:
+            entry = src.entries.get(key)
+            if entry is not None:
+                total += entry.numel * DTYPES[entry.dtype][1]
+    return total
+
+
 def compress(
     models: Collection | Sequence[PathLike],
     out: PathLike,
@@ -95,13 +132,18 @@ def compress(
     center: bool = True,
     svd_solver: str = "auto",
     modes: tuple[int, ...] = (1, 2),
-    storage_dtype: str = "float32",
+    storage_dtype: str = "auto",
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
     allow_pickle: bool = False,
     private: Sequence[str] = (),
     exclude: Sequence[str] = (),
     align: AlignOptions | bool | None = None,
     progress: Progress | None = None,
+    overwrite: bool = False,
+    threads: int | None = None,
+    scheduler: str | None = None,
+    client: Any = None,
+    device: str | None = None,
 ) -> CompressResult:
     """Fit the shared subspace of ``models`` and write it as an archive at ``out``.
 
@@ -111,9 +153,12 @@ def compress(
         A :class:`~weightspace.collection.Collection`, or MODELS as on the command line (files, directories,
         globs, ``@list.txt``); ``base``, ``allow_pickle``, ``private`` and ``exclude`` apply to paths only.
     out : path
-        Archive directory (conventionally ``*.wsz``); replaced atomically if it exists.
-    method, n_components, center, svd_solver, modes, storage_dtype, chunk_bytes
+        Archive directory (conventionally ``*.wsz``); a previous archive there is replaced atomically.
+    method, n_components, center, svd_solver, modes, chunk_bytes
         As in :class:`~weightspace.decompose.SharedSubspace`.
+    storage_dtype : str, default "auto"
+        One of :data:`~weightspace.decompose.STORAGE_DTYPES`, or ``auto``: ``float64`` when a source tensor is
+        F64, else ``float32`` (see :func:`storage_dtype_for`).
     align : AlignOptions or bool, optional
         Align the models first (``True``: default :class:`~weightspace.align.AlignOptions`). The archive
         stores every model's permutations (``align.safetensors``) and the alignment (manifest
@@ -121,6 +166,12 @@ def compress(
         original unit order (``aligned=True`` for the aligned one).
     progress : callable, optional
         ``progress(stage, done, total)``.
+    overwrite : bool, default False
+        Replace an existing ``out`` that is not a weightspace archive (refused otherwise, before any work).
+    threads, scheduler, client, device
+        Where the units run (see :class:`~weightspace.backends.RunOptions`): ``threads`` units at once here
+        (default every core), or Dask workers (``scheduler="local:N"``, ``"tcp://HOST:PORT"``, or ``client=``)
+        that write their own archive members; ``device`` for the linear algebra. Results do not depend on them.
 
     Returns
     -------
@@ -140,6 +191,22 @@ def compress(
     """
     t0 = time.perf_counter()
     coll = as_collection(models, base=base, allow_pickle=allow_pickle, private=private, exclude=exclude)
+    storage_dtype = storage_dtype_for(coll, storage_dtype)
+    if storage_dtype not in STORAGE_DTYPES:
+        raise ParameterError(
+            f"The 'storage_dtype' parameter of compress must be one of 'auto', "
+            f"{', '.join(repr(d) for d in STORAGE_DTYPES)}. Got {storage_dtype!r} instead."
+        )
+    inputs = [s.path for s in coll.sources] + ([coll.base.path] if coll.base is not None else [])
+    largest = max(coll.units, key=lambda u: u.numel)
+    check_output(
+        out,
+        "archive",
+        overwrite=overwrite,
+        inputs=inputs,
+        required_bytes=min_archive_bytes(coll, storage_dtype),
+        detail=f"the largest unit is '{largest.name}' of shape {tuple(largest.shape)} ({largest.numel:,} values)",
+    )
     alignment = None
     if align:
         coll, result = align_collection(
@@ -155,7 +222,16 @@ def compress(
         chunk_bytes=chunk_bytes,
         storage_dtype=storage_dtype,
     )
-    ss.fit(coll, out=out, progress=progress)
+    ss.fit(
+        coll,
+        out=out,
+        progress=progress,
+        threads=threads,
+        scheduler=scheduler,
+        client=client,
+        device=device,
+        overwrite=overwrite,
+    )
     archive_bytes = sum(p.stat().st_size for p in ss.path_.rglob("*") if p.is_file())  # type: ignore[union-attr]
     model_bytes = sum(m.source_bytes for m in ss.models_)
     units = [

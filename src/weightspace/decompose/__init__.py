@@ -14,7 +14,7 @@ from weightspace.decompose._archive import (
     PrivateRecord,
     model_record,
 )
-from weightspace.decompose._gram import GramResult, Tick, center_gram
+from weightspace.decompose._gram import ChunkStream, GramResult, MemberReader, Tick, center_gram
 from weightspace.decompose._project import ProjectedModel, ProjectResult, UnitResidual, open_base
 from weightspace.decompose._unitfit import (
     DEFAULT_CHUNK_BYTES,
@@ -25,6 +25,7 @@ from weightspace.decompose._unitfit import (
     Residuals,
     UnitFit,
     UnitRecord,
+    member_groups,
     unit_fit_for,
 )
 from weightspace.decompose.hosvd import HOSVDUnitFit, TuckerRecord, TuckerUnit, hosvd, hosvd_cores, hosvd_factors
@@ -49,11 +50,13 @@ __all__ = [
     "Archive",
     "ArchiveWriter",
     "BaseRecord",
+    "ChunkStream",
     "FitParams",
     "GramResult",
     "HOSVDUnitFit",
     "LoraRecord",
     "Manifest",
+    "MemberReader",
     "MemoryStore",
     "ModelRecord",
     "PCARecord",
@@ -79,6 +82,7 @@ __all__ = [
     "hosvd_cores",
     "hosvd_factors",
     "k_for_fraction",
+    "member_groups",
     "model_record",
     "open_base",
     "pca_basis",

@@ -27,7 +27,10 @@ def mean_noise_report(mean_noise_dir: Path):
 
 
 def test_random_init_is_null_like_everywhere(init_report) -> None:
-    assert set(init_report.verdicts.values()) == {"null-like"}, init_report.verdicts
+    # 8 models: every weight matrix is null-like; a 6-entry bias may be too small to decide (inconclusive), but
+    # nothing is ever called shared or mean-dominated
+    assert set(init_report.verdicts.values()) <= {"null-like", "inconclusive"}, init_report.verdicts
+    assert {u["verdict"] for u in init_report.units if u["kind"] == "matrix"} == {"null-like"}
     for u in init_report.units:
         # mean energy ≈ 1/N for iid zero-mean init; held-out mean is no better than predicting zero
         assert u["mean_energy_fraction"] < 0.35, u["name"]
@@ -70,7 +73,7 @@ def test_mean_plus_noise_is_mean_dominated(mean_noise_report) -> None:
 
 def test_summary_counts_and_headline(planted_report, init_report) -> None:
     s = planted_report.summary
-    assert s["verdict_counts"] == {"shared-subspace": 3, "mean-dominated": 0, "null-like": 0}
+    assert s["verdict_counts"] == {"shared-subspace": 3, "mean-dominated": 0, "null-like": 0, "inconclusive": 0}
     assert s["headline"]["verdict"] == "shared-subspace"
     assert s["by_kind"]["vector"]["n_units"] == 1
     types = {(g["type"], g["kind"]) for g in s["groups"]}

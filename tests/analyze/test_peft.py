@@ -11,7 +11,7 @@ from weightspace.analyze import analyze
 from weightspace.collection import Collection
 from weightspace.report import render_html
 
-N, R, D_OUT, D_IN = 10, 2, 24, 20
+N, R, D_OUT, D_IN = 24, 2, 24, 20  # N = 24 tests k = 4 = R² (N ≥ 6 k)
 
 
 def _adapters(root: Path, shared: bool) -> list[Path]:

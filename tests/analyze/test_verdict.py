@@ -39,7 +39,9 @@ def test_thresholds_validate_and_document() -> None:
         Thresholds(heldout_margin=2.0)
     d = Thresholds().to_dict()
     assert d["k_ref"] == 16
-    assert len(d["rule"]) == 3
+    assert d["min_models_per_k"] == 6
+    assert len(d["rule"]) == 5
+    assert any("inconclusive" in r for r in d["rule"])
 
 
 def test_identical_members_are_mean_dominated() -> None:
@@ -54,8 +56,42 @@ def test_two_models_work_without_heldout_basis() -> None:
     g = torch.Generator().manual_seed(0)
     rec = analyze_unit([torch.randn(6, 5, generator=g) for _ in range(2)], n_null=2)
     assert rec["loo"]["k"] == []
-    assert rec["verdict"] == "null-like"
-    assert "no held-out basis test possible" in rec["reasons"][0]
+    # N = 2 < 6: no basis test at any k, so the unit cannot be called null-like either
+    assert rec["verdict"] == "inconclusive"
+    assert not rec["testable"]
+    assert "not testable" in rec["reasons"][0]
+
+
+@pytest.mark.parametrize(
+    ("interval", "want"),
+    [((0.15, 0.40), "shared-subspace"), ((0.05, 0.40), "inconclusive"), ((-0.05, 0.08), "null-like")],
+)
+def test_intervals_decide_not_points(interval: tuple[float, float], want: str) -> None:
+    """The same point estimate gives three verdicts depending on where its interval lies."""
+    verdict, reasons = decide_verdict(
+        heldout_evr=0.30,
+        null_heldout_evr_hi=0.05,
+        spectrum_excess=0.3,
+        mean_energy_fraction=0.1,
+        mean_only=1.0,
+        thresholds=Thresholds(),
+        heldout_gap_interval=interval,
+        spectrum_excess_interval=(0.2, 0.4),
+        mean_energy_interval=(0.05, 0.15),
+        mean_only_interval=(0.95, 1.05),
+    )
+    assert verdict == want
+    assert f"[{interval[0]:+.3f}, {interval[1]:+.3f}]" in reasons[0]
+
+
+def test_tested_k_follows_six_models_per_direction() -> None:
+    t = Thresholds()
+    assert [t.k_testable(n) for n in (5, 6, 20, 95, 96, 500)] == [0, 1, 3, 15, 16, 16]
+    g = torch.Generator().manual_seed(0)
+    rec = analyze_unit([torch.randn(4, 5, generator=g) for _ in range(20)], n_null=4)
+    assert rec["k_ref"] == 3
+    assert rec["k_ref_requested"] == 16
+    assert rec["intervals"]["k"] == 3
 
 
 def test_parameter_errors() -> None:

@@ -69,7 +69,12 @@ def test_report_json_has_the_design_keys(report_dir: Path) -> None:
         assert {"k", "mean_only", "basis_only", "mean_plus_basis"} <= set(u["loo"])
         assert set(LOO_KEYS) <= set(u["loo"])
         assert len(u["evr"]) == len(u["null_evr"]) == len(u["ks"])
-    assert set(data["summary"]["verdict_counts"]) == {"shared-subspace", "mean-dominated", "null-like"}
+    assert set(data["summary"]["verdict_counts"]) == {
+        "shared-subspace",
+        "mean-dominated",
+        "null-like",
+        "inconclusive",
+    }
     assert data["thresholds"]["rule"]
     assert data["notes"]
     # strict JSON: no NaN tokens

@@ -29,8 +29,10 @@ def lora_zoo(tmp_path_factory: pytest.TempPathFactory) -> ZooInfo:
 
 def test_tasks_and_data() -> None:
     z = get_zoo("minilm-lora")
-    assert len(z.tasks()) == 15
-    assert sum(t.startswith("ovr-") for t in z.tasks()) == 5
+    assert len(z.tasks()) >= 96  # enough text tasks for N = 96 adapters (k = 16)
+    assert z.tasks()[:15] == list(z.task_order)
+    assert sum(t.startswith("ovr-") and not t.endswith("-body") for t in z.tasks()) == 5
+    assert {z.num_classes(t) for t in z.tasks()} == {2, 3, 4, 5}
     for task in ("ovr-tech", "pair-business-sports"):
         x, y = z.task_data(task, "test")
         assert x.dtype == torch.int64
@@ -42,6 +44,13 @@ def test_tasks_and_data() -> None:
         assert set(yt.tolist()) == {0, 1}
     with pytest.raises(ParameterError, match="Valid tasks"):
         z.task_data("ovr-weather", "test")
+    # the body view reads other tokens for the same documents and labels
+    xs, ys = z.task_data("ovr-tech", "test")
+    xb, yb = z.task_data("ovr-tech-body", "test")
+    assert torch.equal(ys, yb)
+    assert not torch.equal(xs, xb)
+    _x5, y5 = z.task_data("perm5-0", "test")
+    assert sorted(set(y5.tolist())) == [0, 1, 2, 3, 4]
 
 
 @pytest.mark.slow
@@ -80,7 +89,8 @@ def test_lora_zoo_is_peft_loadable(lora_zoo: ZooInfo) -> None:
             peft_acc = float((pm.eval()(x).argmax(-1) == y).float().mean())
         acc = z.accuracy(m.path)
         assert abs(acc - peft_acc) <= 1.0 / len(y)
-        assert acc == m.test_accuracy
+        # build-time accuracy comes from the vectorised hooked forward: a near-tie may flip one prediction
+        assert abs(acc - m.test_accuracy) <= 1.0 / len(y)
         sd = load_file(str(st))
         assert z.accuracy(sd, task=m.task) == acc
         merged = z.load_model(m.path).state_dict()
@@ -117,8 +127,10 @@ def test_lora_build_is_deterministic(lora_zoo: ZooInfo, tmp_path: Path) -> None:
     mp = pytest.MonkeyPatch()
     mp.setattr(zoo, "settings", lambda quick: TINY)
     try:
-        again = build_zoo("minilm-lora", tmp_path / "zoo", n=1, seed=1)
+        again = build_zoo("minilm-lora", tmp_path / "zoo", n=2, seed=1)
     finally:
         mp.undo()
-    for name in ("adapter_model.safetensors", "adapter_config.json"):
-        assert (again.models[0].path / name).read_bytes() == (lora_zoo.models[0].path / name).read_bytes()
+    assert (again.dir / "zoo.json").read_bytes() == (lora_zoo.dir / "zoo.json").read_bytes()
+    for a, b in zip(again.models, lora_zoo.models, strict=True):
+        for name in ("adapter_model.safetensors", "adapter_config.json"):
+            assert (a.path / name).read_bytes() == (b.path / name).read_bytes()

@@ -9,7 +9,9 @@ For each unit (and summarised by unit type and by matrix/vector kind):
 * leave-one-out (or K-fold) relative errors of mean-only, basis-only and mean + basis reconstructions, and the
   held-out EVR compared with the null;
 * split-half stability of the top-k subspace vs the null;
-* a verdict — ``shared-subspace``, ``mean-dominated`` or ``null-like`` — by the rule in :class:`Thresholds`.
+* bootstrap intervals over models (paired with null draws) for every number the verdict uses;
+* a verdict — ``shared-subspace``, ``mean-dominated``, ``null-like`` or ``inconclusive`` — by the rule in
+  :class:`Thresholds`, at the tested k = min(16, ⌊N/6⌋).
 
 References
 ----------
@@ -19,6 +21,7 @@ Kaushik et al., "The Universal Weight Subspace Hypothesis", arXiv:2512.05117.
 from weightspace._callable import make_callable
 from weightspace.analyze._analyze import (
     DEFAULT_KS,
+    DEFAULT_N_NULL,
     HOSVD_LOO_MAX_MODELS,
     KFOLD_DEFAULT,
     LOO_MAX_MODELS,
@@ -27,8 +30,18 @@ from weightspace.analyze._analyze import (
     analyze,
     analyze_unit,
 )
+from weightspace.analyze._bootstrap import LEVEL as BOOTSTRAP_LEVEL
+from weightspace.analyze._bootstrap import N_BOOT, bootstrap_weights
+from weightspace.analyze._bootstrap import interval as bootstrap_interval
 from weightspace.analyze._groups import unit_groups, unit_type
-from weightspace.analyze._loo import HeldOut, fit_subset, heldout_evr_from_gram, heldout_from_gram, make_folds
+from weightspace.analyze._loo import (
+    HeldOut,
+    fit_subset,
+    fit_subsets,
+    heldout_evr_from_gram,
+    heldout_from_gram,
+    make_folds,
+)
 from weightspace.analyze._methods import UNIT_ANALYZERS, UnitAnalyzer, analyzer_for
 from weightspace.analyze._nulls import (
     center_gram,
@@ -44,10 +57,13 @@ from weightspace.analyze._stability import split_halves, subspace_overlap
 from weightspace.analyze._verdict import VERDICTS, Thresholds, decide_verdict
 
 __all__ = [
+    "BOOTSTRAP_LEVEL",
     "DEFAULT_KS",
+    "DEFAULT_N_NULL",
     "HOSVD_LOO_MAX_MODELS",
     "KFOLD_DEFAULT",
     "LOO_MAX_MODELS",
+    "N_BOOT",
     "REPORT_VERSION",
     "UNIT_ANALYZERS",
     "VERDICTS",
@@ -58,9 +74,12 @@ __all__ = [
     "analyze",
     "analyze_unit",
     "analyzer_for",
+    "bootstrap_interval",
+    "bootstrap_weights",
     "center_gram",
     "decide_verdict",
     "fit_subset",
+    "fit_subsets",
     "gaussian_null_gram",
     "heldout_evr_from_gram",
     "heldout_from_gram",

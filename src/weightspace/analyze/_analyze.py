@@ -28,12 +28,13 @@ from weightspace._progress import Progress, report
 from weightspace._validation import Interval, Kind, Options, validate_params
 from weightspace._version import __version__
 from weightspace.align import AlignOptions, align_collection, aligned_null_grams
+from weightspace.analyze._bootstrap import N_BOOT, bootstrap_weights, interval
 from weightspace.analyze._groups import unit_groups
 from weightspace.analyze._loo import make_folds
 from weightspace.analyze._methods import HOSVD_LOO_MAX_MODELS, LOO_MAX_MODELS, UNIT_ANALYZERS, analyzer_for
 from weightspace.analyze._pca_unit import Plan
 from weightspace.analyze._stability import split_halves
-from weightspace.analyze._verdict import VERDICTS, Thresholds
+from weightspace.analyze._verdict import VERDICTS, Thresholds, decide_verdict
 from weightspace.backends import RunOptions, Task, open_executor, resolve_device
 from weightspace.collection import Collection, as_collection
 from weightspace.decompose import DEFAULT_CHUNK_BYTES, PCAUnit
@@ -42,6 +43,7 @@ from weightspace.units import UnitStack
 
 __all__ = [
     "DEFAULT_KS",
+    "DEFAULT_N_NULL",
     "HOSVD_LOO_MAX_MODELS",
     "KFOLD_DEFAULT",
     "LOO_MAX_MODELS",
@@ -52,6 +54,7 @@ __all__ = [
 ]
 
 DEFAULT_KS = (1, 2, 4, 8, 16, 32)
+DEFAULT_N_NULL = 20  # enough draws for a 5–95 % band
 KFOLD_DEFAULT = 10
 REPORT_VERSION = 1
 
@@ -90,7 +93,14 @@ def _check_ks(ks: Sequence[int]) -> tuple[int, ...]:
 
 
 def _plan(
-    n: int, method: str, seed: int, n_null: int, ks: tuple[int, ...], folds: int | None, thresholds: Thresholds
+    n: int,
+    method: str,
+    seed: int,
+    n_null: int,
+    ks: tuple[int, ...],
+    folds: int | None,
+    thresholds: Thresholds,
+    n_boot: int = N_BOOT,
 ) -> Plan:
     if folds is not None and not 2 <= folds <= n:
         raise ParameterError(
@@ -101,10 +111,15 @@ def _plan(
     g = torch.Generator().manual_seed(seed)
     fold_sets = make_folds(n, n_folds, generator=g)
     scheme = "leave-one-out" if n_folds == n else f"{n_folds}-fold"
-    return Plan(ks, fold_sets, scheme, split_halves(n, generator=g), n_null, thresholds)
+    split = split_halves(n, generator=g)
+    # One set of resamples for every unit: per-unit bootstrap samples then combine into collection intervals.
+    boot = bootstrap_weights(n, n_boot, generator=g) if n_boot > 0 else None
+    return Plan(ks, fold_sets, scheme, split, n_null, thresholds, n_boot, boot)
 
 
-def _validate(method: str, seed: int, n_null: int, folds: int | None, chunk_bytes: int) -> None:
+def _validate(
+    method: str, seed: int, n_null: int, folds: int | None, chunk_bytes: int, n_boot: int = N_BOOT
+) -> None:
     validate_params(
         "analyze",
         {
@@ -113,8 +128,16 @@ def _validate(method: str, seed: int, n_null: int, folds: int | None, chunk_byte
             "n_null": [Interval(int, 1, None)],
             "folds": [Options((None,)), Interval(int, 2, None)],
             "chunk_bytes": [Interval(int, 1, None)],
+            "n_boot": [Interval(int, 0, None)],
         },
-        {"method": method, "seed": seed, "n_null": n_null, "folds": folds, "chunk_bytes": chunk_bytes},
+        {
+            "method": method,
+            "seed": seed,
+            "n_null": n_null,
+            "folds": folds,
+            "chunk_bytes": chunk_bytes,
+            "n_boot": n_boot,
+        },
     )
 
 
@@ -148,6 +171,10 @@ def _at(rec: dict[str, Any]) -> dict[str, Any]:
         "spectrum_excess_k": rec["spectrum_excess_k"],
         "lora_null_evr": pick(rec["ks"], lora["evr"]) if lora else nan,
         "lora_null_evr_hi": pick(rec["ks"], lora["evr_hi"]) if lora else nan,
+        "null_evr_p05": pick(rec["ks"], rec.get("null_evr_p05") or []),
+        "null_evr_p95": pick(rec["ks"], rec.get("null_evr_p95") or []),
+        "testable": rec.get("testable", True),
+        "intervals": rec.get("intervals", {}),
     }
 
 
@@ -156,11 +183,12 @@ def analyze_unit(
     *,
     method: str = PCAUnit.method,
     seed: int = 0,
-    n_null: int = 5,
+    n_null: int = DEFAULT_N_NULL,
     ks: Sequence[int] = DEFAULT_KS,
     folds: int | None = None,
     thresholds: Thresholds | None = None,
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    n_boot: int = N_BOOT,
 ) -> dict[str, Any]:
     """Evidence and verdict for one unit (the functional core behind :func:`analyze`).
 
@@ -171,7 +199,7 @@ def analyze_unit(
     method : str
         A registered analysis method (:data:`UNIT_ANALYZERS`: ``pca``, ``hosvd``); units the method cannot fit
         (vectors under ``hosvd``) use its fallback.
-    seed, n_null, ks, folds, thresholds, chunk_bytes
+    seed, n_null, ks, folds, thresholds, chunk_bytes, n_boot
         As in :func:`analyze`.
 
     Returns
@@ -189,13 +217,14 @@ def analyze_unit(
     """
     if not isinstance(stack, UnitStack):
         stack = UnitStack.from_tensors(list(stack))
-    _validate(method, seed, n_null, folds, chunk_bytes)
+    _validate(method, seed, n_null, folds, chunk_bytes, n_boot)
     if stack.n < 2:
         raise ParameterError(f"analyze_unit needs at least 2 members. Got {stack.n}.")
     t = thresholds or Thresholds()
-    plan = _plan(stack.n, method, seed, n_null, _check_ks(ks), folds, t)
+    plan = _plan(stack.n, method, seed, n_null, _check_ks(ks), folds, t, n_boot)
     gen = torch.Generator().manual_seed(_unit_seed(seed, stack.spec.name))
     rec = analyzer_for(method, stack.spec).run(stack, plan, gen, chunk_bytes)
+    rec.pop("_samples", None)
     rec["at_k_ref"] = _at(rec)
     return rec
 
@@ -221,7 +250,63 @@ def _mean(values: Sequence[float | None]) -> float:
     return sum(ok) / len(ok) if ok else float("nan")
 
 
-def _summary(units: list[dict[str, Any]]) -> dict[str, Any]:
+_AGGREGATED = ("evr", "spectrum_excess", "heldout_evr", "heldout_gap", "mean_energy_fraction", "mean_only")
+
+
+def _aggregate(
+    units: list[dict[str, Any]], samples: list[dict[str, torch.Tensor]], kind: str, t: Thresholds
+) -> dict[str, Any]:
+    """Parameter-weighted means over the units of ``kind`` of the verdict's statistics, with intervals.
+
+    The units share their bootstrap resamples (``Plan.boot_idx``), so the weighted mean of their per-resample
+    values is a resample of the weighted mean: a proper interval for the collection, not an average of
+    intervals. The collection-level verdict applies the unit rule to these intervals.
+    """
+    sel = [(u, smp) for u, smp in zip(units, samples, strict=True) if u["kind"] == kind]
+    out: dict[str, Any] = {"kind": kind, "weights": "number of parameters", "n_units": len(sel)}
+    if not sel:
+        return out
+    ks = sorted({u["at_k_ref"]["k"] for u, _ in sel})
+    out["k"] = ks[0] if len(ks) == 1 else ks
+    out["testable"] = all(u.get("testable", True) for u, _ in sel)
+    for key in _AGGREGATED:
+        have = [(u, smp) for u, smp in sel if key in smp and key in (u.get("intervals") or {})]
+        if not have:
+            continue
+        w = torch.tensor([float(math.prod(u["shape"])) for u, _ in have], dtype=torch.float64)
+        w = w / w.sum()
+        stacked = torch.stack([smp[key].to(torch.float64) for _, smp in have])  # (units, n_boot)
+        point = float(sum(wi * float(u["intervals"][key]["point"]) for wi, (u, _) in zip(w, have, strict=True)))
+        out[key] = interval((w[:, None] * stacked).sum(dim=0), point=point)
+        out[key]["n_units"] = len(have)
+
+    def pair(key: str) -> tuple[float, float] | None:
+        return (out[key]["lo"], out[key]["hi"]) if key in out else None
+
+    mef = out.get("mean_energy_fraction", {}).get("point")
+    verdict, reasons = decide_verdict(
+        heldout_evr=out["heldout_evr"]["point"] if "heldout_evr" in out else None,
+        null_heldout_evr_hi=(
+            out["heldout_evr"]["point"] - out["heldout_gap"]["point"] if "heldout_gap" in out else None
+        ),
+        spectrum_excess=out["spectrum_excess"]["point"] if "spectrum_excess" in out else None,
+        mean_energy_fraction=mef if mef is not None else _mean([u["mean_energy_fraction"] for u, _ in sel]),
+        mean_only=out["mean_only"]["point"] if "mean_only" in out else None,
+        thresholds=t,
+        k_ref=ks[0] if ks else None,
+        heldout_gap_interval=pair("heldout_gap"),
+        spectrum_excess_interval=pair("spectrum_excess"),
+        mean_energy_interval=pair("mean_energy_fraction"),
+        mean_only_interval=pair("mean_only"),
+        testable=out["testable"],
+    )
+    out["verdict"], out["reasons"] = verdict, reasons
+    return out
+
+
+def _summary(
+    units: list[dict[str, Any]], samples: list[dict[str, torch.Tensor]] | None = None, t: Thresholds | None = None
+) -> dict[str, Any]:
     by_kind: dict[str, Any] = {}
     for kind in ("matrix", "vector"):
         sel = [u for u in units if u["kind"] == kind]
@@ -284,10 +369,12 @@ def _summary(units: list[dict[str, Any]]) -> dict[str, Any]:
                 ),
             }
         )
+    aggregate = _aggregate(units, samples or [{} for _ in units], main, t or Thresholds())
     return {
         "verdict_counts": _counts(units),
         "n_units": len(units),
         "headline": {"kind": main, "verdict": top, "param_share": share[top], "text": text},
+        "aggregate": aggregate,
         "by_kind": by_kind,
         "groups": group_rows,
     }
@@ -318,8 +405,13 @@ def _notes(plan: Plan, method: str, n: int, is_peft: bool) -> list[str]:
         "Stability: the models are split once at random (seeded) into two halves; 'overlap' = ‖V_A V_Bᵀ‖_F² / k, "
         "the mean squared cosine of the principal angles between the halves' top-k subspaces (1 = identical, "
         "≈ k/D for random subspaces), beside the same statistic on the null.",
-        f"Verdict thresholds (k_ref = {t.k_ref}, capped per unit by the folds): "
-        + " | ".join(t.to_dict()["rule"]),
+        f"Verdict thresholds (k_ref = {t.k_ref}, tested at k = min(k_ref, ⌊N/{t.min_models_per_k}⌋) = "
+        f"{t.k_testable(n)} here, capped per unit by the folds): " + " | ".join(t.to_dict()["rule"]),
+        f"Uncertainty: {plan.n_boot} bootstrap resamples of the models; each resample is paired with one null "
+        "draw resampled with the same indices, so 'intervals' hold 5–95 % percentile intervals of the spectrum "
+        "excess and the held-out gap over the null at the tested k, of the mean energy fraction and of the "
+        "held-out mean-only error. The null bands 'null_evr_p05'/'null_evr_p95' are the 5–95 % range of the "
+        "draws ('null_evr_lo'/'null_evr_hi' their min/max).",
     ]
     if is_peft:
         notes.append(
@@ -398,13 +490,14 @@ def analyze(
     *,
     method: str = PCAUnit.method,
     seed: int = 0,
-    n_null: int = 5,
+    n_null: int = DEFAULT_N_NULL,
     ks: Sequence[int] = DEFAULT_KS,
     folds: int | None = None,
     thresholds: Thresholds | None = None,
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
     align: AlignOptions | bool | None = None,
     progress: Progress | None = None,
+    n_boot: int = N_BOOT,
     threads: int | None = None,
     scheduler: str | None = None,
     client: Any = None,
@@ -421,8 +514,8 @@ def analyze(
         order 2 for matrix units, three reads).
     seed : int, default 0
         Seeds the folds, the stability split and (with the unit name) each unit's null draws.
-    n_null : int, default 5
-        Null draws per unit.
+    n_null : int, default 20
+        Null draws per unit (the null bands are their 5–95 % range; min/max are reported too).
     ks : sequence of int, default (1, 2, 4, 8, 16, 32)
         Components at which EVR, held-out errors and stability are reported (capped per unit).
     folds : int, optional
@@ -438,6 +531,8 @@ def analyze(
         Model-axis PCA only.
     progress : callable, optional
         ``progress(stage, done, total)``.
+    n_boot : int, default 200
+        Bootstrap resamples over models behind every interval a verdict uses (0: point estimates only).
     threads, scheduler, client, device
         Where the units run (see :class:`~weightspace.backends.RunOptions`): ``threads`` units at once here
         (default every core) or on Dask workers; ``device`` for the linear algebra. The report does not depend
@@ -460,7 +555,7 @@ def analyze(
     ({'w': 'null-like'}, 6)
     """
     t0 = time.perf_counter()
-    _validate(method, seed, n_null, folds, chunk_bytes)
+    _validate(method, seed, n_null, folds, chunk_bytes, n_boot)
     collection = as_collection(collection)
     ks_t = _check_ks(ks)
     t = thresholds or Thresholds()
@@ -468,7 +563,7 @@ def analyze(
     if n < 2:
         raise ParameterError(f"analyze needs at least 2 models. Got {n}.")
     run = RunOptions.of(threads=threads, scheduler=scheduler, client=client, device=device)
-    plan = _plan(n, method, seed, n_null, ks_t, folds, t)
+    plan = _plan(n, method, seed, n_null, ks_t, folds, t, n_boot)
     plan.device = str(resolve_device(run.device))
     alignment = None
     if align:
@@ -484,6 +579,7 @@ def analyze(
         alignment = aligned.to_dict()
     groups = unit_groups([u.name for u in collection.units])
     units: list[dict[str, Any]] = []
+    samples: list[dict[str, torch.Tensor]] = []
     n_units = len(collection.units)
     report(progress, "units", 0, n_units)
     records: dict[int, dict[str, Any]] = {}
@@ -499,6 +595,7 @@ def analyze(
             report(progress, "units", len(records), n_units)
     for i, spec in enumerate(collection.units):
         rec = records[i]
+        samples.append(rec.pop("_samples", {}))
         typ, depth = groups[spec.name]
         units.append(
             {
@@ -523,6 +620,7 @@ def analyze(
         "spectrum_label": UNIT_ANALYZERS.get(method).spectrum_label,
         "seed": seed,
         "n_null": n_null,
+        "n_boot": n_boot,
         "ks": list(ks_t),
         "collection": {
             "kind": "peft" if collection.is_peft else "full",
@@ -542,7 +640,7 @@ def analyze(
         },
         "thresholds": t.to_dict(),
         "units": units,
-        "summary": _summary(units),
+        "summary": _summary(units, samples, t),
         "notes": _notes(plan, method, n, collection.is_peft),
         "wall_s": time.perf_counter() - t0,
     }

@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 
+from weightspace.analyze._bootstrap import interval, mean_samples
 from weightspace.analyze._nulls import mp_edge, wishart_gram
 from weightspace.analyze._pca_unit import FRACTIONS, Plan, _band, _cum_at, _ref_k, capped, mean_energy, nanmean
 from weightspace.analyze._verdict import decide_verdict
@@ -300,6 +301,24 @@ def analyze_hosvd_unit(
     spectrum_excess, excess_k, excess_mode = best
     mean_only = float(nanmean(mean_only_i))
     mef = mean_energy(q, energy / n)
+    # Intervals over models for the held-out test (its null is an exact constant) and the mean-only error; the
+    # mode spectra are compared with the null band as point estimates (their scatters are not kept per model).
+    intervals: dict[str, Any] = {"k": k_ref, "testable": True, "n_boot": plan.n_boot}
+    gap_iv = mo_iv = None
+    if plan.n_boot > 0 and total_mo > 0 and not zero_spread:
+        idx = plan.resamples(n, generator)
+        den = (idx * mo_sq).sum(dim=1)
+        evr_s = 1.0 - (idx * mb_sq[:, i_ref]).sum(dim=1) / torch.where(
+            den > 0, den, torch.full_like(den, float("nan"))
+        )
+        intervals["heldout_evr"] = interval(evr_s, point=held_evr[i_ref])
+        intervals["heldout_gap"] = interval(evr_s - held_null[i_ref], point=held_evr[i_ref] - held_null[i_ref])
+        intervals["mean_only"] = interval(mean_samples(mean_only_i, idx), point=mean_only)
+        gap_iv = (intervals["heldout_gap"]["lo"], intervals["heldout_gap"]["hi"])
+        mo_iv = (intervals["mean_only"]["lo"], intervals["mean_only"]["hi"])
+        samples = {"heldout_evr": evr_s, "heldout_gap": evr_s - held_null[i_ref]}
+    else:
+        samples = {}
     verdict, reasons = decide_verdict(
         heldout_evr=held_evr[i_ref],
         null_heldout_evr_hi=held_null[i_ref],
@@ -309,6 +328,8 @@ def analyze_hosvd_unit(
         thresholds=t,
         zero_spread=zero_spread,
         k_ref=k_ref,
+        heldout_gap_interval=gap_iv,
+        mean_only_interval=mo_iv,
     )
     m1 = modes["1"]
     return {
@@ -370,5 +391,7 @@ def analyze_hosvd_unit(
         "spectrum_exceeds_null": bool(spectrum_excess is not None and spectrum_excess >= t.spectrum_margin),
         "zero_spread": zero_spread,
         "verdict": verdict,
+        "intervals": intervals,
+        "_samples": samples,
         "reasons": reasons,
     }

@@ -36,7 +36,7 @@ import torch
 
 from weightspace.errors import ParameterError
 
-__all__ = ["HeldOut", "fit_subset", "heldout_evr_from_gram", "heldout_from_gram", "make_folds"]
+__all__ = ["HeldOut", "fit_subset", "fit_subsets", "heldout_evr_from_gram", "heldout_from_gram", "make_folds"]
 
 
 def make_folds(
@@ -126,6 +126,32 @@ def fit_subset(gram: torch.Tensor, idx: torch.Tensor, tol_sq: float) -> tuple[to
     j = torch.eye(sub.shape[0], dtype=torch.float64) - 1.0 / sub.shape[0]
     sq = torch.linalg.eigvalsh(j @ sub @ j).flip(0)[:r]
     return w[:, :r], sq
+
+
+def fit_subsets(gram: torch.Tensor, subsets: torch.Tensor, tol_sq: float) -> torch.Tensor:
+    """:func:`fit_subset` for many subsets of one size at once (one batched eigendecomposition).
+
+    Parameters
+    ----------
+    gram : Tensor of shape (n, n)
+    subsets : Tensor of shape (B, s), int64
+    tol_sq : float
+
+    Returns
+    -------
+    Tensor of shape (B, s, s)
+        ``w[b]``: basis vector j of subset b is ``Σ_i w[b, i, j] y_{subsets[b, i]}``, columns in decreasing order
+        of ``σ_j``; columns at or below the tolerance are zero.
+
+    Examples
+    --------
+    >>> y = torch.tensor([[1.0, 0.0], [-1.0, 0.0], [0.0, 2.0]], dtype=torch.float64)
+    >>> w = fit_subsets(y @ y.T, torch.tensor([[0, 1], [0, 2]]), 1e-12)
+    >>> tuple(w.shape)
+    (2, 2, 2)
+    """
+    sub = gram[subsets[:, :, None], subsets[:, None, :]]  # (B, s, s)
+    return _fit_batch(sub, tol_sq)
 
 
 # Folds are processed in batches of equal-size training sets, at most this many float64 Gram entries at once.

@@ -15,7 +15,17 @@ from typing import Any
 
 import torch
 
-from weightspace.analyze._loo import heldout_evr_from_gram, heldout_from_gram
+from weightspace.analyze._bootstrap import (
+    N_BOOT,
+    bootstrap_weights,
+    heldout_gap_samples,
+    interval,
+    mean_energy_samples,
+    mean_samples,
+    resampled_cum_evr,
+    spectrum_excess_samples,
+)
+from weightspace.analyze._loo import heldout_from_gram
 from weightspace.analyze._nulls import gaussian_null_gram, lora_null_gram, mp_edge_evr, spectrum_evr
 from weightspace.analyze._stability import subspace_overlap
 from weightspace.analyze._threads import single_thread
@@ -47,6 +57,11 @@ class Plan:
     n_null : int
         Null draws per unit.
     thresholds : Thresholds
+    n_boot : int
+        Bootstrap resamples behind every interval.
+    boot_idx : Tensor of shape (n_boot, n_models) or None
+        The resample weights (Bayesian bootstrap), shared by every unit (so per-unit bootstrap samples combine
+        across units into collection-level intervals); drawn per unit from its generator when None.
     null_grams : mapping of str to sequence of Tensor, optional
         Per unit, centered null Grams drawn elsewhere (``analyze(align=...)``: the aligned null), used instead
         of the Wishart draws.
@@ -62,9 +77,17 @@ class Plan:
     split: tuple[torch.Tensor, torch.Tensor]
     n_null: int
     thresholds: Thresholds
+    n_boot: int = N_BOOT
+    boot_idx: torch.Tensor | None = None
     null_grams: Mapping[str, Sequence[torch.Tensor]] | None = None
     device: str = "cpu"
     cache_bytes: int = 0
+
+    def resamples(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """The bootstrap resample weights (n_boot, n): the shared ones, or fresh ones from ``generator``."""
+        if self.boot_idx is not None and self.boot_idx.shape[1] == n:
+            return self.boot_idx
+        return bootstrap_weights(n, self.n_boot, generator=generator)
 
     @property
     def n_train_min(self) -> int:
@@ -121,12 +144,33 @@ def _band(rows: list[list[float]]) -> tuple[list[float], list[float], list[float
     return nanmean(t, 0).tolist(), torch.where(empty, nan, lo).tolist(), torch.where(empty, nan, hi).tolist()
 
 
+def _percentiles(
+    rows: list[list[float]], qs: tuple[float, float] = (0.05, 0.95)
+) -> tuple[list[float], list[float]]:
+    """The 5th and 95th percentiles over draws (rows) of per-k values (NaN ignored; linear interpolation)."""
+    if not rows:
+        return [], []
+    t = torch.tensor(rows, dtype=torch.float64)  # (n_draws, n_k)
+    q = torch.nanquantile(t, torch.tensor(qs, dtype=torch.float64), dim=0)  # (2, n_k)
+    return q[0].tolist(), q[1].tolist()
+
+
 def _null_stats(
-    grams: list[torch.Tensor], dof: int, plan: Plan, spec_ks: list[int], loo_ks: list[int], stab_ks: list[int]
+    grams: list[torch.Tensor],
+    dof: int,
+    plan: Plan,
+    spec_ks: list[int],
+    loo_ks: list[int],
+    stab_ks: list[int],
+    i_ref: int | None = None,
 ) -> dict[str, Any]:
-    """Spectrum, held-out EVR and stability statistics of null Gram draws (mean and min/max band)."""
+    """Spectrum, held-out EVR and stability statistics of null Gram draws (mean, min/max and 5–95 % bands).
+
+    Also keeps, for the bootstrap, each draw's Gram and (at ``loo_ks[i_ref]``) its per-model held-out residuals.
+    """
     n = grams[0].shape[0]
-    spectra, cums, k_fr, held, over = [], [], [], [], []
+    zeros = torch.zeros(n, dtype=torch.float64)
+    spectra, cums, k_fr, held, over, mo_sq, mb_sq = [], [], [], [], [], [], []
     for g in grams:
         evr = spectrum_evr(g)  # (n,)
         sv = (evr * float(g.trace().clamp_min(0))).sqrt()
@@ -135,19 +179,38 @@ def _null_stats(
         cums.append(_cum_at(evr, spec_ks))
         k_fr.append([k_for_fraction(sv, f) for f in FRACTIONS])
         if loo_ks:
-            held.append(heldout_evr_from_gram(g, plan.folds, loo_ks, tol=tol).tolist())
+            res = heldout_from_gram(g, zeros, 0.0, plan.folds, loo_ks, tol=tol)
+            held.append(res.heldout_evr.tolist())
+            if i_ref is not None:
+                mo_sq.append(res.mean_only_sq)
+                mb_sq.append(res.mean_plus_basis_sq[:, i_ref])
         if stab_ks:
             over.append(subspace_overlap(g, *plan.split, stab_ks, tol=tol).tolist())
     spec_mean, spec_lo, spec_hi = _band(spectra)
+    spec_p05, spec_p95 = _percentiles(spectra)
     evr_mean, evr_lo, evr_hi = _band(cums)
+    evr_p05, evr_p95 = _percentiles(cums)
     held_mean, _, held_hi = _band(held)
     over_mean, _, over_hi = _band(over)
     kf = torch.tensor(k_fr, dtype=torch.float64)  # (n_draws, 3)
     return {
-        "spectrum": {"evr": spec_mean, "evr_lo": spec_lo, "evr_hi": spec_hi},
+        "spectrum": {
+            "evr": spec_mean,
+            "evr_lo": spec_lo,
+            "evr_hi": spec_hi,
+            "evr_p05": spec_p05,
+            "evr_p95": spec_p95,
+            "cum_evr_p05": _percentiles([torch.cumsum(torch.tensor(r), 0).tolist() for r in spectra])[0],
+            "cum_evr_p95": _percentiles([torch.cumsum(torch.tensor(r), 0).tolist() for r in spectra])[1],
+        },
         "evr": evr_mean,
         "evr_lo": evr_lo,
         "evr_hi": evr_hi,
+        "evr_p05": evr_p05,
+        "evr_p95": evr_p95,
+        "_grams": grams,
+        "_mo_sq": mo_sq,
+        "_mb_sq": mb_sq,
         "k50": int(kf[:, 0].median()),
         "k90": int(kf[:, 1].median()),
         "k99": int(kf[:, 2].median()),
@@ -218,10 +281,16 @@ def _from_spectrum(stack: UnitStack, sp: PCASpectrum, plan: Plan, generator: tor
     spread = total / n
     t = plan.thresholds
 
-    loo_ks = capped(plan.ks, plan.n_train_min - 1)
+    k_test = t.k_testable(n)
+    testable = k_test >= 1
+    loo_cap = plan.n_train_min - 1
+    loo_ks = capped(plan.ks, loo_cap)
+    if testable and 1 <= k_test <= loo_cap:
+        loo_ks = sorted(set(loo_ks) | {k_test})
     stab_ks = capped(plan.ks, min(int(plan.split[0].numel()), int(plan.split[1].numel())) - 1)
-    k_ref = _ref_k(loo_ks, t.k_ref) or min(t.k_ref, max(n - 1, 1))
-    spec_ks = sorted(set(capped(plan.ks, n - 1)) | {k_ref})  # k_ref too, so every headline number is measured
+    k_ref = max(k for k in [*loo_ks, 1] if k <= k_test) if testable else _ref_k(loo_ks, 1) or 1
+    spec_ks = sorted(set(capped(plan.ks, n - 1)) | ({k_ref} if k_ref <= max(n - 1, 1) else set()))
+    i_ref = loo_ks.index(k_ref) if k_ref in loo_ks else None
 
     held = heldout_from_gram(gram, cross, q, plan.folds, loo_ks, tol=tol)
     held_evr = held.heldout_evr.tolist()
@@ -236,7 +305,7 @@ def _from_spectrum(stack: UnitStack, sp: PCASpectrum, plan: Plan, generator: tor
             grams = list(plan.null_grams[stack.spec.name])
         else:
             grams = [gaussian_null_gram(norms, d, generator=generator) for _ in range(plan.n_null)]
-        nulls = _null_stats(grams, d, plan, spec_ks, loo_ks, stab_ks)
+        nulls = _null_stats(grams, d, plan, spec_ks, loo_ks, stab_ks, i_ref)
         ranks = _lora_ranks(stack)
         if ranks is not None:
             rows, cols = stack.spec.rows, stack.spec.cols
@@ -244,33 +313,80 @@ def _from_spectrum(stack: UnitStack, sp: PCASpectrum, plan: Plan, generator: tor
             if any(g is None for g in lgrams):
                 lora = {"ranks": ranks, "skipped": "sum of LoRA ranks too large for the R × R null (memory)"}
             else:
-                lora = {"ranks": ranks, **_null_stats(lgrams, d, plan, spec_ks, loo_ks, stab_ks)}  # type: ignore[arg-type]
+                lora = {"ranks": ranks, **_null_stats(lgrams, d, plan, spec_ks, loo_ks, stab_ks, i_ref)}  # type: ignore[arg-type]
 
     nan = float("nan")
     null_evr_hi = list(nulls["evr_hi"]) if nulls else [nan] * len(spec_ks)
     null_held_hi = list(nulls["heldout_evr_hi"]) if nulls else [nan] * len(loo_ks)
-    if lora is not None and "evr_hi" in lora:
+    null_evr_mean = list(nulls["evr"]) if nulls else [nan] * len(spec_ks)
+    null_held_mean = list(nulls["heldout_evr"]) if nulls else [nan] * len(loo_ks)
+    use_lora = lora is not None and "evr_hi" in lora
+    if use_lora:
         # For LoRA units both nulls must be beaten: take the higher band at every k.
-        null_evr_hi = [max(a, b) for a, b in zip(null_evr_hi, lora["evr_hi"], strict=True)]
-        null_held_hi = [max(a, b) for a, b in zip(null_held_hi, lora["heldout_evr_hi"], strict=True)]
+        null_evr_hi = [max(a, b) for a, b in zip(null_evr_hi, lora["evr_hi"], strict=True)]  # type: ignore[index]
+        null_held_hi = [max(a, b) for a, b in zip(null_held_hi, lora["heldout_evr_hi"], strict=True)]  # type: ignore[index]
+        null_evr_mean = [max(a, b) for a, b in zip(null_evr_mean, lora["evr"], strict=True)]  # type: ignore[index]
+        null_held_mean = [max(a, b) for a, b in zip(null_held_mean, lora["heldout_evr"], strict=True)]  # type: ignore[index]
     data_cum = _cum_at(evr, spec_ks)
-    excess_terms = [
-        (e - h, k) for k, e, h in zip(spec_ks, data_cum, null_evr_hi, strict=True) if k <= t.k_ref and k < n - 1
-    ]
-    spectrum_excess, excess_k = max(excess_terms) if excess_terms and nulls else (None, None)
-    i_ref = loo_ks.index(k_ref) if k_ref in loo_ks else None
+    j_ref = spec_ks.index(k_ref) if k_ref in spec_ks else None
+    spectrum_excess = (
+        data_cum[j_ref] - null_evr_mean[j_ref] if nulls and j_ref is not None and k_ref < n - 1 else None
+    )
+    excess_k = k_ref if spectrum_excess is not None else None
     mean_only = float(nanmean(held.mean_only)) if n else nan
     mef = mean_energy(q, spread)
+
+    # Bootstrap over models, each resample paired with a null draw (see _bootstrap).
+    intervals: dict[str, Any] = {"k": k_ref, "testable": testable, "n_boot": plan.n_boot}
+    gap_iv = spec_iv = mef_iv = mo_iv = None
+    samples: dict[str, torch.Tensor] = {}
+    if not zero_spread and plan.n_boot > 0:
+        idx = plan.resamples(n, generator)
+        mef_s = mean_energy_samples(gram, cross, q, idx)
+        mo_s = mean_samples(held.mean_only, idx)
+        samples.update(mean_energy_fraction=mef_s, mean_only=mo_s)
+        intervals["mean_energy_fraction"] = interval(mef_s, point=mef)
+        intervals["mean_only"] = interval(mo_s, point=mean_only)
+        mef_iv = (intervals["mean_energy_fraction"]["lo"], intervals["mean_energy_fraction"]["hi"])
+        mo_iv = (intervals["mean_only"]["lo"], intervals["mean_only"]["hi"])
+        pools = [nulls] + ([lora] if use_lora else [])
+        if nulls and j_ref is not None and k_ref < n - 1:
+            excess = torch.stack(
+                [spectrum_excess_samples(gram, p["_grams"], idx, k_ref) for p in pools]  # type: ignore[index]
+            ).amin(0)
+            intervals["spectrum_excess"] = interval(excess, point=float(spectrum_excess))  # type: ignore[arg-type]
+            samples["spectrum_excess"] = excess
+            samples["evr"] = resampled_cum_evr(gram, idx, [k_ref])[:, 0]
+            intervals["evr"] = interval(samples["evr"], point=data_cum[j_ref])
+            spec_iv = (intervals["spectrum_excess"]["lo"], intervals["spectrum_excess"]["hi"])
+        if nulls and i_ref is not None and nulls["_mo_sq"]:
+            mo_sq, mb_sq = held.mean_only_sq, held.mean_plus_basis_sq[:, i_ref]
+            runs = [heldout_gap_samples(mo_sq, mb_sq, p["_mo_sq"], p["_mb_sq"], idx) for p in pools]  # type: ignore[index]
+            evr_s = runs[0][0]
+            gap_s = torch.stack([r[1] for r in runs]).amin(0)
+            intervals["heldout_evr"] = interval(evr_s, point=held_evr[i_ref])
+            intervals["heldout_gap"] = interval(gap_s, point=held_evr[i_ref] - null_held_mean[i_ref])
+            samples.update(heldout_evr=evr_s, heldout_gap=gap_s)
+            gap_iv = (intervals["heldout_gap"]["lo"], intervals["heldout_gap"]["hi"])
     verdict, reasons = decide_verdict(
         heldout_evr=held_evr[i_ref] if i_ref is not None else None,
-        null_heldout_evr_hi=null_held_hi[i_ref] if i_ref is not None else None,
+        null_heldout_evr_hi=null_held_mean[i_ref] if i_ref is not None else None,
         spectrum_excess=spectrum_excess,
         mean_energy_fraction=mef,
         mean_only=mean_only,
         thresholds=t,
         zero_spread=zero_spread,
         k_ref=k_ref,
+        heldout_gap_interval=gap_iv,
+        spectrum_excess_interval=spec_iv,
+        mean_energy_interval=mef_iv,
+        mean_only_interval=mo_iv,
+        testable=testable,
     )
+    for pool in (nulls, lora):
+        if pool is not None:
+            for key in ("_grams", "_mo_sq", "_mb_sq"):
+                pool.pop(key, None)
     mp_edge = mp_edge_evr(n, d)
     full_evr = evr[: max(n - 1, 1)]
     return {
@@ -283,6 +399,8 @@ def _from_spectrum(stack: UnitStack, sp: PCASpectrum, plan: Plan, generator: tor
         "null_evr": nulls["evr"] if nulls else [nan] * len(spec_ks),
         "null_evr_lo": nulls["evr_lo"] if nulls else [nan] * len(spec_ks),
         "null_evr_hi": nulls["evr_hi"] if nulls else [nan] * len(spec_ks),
+        "null_evr_p05": nulls["evr_p05"] if nulls else [nan] * len(spec_ks),
+        "null_evr_p95": nulls["evr_p95"] if nulls else [nan] * len(spec_ks),
         "k50": k_for_fraction(sv, 0.5),
         "k90": k_for_fraction(sv, 0.9),
         "k99": k_for_fraction(sv, 0.99),
@@ -296,6 +414,10 @@ def _from_spectrum(stack: UnitStack, sp: PCASpectrum, plan: Plan, generator: tor
             "null_evr": nulls["spectrum"]["evr"] if nulls else [],
             "null_evr_lo": nulls["spectrum"]["evr_lo"] if nulls else [],
             "null_evr_hi": nulls["spectrum"]["evr_hi"] if nulls else [],
+            "null_evr_p05": nulls["spectrum"]["evr_p05"] if nulls else [],
+            "null_evr_p95": nulls["spectrum"]["evr_p95"] if nulls else [],
+            "null_cum_evr_p05": nulls["spectrum"]["cum_evr_p05"] if nulls else [],
+            "null_cum_evr_p95": nulls["spectrum"]["cum_evr_p95"] if nulls else [],
         },
         "mp": {
             "edge_evr": mp_edge,
@@ -331,7 +453,15 @@ def _from_spectrum(stack: UnitStack, sp: PCASpectrum, plan: Plan, generator: tor
         },
         "spectrum_excess": spectrum_excess,
         "spectrum_excess_k": excess_k,
-        "spectrum_exceeds_null": bool(spectrum_excess is not None and spectrum_excess >= t.spectrum_margin),
+        "spectrum_exceeds_null": bool(
+            spectrum_excess is not None
+            and (spec_iv[0] if spec_iv is not None and math.isfinite(spec_iv[0]) else spectrum_excess)
+            >= t.spectrum_margin
+        ),
+        "testable": testable,
+        "k_ref_requested": t.k_ref,
+        "intervals": intervals,
+        "_samples": samples,
         "zero_spread": zero_spread,
         "verdict": verdict,
         "reasons": reasons,

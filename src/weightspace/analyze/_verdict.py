@@ -1,20 +1,26 @@
-"""The per-unit verdict: ``shared-subspace``, ``mean-dominated`` or ``null-like``, with written thresholds.
+"""The per-unit verdict: ``shared-subspace``, ``mean-dominated``, ``null-like`` or ``inconclusive``.
 
-The rule, in order (the first that applies wins):
+Every number the rule uses is a bootstrap interval over models (and over null draws; see
+:mod:`weightspace.analyze._bootstrap`). A comparison *passes* when its whole interval clears the threshold,
+*fails* when its whole interval lies on the other side, and is *undecided* otherwise. The rule, in order:
 
-1. **shared-subspace** — the basis generalises *and* the spectrum is not noise:
-   the held-out EVR at ``k_ref`` beats the highest null draw by at least ``heldout_margin`` (the basis fitted
-   without a model captures clearly more of that model's deviation from the training mean than it would for
-   matched Gaussian noise), **and** the in-sample cumulative EVR at some k ≤ ``k_ref`` (k < N − 1) exceeds the
-   highest null draw by at least ``spectrum_margin``.
-2. **mean-dominated** — the basis adds nothing beyond noise, but the mean carries the collection:
-   mean energy fraction ≥ ``mean_energy_min`` *and* held-out mean-only error ≤ ``mean_only_max`` (a mean fitted
-   without the model still explains most of it). Both are required because with very few models the in-sample
-   fraction alone is large by chance (1/N for pure noise, 1/2 at N = 2), while the held-out error is not.
-   A unit whose members are all identical is mean-dominated by definition.
-3. **null-like** — otherwise: neither the basis nor the mean explains held-out models beyond what matched noise
-   does. (A centered spectrum above the null that does not carry over to held-out models is flagged in the
-   reasons, not promoted.)
+0. **testable k** — the basis tests are made at ``k = min(k_ref, ⌊N / min_models_per_k⌋)`` (default
+   ``min(16, ⌊N/6⌋)``): at k close to N − 1 the top k directions of *any* collection hold nearly all of its
+   variance, so the test could not fail. With N < ``min_models_per_k`` no basis test is possible.
+1. **shared-subspace** — the basis generalises *and* the spectrum is not noise: the held-out EVR at k minus the
+   null's (same resample, a null draw) is ≥ ``heldout_margin``, **and** the in-sample cumulative EVR at k minus
+   the null's is ≥ ``spectrum_margin``. Both pass → shared-subspace; either fails → not shared; else undecided.
+2. **mean-dominated** — (not shared) mean energy fraction ≥ ``mean_energy_min`` *and* held-out mean-only error
+   ≤ ``mean_only_max`` (a mean fitted without the model still explains most of it). Both are required because
+   with very few models the in-sample fraction alone is large by chance (1/N for pure noise, 1/2 at N = 2),
+   while the held-out error is not. A unit whose members are all identical is mean-dominated by definition.
+3. **null-like** — not shared and not mean-dominated: neither the basis nor the mean explains held-out models
+   beyond what matched noise does.
+4. **inconclusive** — any comparison the outcome depends on is undecided (its interval straddles the
+   threshold): the verdict says so, with the intervals, instead of guessing.
+
+Without intervals (``*_interval`` arguments omitted) the point estimates are compared with the thresholds, as
+a special case with zero-width intervals.
 
 Why held-out evidence first: a collection of "mean + independent noise" has a null-like centered spectrum but is
 not noise, and an in-sample spectrum can exceed the null and still fail on models it has not seen; both are
@@ -32,6 +38,10 @@ Examples
 >>> decide_verdict(heldout_evr=0.03, null_heldout_evr_hi=0.02, spectrum_excess=0.0,
 ...                mean_energy_fraction=0.1, mean_only=1.05, thresholds=t)[0]
 'null-like'
+>>> decide_verdict(heldout_evr=0.2, null_heldout_evr_hi=0.02, spectrum_excess=0.3,
+...                mean_energy_fraction=0.1, mean_only=1.0, thresholds=t,
+...                heldout_gap_interval=(0.05, 0.3))[0]
+'inconclusive'
 """
 
 from __future__ import annotations
@@ -44,7 +54,7 @@ from weightspace._validation import Interval, validate_params
 
 __all__ = ["VERDICTS", "Thresholds", "decide_verdict"]
 
-VERDICTS = ("shared-subspace", "mean-dominated", "null-like")
+VERDICTS = ("shared-subspace", "mean-dominated", "null-like", "inconclusive")
 
 
 @dataclass(frozen=True)
@@ -66,6 +76,9 @@ class Thresholds:
     mean_only_max : float, default 0.75
         Held-out ``‖x_h − μ_{−h}‖ / ‖x_h‖`` (averaged over models) at most this for mean-dominated: a held-out
         mean explains ≥ 44 % of a model's energy. Pure noise gives ≈ sqrt(N / (N − 1)) ≥ 1.
+    min_models_per_k : int, default 6
+        A basis test at k needs N ≥ ``min_models_per_k`` · k models (k = 16 needs 96); the tested k is lowered
+        to ``⌊N / min_models_per_k⌋`` otherwise.
     """
 
     k_ref: int = 16
@@ -73,6 +86,7 @@ class Thresholds:
     spectrum_margin: float = 0.02
     mean_energy_min: float = 0.5
     mean_only_max: float = 0.75
+    min_models_per_k: int = 6
 
     def __post_init__(self) -> None:
         validate_params(
@@ -83,27 +97,73 @@ class Thresholds:
                 "spectrum_margin": [Interval(float, 0, 1)],
                 "mean_energy_min": [Interval(float, 0, 1)],
                 "mean_only_max": [Interval(float, 0, None)],
+                "min_models_per_k": [Interval(int, 1, None)],
             },
             asdict(self),
         )
+
+    def k_testable(self, n_models: int) -> int:
+        """The k a basis test is made at for ``n_models`` models: ``min(k_ref, ⌊N / min_models_per_k⌋)`` (0: none).
+
+        Examples
+        --------
+        >>> Thresholds().k_testable(20), Thresholds().k_testable(96), Thresholds().k_testable(500)
+        (3, 16, 16)
+        """
+        return min(self.k_ref, n_models // self.min_models_per_k)
 
     def to_dict(self) -> dict[str, Any]:
         """The thresholds and the rule in words (for report.json and the HTML page)."""
         return {
             **asdict(self),
             "rule": [
-                f"shared-subspace: held-out EVR at k_ref={self.k_ref} ≥ highest null draw + {self.heldout_margin}"
-                f" AND in-sample cumulative EVR at some k ≤ k_ref (k < N−1) ≥ highest null draw + "
-                f"{self.spectrum_margin}",
+                f"tested k = min(k_ref={self.k_ref}, ⌊N / {self.min_models_per_k}⌋); every comparison below uses "
+                "a bootstrap interval over models and null draws (5–95 %) and passes only if the whole interval "
+                "clears its threshold",
+                f"shared-subspace: held-out EVR at k minus the null's ≥ {self.heldout_margin} AND in-sample "
+                f"cumulative EVR at k minus the null's ≥ {self.spectrum_margin}",
                 f"mean-dominated (else): mean energy fraction ≥ {self.mean_energy_min} AND held-out mean-only "
                 f"error ≤ {self.mean_only_max}; or all members identical",
                 "null-like: otherwise (neither basis nor mean explains held-out models beyond matched noise)",
+                "inconclusive: an interval the outcome depends on straddles its threshold",
             ],
         }
 
 
 def _fin(x: float | None) -> bool:
     return x is not None and math.isfinite(x)
+
+
+Pair = tuple[float, float]
+
+
+def _side(lo_hi: Pair | None, point: float | None, threshold: float, *, above: bool) -> bool | None:
+    """True if the interval (or the point) is entirely on the passing side of ``threshold``, False if entirely
+    on the other side, None if it straddles it or nothing was measured."""
+    if lo_hi is not None and _fin(lo_hi[0]) and _fin(lo_hi[1]):
+        lo, hi = float(lo_hi[0]), float(lo_hi[1])
+    elif _fin(point):
+        lo = hi = float(point)  # type: ignore[arg-type]
+    else:
+        return None
+    if above:
+        return True if lo >= threshold else False if hi < threshold else None
+    return True if hi <= threshold else False if lo > threshold else None
+
+
+def _both(a: bool | None, b: bool | None) -> bool | None:
+    if a is False or b is False:
+        return False
+    if a is True and b is True:
+        return True
+    return None
+
+
+def _fmt(point: float | None, lo_hi: Pair | None) -> str:
+    text = f"{point:+.3f}" if _fin(point) else "n/a"
+    if lo_hi is not None and _fin(lo_hi[0]) and _fin(lo_hi[1]):
+        text += f" [{lo_hi[0]:+.3f}, {lo_hi[1]:+.3f}]"
+    return text
 
 
 def decide_verdict(
@@ -116,17 +176,22 @@ def decide_verdict(
     thresholds: Thresholds,
     zero_spread: bool = False,
     k_ref: int | None = None,
+    heldout_gap_interval: Pair | None = None,
+    spectrum_excess_interval: Pair | None = None,
+    mean_energy_interval: Pair | None = None,
+    mean_only_interval: Pair | None = None,
+    testable: bool = True,
 ) -> tuple[str, list[str]]:
     """Apply the verdict rule to one unit's measured statistics.
 
     Parameters
     ----------
     heldout_evr : float or None
-        Pooled held-out EVR at k_ref (None when no k can be held out, e.g. N = 2).
+        Pooled held-out EVR at the tested k (None when no k can be held out, e.g. N = 2).
     null_heldout_evr_hi : float or None
-        Highest null draw of the same statistic.
+        The null's held-out EVR the point estimate is compared with (the highest draw).
     spectrum_excess : float or None
-        ``max_k (EVR_k − null_hi_k)`` over k ≤ k_ref, k < N − 1 (None when no such k exists).
+        In-sample cumulative EVR at the tested k minus the null's (None when not measurable).
     mean_energy_fraction : float
     mean_only : float or None
         Held-out mean-only relative error averaged over models.
@@ -134,7 +199,12 @@ def decide_verdict(
     zero_spread : bool
         All members identical.
     k_ref : int, optional
-        The k actually used (for the reasons).
+        The k actually tested (for the reasons).
+    heldout_gap_interval, spectrum_excess_interval, mean_energy_interval, mean_only_interval : (lo, hi), optional
+        Bootstrap intervals of ``heldout_evr − null``, ``spectrum_excess``, the mean energy fraction and the
+        mean-only error. When given they decide; otherwise the point estimates do.
+    testable : bool
+        False when N is too small for any basis test (N < ``min_models_per_k``).
 
     Returns
     -------
@@ -148,34 +218,66 @@ def decide_verdict(
         return "mean-dominated", ["all members are identical (zero spread): the mean is the whole collection"]
     reasons: list[str] = []
     kk = k_ref if k_ref is not None else t.k_ref
-    heldout_ok = False
-    if _fin(heldout_evr) and _fin(null_heldout_evr_hi):
-        gap = float(heldout_evr) - float(null_heldout_evr_hi)  # type: ignore[arg-type]
-        heldout_ok = gap >= t.heldout_margin
+    if not testable:
+        shared: bool | None = None
         reasons.append(
-            f"held-out EVR at k={kk}: {heldout_evr:.3f} vs null ≤ {null_heldout_evr_hi:.3f} "
-            f"(gap {gap:+.3f}, needs ≥ {t.heldout_margin})"
+            f"not testable: a basis test at k needs N ≥ {t.min_models_per_k}·k models, and there are too few for "
+            "k = 1"
         )
     else:
-        reasons.append("no held-out basis test possible (too few models for a training basis)")
-    spectrum_ok = _fin(spectrum_excess) and float(spectrum_excess) >= t.spectrum_margin  # type: ignore[arg-type]
-    if _fin(spectrum_excess):
-        reasons.append(
-            f"in-sample cumulative EVR minus the top of the null band, best k ≤ {t.k_ref}: {spectrum_excess:+.3f} "
-            f"(needs ≥ {t.spectrum_margin})"
+        gap = (
+            float(heldout_evr) - float(null_heldout_evr_hi)  # type: ignore[arg-type]
+            if _fin(heldout_evr) and _fin(null_heldout_evr_hi)
+            else None
         )
-    if heldout_ok and spectrum_ok:
+        measured_held = gap is not None or heldout_gap_interval is not None
+        measured_spec = _fin(spectrum_excess) or spectrum_excess_interval is not None
+        # A test that cannot be made (too few models for a training basis) counts as failed, as before.
+        held = _side(heldout_gap_interval, gap, t.heldout_margin, above=True) if measured_held else False
+        spec = (
+            _side(spectrum_excess_interval, spectrum_excess, t.spectrum_margin, above=True)
+            if measured_spec
+            else False
+        )
+        if not measured_held:
+            reasons.append("no held-out basis test possible (too few models for a training basis)")
+        else:
+            reasons.append(
+                f"held-out EVR at k={kk}: {_fmt(heldout_evr, None).lstrip('+')}, minus the null's: "
+                f"{_fmt(gap, heldout_gap_interval)} (needs ≥ {t.heldout_margin}: {_word(held)})"
+            )
+        if measured_spec:
+            reasons.append(
+                f"in-sample cumulative EVR at k={kk} minus the null's: "
+                f"{_fmt(spectrum_excess, spectrum_excess_interval)} (needs ≥ {t.spectrum_margin}: {_word(spec)})"
+            )
+        shared = _both(held, spec)
+    if shared is True:
         return "shared-subspace", reasons
-    if heldout_ok:
-        reasons.append("held-out gain without a spectrum above the null: not counted as a shared subspace")
-    elif spectrum_ok:
-        reasons.append("spectrum above the null does not carry over to held-out models")
-    mean_ok = mean_energy_fraction >= t.mean_energy_min and _fin(mean_only) and mean_only <= t.mean_only_max  # type: ignore[operator]
-    mo = f"{mean_only:.3f}" if _fin(mean_only) else "n/a"
+    if shared is False:
+        reasons.append("not a shared subspace: a basis test fails")
+    mef = _side(mean_energy_interval, mean_energy_fraction, t.mean_energy_min, above=True)
+    mo = _side(mean_only_interval, mean_only, t.mean_only_max, above=False)
+    mean = _both(mef, mo)
     reasons.append(
-        f"mean energy fraction {mean_energy_fraction:.3f} (needs ≥ {t.mean_energy_min}), held-out mean-only "
-        f"error {mo} (needs ≤ {t.mean_only_max})"
+        f"mean energy fraction {_fmt(mean_energy_fraction, mean_energy_interval).lstrip('+')} (needs ≥ "
+        f"{t.mean_energy_min}: {_word(mef)}), held-out mean-only error "
+        f"{_fmt(mean_only, mean_only_interval).lstrip('+')} (needs ≤ {t.mean_only_max}: {_word(mo)})"
     )
-    if mean_ok:
+    if shared is None:
+        reasons.append(
+            "inconclusive: whether the basis is shared could not be decided (an interval straddles its threshold)"
+            if testable
+            else "inconclusive: too few models to test a basis"
+        )
+        return "inconclusive", reasons
+    if mean is True:
         return "mean-dominated", reasons
+    if mean is None:
+        reasons.append("inconclusive: the mean test's interval straddles its threshold")
+        return "inconclusive", reasons
     return "null-like", reasons
+
+
+def _word(ok: bool | None) -> str:
+    return {True: "passes", False: "fails", None: "undecided"}[ok]

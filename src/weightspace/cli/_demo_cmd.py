@@ -13,12 +13,26 @@ from weightspace.cli._common import JsonOpt, OverwriteOpt, QuietOpt, app, emit_j
 
 @app.command()
 def demo(
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (zoos are cached inside).")] = Path(
-        "demo-out"
-    ),
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Output folder (demo.html, demo.json, analysis reports).")
+    ] = Path("demo-out"),
     quick: Annotated[
-        bool, typer.Option("--quick", help="Three small zoos: a first look in a few minutes.")
+        bool, typer.Option("--quick", help="Three small zoos, about a minute on 2 CPU cores (= --scale quick).")
     ] = False,
+    scale: Annotated[
+        str | None,
+        typer.Option(
+            "--scale",
+            help="quick | default (96 models per small zoo, ≤ 10 min on 2 cores) | paper (480 models, a second seed; "
+            "up to an hour).",
+        ),
+    ] = None,
+    cache_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--cache-dir", help="Zoo cache root (default $WEIGHTSPACE_ZOO_CACHE or ~/.cache/weightspace/zoos)."
+        ),
+    ] = None,
     zoos: Annotated[list[str] | None, typer.Option("--zoo", help="Run only these zoos (repeatable).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of zoo builds, nulls and splits.")] = 0,
     no_merge: Annotated[bool, typer.Option("--no-merge", help="Skip the merge benchmark.")] = False,
@@ -41,6 +55,8 @@ def demo(
         result = run_demo(
             out,
             quick=quick,
+            scale=scale,
+            cache_dir=cache_dir,
             zoos=zoos or None,
             seed=seed,
             merge=not no_merge,
@@ -57,4 +73,5 @@ def demo(
         if result.get(section) and result[section].get("claim"):
             c = result[section]["claim"]
             say(f"{section:16s} {c['verdict']:22s} {c['claim']}: {c['evidence']}")
-    say(f"wrote {out / 'demo.html'} and {out / 'demo.json'} in {time.perf_counter() - t0:.0f} s")
+    cpu = f" (CPU {result['cpu_s']:.0f} s)" if "cpu_s" in result else ""
+    say(f"wrote {out / 'demo.html'} and {out / 'demo.json'} in {time.perf_counter() - t0:.0f} s{cpu}")

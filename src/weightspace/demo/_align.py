@@ -22,13 +22,17 @@ from typing import Any
 from weightspace.align import AlignOptions, align_collection
 from weightspace.analyze import analyze
 from weightspace.collection import Collection
-from weightspace.demo._claims import alignment_claim
+from weightspace.demo._claims import K_CLAIM, MIN_MODELS_PER_K, alignment_claim
 from weightspace.demo._heldout import heldout_states, member_matrix, state_from_members
+from weightspace.demo._stats import paired_interval
 
 __all__ = ["ALIGN_KINDS", "alignment_html", "alignment_section"]
 
 ALIGN_KINDS = ("scratch", "init")  # zoos of independently initialised nets: their units are in arbitrary order
 K_HELDOUT = 16
+# Null draws of the two analyses here: each aligned draw is a whole alignment of N Gaussian models, so fewer than
+# analyze's default; the verdict's intervals still pair every bootstrap resample with a draw.
+N_NULL = 8
 
 Say = Callable[[str], None]
 Progress = Callable[[str, int, int], None]
@@ -62,25 +66,27 @@ def _spectrum(report: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _accuracy(zoo: Any, coll: Collection, tasks: list[str], progress: Callable[[], None]) -> dict[str, float]:
-    """Held-out (mean-only, mean+basis) and merged-mean accuracy, means over models."""
+def _accuracy(
+    zoo: Any, coll: Collection, tasks: list[str], progress: Callable[[], None]
+) -> tuple[dict[str, float], list[dict[str, float]]]:
+    """Held-out (mean-only, mean+basis) and merged-mean accuracy: means over models, and the per-model rows."""
     n = coll.n_models
-    stacks = {u.name: member_matrix(coll, u.name) for u in coll.units}
-    k = min(K_HELDOUT, n - 2)
-    mean_only, mean_plus_basis, merged = [], [], []
-    mean_members = {name: x.mean(dim=0) for name, x in stacks.items()}
+    # The held-out fit tests the paper's k when N allows it (N ≥ 6 k), else the k N can test.
+    k = min(K_HELDOUT, n - 2) if n >= MIN_MODELS_PER_K * K_CLAIM else max(1, min(n // MIN_MODELS_PER_K, n - 2))
+    mean_members = {u.name: member_matrix(coll, u.name).mean(dim=0) for u in coll.units}
+    states = heldout_states(coll, list(range(n)), k, None)
+    rows = []
     for h in range(n):
-        states = heldout_states(coll, stacks, h, k, None)
-        mean_only.append(zoo.accuracy(states["mean_only"], task=tasks[h]))
-        mean_plus_basis.append(zoo.accuracy(states["mean_plus_basis"], task=tasks[h]))
-        merged.append(zoo.accuracy(state_from_members(coll, h, mean_members, None), task=tasks[h]))
+        rows.append(
+            {
+                "heldout_mean_only": zoo.accuracy(states[h]["mean_only"], task=tasks[h]),
+                "heldout_mean_plus_basis": zoo.accuracy(states[h]["mean_plus_basis"], task=tasks[h]),
+                "merged_mean": zoo.accuracy(state_from_members(coll, h, mean_members, None), task=tasks[h]),
+            }
+        )
         progress()
-    return {
-        "k_heldout": k,
-        "heldout_mean_only": _mean(mean_only),
-        "heldout_mean_plus_basis": _mean(mean_plus_basis),
-        "merged_mean": _mean(merged),
-    }
+    means = {key: _mean([r[key] for r in rows]) for key in rows[0]}
+    return {"k_heldout": k, **means}, rows
 
 
 def alignment_section(
@@ -127,13 +133,25 @@ def alignment_section(
 
     rows: dict[str, dict[str, Any]] = {}
     say(f"[{info.zoo}] alignment: the models as trained, against the Gaussian null")
-    raw = analyze(coll, seed=seed).to_dict()
-    rows["unaligned"] = {"spectrum": _spectrum(raw), "accuracy": _accuracy(zoo, coll, tasks, tick)}
+    raw = analyze(coll, seed=seed, n_null=N_NULL).to_dict()
+    raw_acc, raw_rows = _accuracy(zoo, coll, tasks, tick)
+    rows["unaligned"] = {"spectrum": _spectrum(raw), "accuracy": raw_acc}
     say(f"[{info.zoo}] alignment: weight matching to the mean, against a null aligned the same way")
-    report = analyze(coll, seed=seed, align=opts).to_dict()
+    report = analyze(coll, seed=seed, align=opts, n_null=N_NULL).to_dict()
     aligned, result = align_collection(coll, opts)
-    rows["aligned"] = {"spectrum": _spectrum(report), "accuracy": _accuracy(zoo, aligned, tasks, tick)}
+    al_acc, al_rows = _accuracy(zoo, aligned, tasks, tick)
+    rows["aligned"] = {"spectrum": _spectrum(report), "accuracy": al_acc}
     alignment = report["alignment"]
+    gain = paired_interval(al_rows, "heldout_mean_plus_basis", "heldout_mean_only", seed + 21)
+    mean_gain = paired_interval(
+        [
+            {"a": a["heldout_mean_only"], "u": u["heldout_mean_only"]}
+            for a, u in zip(al_rows, raw_rows, strict=True)
+        ],
+        "a",
+        "u",
+        seed + 22,
+    )
     return {
         "options": {
             "to": opts.to,
@@ -150,7 +168,9 @@ def alignment_section(
         "originals": originals,
         "chance": chance,
         "rows": rows,
-        "claim": alignment_claim(rows["unaligned"], rows["aligned"], originals, chance),
+        "claim": alignment_claim(
+            rows["unaligned"], rows["aligned"], originals, chance, n=n, gain=gain, mean_gain=mean_gain
+        ),
     }
 
 

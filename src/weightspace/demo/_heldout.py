@@ -14,12 +14,11 @@ from collections.abc import Sequence
 import torch
 
 from weightspace.collection import Collection
-from weightspace.decompose import pca_basis
-from weightspace.units import UnitStack
 
-__all__ = ["VARIANTS", "heldout_states", "member_matrix", "own_private", "state_from_members"]
+__all__ = ["VARIANTS", "heldout_members", "heldout_states", "member_matrix", "own_private", "state_from_members"]
 
 VARIANTS = ("mean_only", "basis_only", "mean_plus_basis")
+_CHUNK_ENTRIES = 1 << 24  # float64 entries of the held-out models' training stacks gathered at once (128 MiB)
 
 
 def member_matrix(coll: Collection, unit: str) -> torch.Tensor:
@@ -54,39 +53,87 @@ def state_from_members(
     return out
 
 
-def heldout_states(
-    coll: Collection,
-    stacks: dict[str, torch.Tensor],
-    h: int,
-    k: int,
-    base_state: dict[str, torch.Tensor] | None,
-) -> dict[str, dict[str, torch.Tensor]]:
-    """Model ``h`` rebuilt from a subspace fitted on the other N − 1 models, three ways.
+def heldout_members(
+    x: torch.Tensor, gram: torch.Tensor, held: Sequence[int], k: int
+) -> dict[int, dict[str, torch.Tensor]]:
+    """Members of one unit for each held-out model, rebuilt from a PCA of the other N − 1 models, three ways.
+
+    The fit is model-axis PCA of the other models' members, done in N × N algebra on their Gram (the same fit
+    ``pca_basis`` makes, without an SVD of the N × D stack per held-out model, and for a chunk of held-out
+    models in one batched eigendecomposition): basis vector j is ``Σ_i w_ij x_i`` with ``w`` from
+    :func:`~weightspace.analyze.fit_subsets`.
 
     Parameters
     ----------
-    stacks : dict of str to Tensor of shape (n_models, D)
-        Members of every unit (from :func:`member_matrix`).
-    h : int
-        The held-out model.
+    x : Tensor of shape (n_models, D)
+        The unit's members (:func:`member_matrix`).
+    gram : Tensor of shape (n_models, n_models)
+        ``x xᵀ``.
+    held : sequence of int
+        Models to hold out, one at a time.
     k : int
-        Components per unit (capped by each fit's rank).
+        Components (capped by each fit's rank).
 
     Returns
     -------
     dict
-        ``{"mean_only": state, "basis_only": state, "mean_plus_basis": state}``: ``μ₋ₕ``,
-        ``Vᵀ V x_h`` and ``μ₋ₕ + Vᵀ V (x_h − μ₋ₕ)`` per unit, with model h's own private tensors.
+        ``{h: {"mean_only": μ₋ₕ, "basis_only": Vᵀ V x_h, "mean_plus_basis": μ₋ₕ + Vᵀ V (x_h − μ₋ₕ)}}``, each of
+        shape (D,), float32 (they are cast to the checkpoint's float32 anyway).
     """
-    rebuilt: dict[str, dict[str, torch.Tensor]] = {v: {} for v in VARIANTS}
+    from weightspace.analyze import fit_subsets
+
+    n, d = x.shape
+    top = float(gram.diagonal().max().clamp_min(0))
+    # Eigenvalues of the others' centered Gram below this are rounding noise, not directions.
+    tol_sq = (max(x.shape) * torch.finfo(torch.float64).eps) ** 2 * top * n
+    held = list(held)
+    out: dict[int, dict[str, torch.Tensor]] = {}
+    step = max(1, _CHUNK_ENTRIES // max(1, (n - 1) * d))
+    for c0 in range(0, len(held), step):
+        part = held[c0 : c0 + step]
+        subsets = torch.stack([torch.tensor([i for i in range(n) if i != h], dtype=torch.long) for h in part])
+        w = fit_subsets(gram, subsets, tol_sq)[:, :, :k]  # (b, s, k)
+        xs = x[subsets]  # (b, s, D)
+        mu = xs.mean(dim=1)  # (b, D)
+        v = w.transpose(1, 2) @ xs  # (b, k, D), orthonormal rows
+        xh = x[torch.tensor(part)]  # (b, D)
+        proj_x = (v @ xh[:, :, None])[:, :, 0]  # (b, k)
+        proj_z = (v @ (xh - mu)[:, :, None])[:, :, 0]
+        basis_only = (proj_x[:, None, :] @ v)[:, 0]  # (b, D)
+        mean_plus_basis = mu + (proj_z[:, None, :] @ v)[:, 0]
+        for j, h in enumerate(part):
+            out[h] = {
+                "mean_only": mu[j].to(torch.float32),
+                "basis_only": basis_only[j].to(torch.float32),
+                "mean_plus_basis": mean_plus_basis[j].to(torch.float32),
+            }
+    return out
+
+
+def heldout_states(
+    coll: Collection, held: Sequence[int], k: int, base_state: dict[str, torch.Tensor] | None
+) -> dict[int, dict[str, dict[str, torch.Tensor]]]:
+    """Each model of ``held`` rebuilt from a subspace fitted on the other N − 1 models, as loadable states.
+
+    One unit in memory at a time (its N × D members and N × N Gram).
+
+    Returns
+    -------
+    dict
+        ``{h: {"mean_only": state, "basis_only": state, "mean_plus_basis": state}}`` with model h's own private
+        tensors (see :func:`heldout_members` for the three rebuilds).
+    """
+    members: dict[int, dict[str, dict[str, torch.Tensor]]] = {h: {v: {} for v in VARIANTS} for h in held}
     for spec in coll.units:
-        x = stacks[spec.name]
-        others: Sequence[torch.Tensor] = [x[i] for i in range(x.shape[0]) if i != h]
-        fit = pca_basis(UnitStack.from_tensors(others, name=spec.name), k)
-        assert fit.mean is not None
-        assert fit.basis is not None
-        mu, v, xh = fit.mean.reshape(-1), fit.basis, x[h]
-        rebuilt["mean_only"][spec.name] = mu
-        rebuilt["basis_only"][spec.name] = (v @ xh) @ v
-        rebuilt["mean_plus_basis"][spec.name] = mu + (v @ (xh - mu)) @ v
-    return {name: state_from_members(coll, h, members, base_state) for name, members in rebuilt.items()}
+        x = member_matrix(coll, spec.name)  # (n, D)
+        for h, rebuilt in heldout_members(x, x @ x.T, held, k).items():
+            for variant, t in rebuilt.items():
+                members[h][variant][spec.name] = t
+        del x
+    return {
+        h: {
+            v: state_from_members(coll, h, {u: t.to(torch.float64) for u, t in m.items()}, base_state)
+            for v, m in per.items()
+        }
+        for h, per in members.items()
+    }

@@ -11,6 +11,8 @@ import html
 import io
 from typing import Any
 
+from weightspace.demo._claims import ratio_words
+
 __all__ = ["format_value", "pointer", "render_html", "render_plots", "resolve"]
 
 _CSS = """
@@ -20,7 +22,8 @@ h1{margin-bottom:.2rem}h2{margin-top:2.2rem;border-bottom:1px solid #ddd;padding
 td,th{border:1px solid #ddd;padding:.25rem .5rem;text-align:right}th{background:#f4f4f4}
 td.l,th.l{text-align:left}.badge{border-radius:1rem;padding:.1rem .6rem;color:#fff;font-size:.8rem;white-space:nowrap}
 .holds{background:#2e7d32}.mean{background:#ef6c00}.null{background:#757575}.partial{background:#1565c0}
-.fails{background:#c62828}.scroll{overflow-x:auto}img{max-width:100%;border:1px solid #eee}
+.fails{background:#c62828}.inconclusive{background:#5c7cfa}.untestable{background:#b0b0b0;color:#222}
+.scroll{overflow-x:auto}img{max-width:100%;border:1px solid #eee}.cite{color:#444;font-size:.82rem}
 .note{color:#555;font-size:.9rem}code{background:#f4f4f4;padding:0 .2rem}
 """
 
@@ -31,6 +34,7 @@ _BADGE = {
     "partial": "partial",
     "fails": "fails",
     "explained by the head": "mean",
+    "inconclusive": "inconclusive",
 }
 
 
@@ -46,7 +50,7 @@ def _fmt(value: Any, spec: str) -> str:
     if spec == "pct":
         return f"{float(value) * 100:.1f}"
     if spec == "ratio":
-        return f"{float(value):.2f}×"
+        return ratio_words(float(value))
     if spec == "bytes":
         return f"{float(value) / 1e6:.3f} MB"
     if spec == "int":
@@ -80,7 +84,8 @@ def format_value(value: Any, spec: str) -> str:
 
 
 def _badge(verdict: str) -> str:
-    return f'<span class="badge {_BADGE.get(verdict, "fails")}">{_e(verdict)}</span>'
+    cls = "untestable" if verdict.startswith("not testable") else _BADGE.get(verdict, "fails")
+    return f'<span class="badge {cls}">{_e(verdict)}</span>'
 
 
 def _png(plots: dict[str, bytes], name: str, caption: str) -> str:
@@ -103,6 +108,7 @@ def render_plots(data: dict[str, Any]) -> dict[str, bytes]:
     cols = [
         ("original", "original"),
         ("rebuilt_k90", "rebuilt @k90"),
+        ("rebuilt_k16", "rebuilt @k16"),
         ("rebuilt_full", "rebuilt @full rank"),
         ("mean_in_sample", "mean alone"),
         ("heldout_mean_only", "held-out: mean-only"),
@@ -134,7 +140,10 @@ def render_plots(data: dict[str, Any]) -> dict[str, bytes]:
     xs = range(len(zoos))
     ax.bar([x - 0.2 for x in xs], [z["spectrum"]["evr"] for z in zoos], width=0.4, label="collection")
     ax.bar(
-        [x + 0.2 for x in xs], [z["spectrum"]["null_evr_hi"] for z in zoos], width=0.4, label="null (highest draw)"
+        [x + 0.2 for x in xs],
+        [z["spectrum"].get("null_evr_p95") or z["spectrum"]["null_evr_hi"] for z in zoos],
+        width=0.4,
+        label="null (95th percentile of draws)",
     )
     ax.set_xticks(list(xs), [f"{z['zoo']}\nk={z['spectrum']['k']}" for z in zoos], fontsize=8)
     ax.set_ylabel("EVR at k (matrix units, param-weighted)")
@@ -153,53 +162,150 @@ def _fig_bytes(fig: Any, canvas_cls: Any) -> bytes:
     return buf.getvalue()
 
 
-def render_html(data: dict[str, Any], plots: dict[str, bytes]) -> str:
-    """One self-contained page (plots embedded) from the demo.json dict."""
-    from weightspace.demo._align import alignment_html
-
-    p: list[str] = []
-    mode = "quick" if data["quick"] else "full"
-    p.append(
-        f"<!doctype html><html><head><meta charset='utf-8'><title>weightspace demo</title><style>{_CSS}</style></head><body>"
-    )
-    p.append("<h1>weightspace demo — the shared-subspace claims, with controls</h1>")
-    p.append(
-        f'<p class="sub">{mode} run, {len(data["zoos"])} zoos, seed {_e(data["seed"])}, '
-        f"torch threads {_e(data['torch_threads'])}; wall time "
-        f'<span data-src="/wall_s" data-fmt=".0f">{_e(_fmt(data["wall_s"], ".0f"))}</span> s. '
-        "All numbers are measured by this run; held-out means the model was left out of the fit.</p>"
-    )
-    p.append(
-        "<h2>Claims</h2><div class='scroll'><table><tr><th class='l'>zoo</th><th class='l'>claim</th>"
-        "<th class='l'>verdict</th><th class='l'>evidence (measured)</th></tr>"
-    )
-    for zi, z in enumerate(data["zoos"]):
+def _claim_rows(data: dict[str, Any], zoos_key: str = "zoos") -> list[str]:
+    out = []
+    for zi, z in enumerate(data.get(zoos_key) or []):
         for ci, c in enumerate(z["claims"]):
-            p.append(
-                f"<tr><td class='l'>{_e(z['zoo'])}</td><td class='l'>{_e(c['claim'])}</td><td class='l'>"
-                f"{_badge(c['verdict'])}</td><td class='l' data-src='{pointer('zoos', zi, 'claims', ci, 'evidence')}'>"
-                f"{_e(c['evidence'])}</td></tr>"
+            pre = (zoos_key, zi, "claims", ci)
+            out.append(
+                f"<tr><td class='l'>{_e(z['zoo'])}</td><td class='l'>{_e(c['claim'])}</td>"
+                + cell(data, (*pre, "n_models"), "int")
+                + cell(data, (*pre, "k"), "int")
+                + f"<td class='l'>{_badge(c['verdict'])}</td>"
+                f"<td class='l' data-src='{pointer(*pre, 'evidence')}'>{_e(c['evidence'])}</td></tr>"
             )
     for section in ("merge", "adapt"):
         sec = data.get(section)
-        if sec and sec.get("claim"):
+        if zoos_key == "zoos" and sec and sec.get("claim"):
             c = sec["claim"]
-            p.append(
-                f"<tr><td class='l'>{_e(sec.get('zoo', ''))}</td><td class='l'>{_e(c['claim'])}</td><td class='l'>"
-                f"{_badge(c['verdict'])}</td><td class='l' data-src='{pointer(section, 'claim', 'evidence')}'>"
-                f"{_e(c['evidence'])}</td></tr>"
+            out.append(
+                f"<tr><td class='l'>{_e(sec.get('zoo', ''))}</td><td class='l'>{_e(c['claim'])}</td>"
+                + cell(data, (section, "claim", "n_models"), "int")
+                + cell(data, (section, "claim", "k"), "int")
+                + f"<td class='l'>{_badge(c['verdict'])}</td>"
+                f"<td class='l' data-src='{pointer(section, 'claim', 'evidence')}'>{_e(c['evidence'])}</td></tr>"
             )
+    return out
+
+
+def _paper_section(data: dict[str, Any]) -> list[str]:
+    rows = data.get("paper_table") or []
+    if not rows:
+        return []
+    p = [
+        "<h2>The paper, the public replication, and this run</h2><p class='note'>Quoted numbers are constants "
+        "with their source (the paper: Kaushik et al., arXiv:2512.05117; the replication: "
+        "cahlen/universal-subspace-stress-test); the right-hand column is measured by this run, with 90 % "
+        "intervals, on much smaller models than the paper's (read it for the shape of the evidence, not the "
+        "magnitudes).</p><div class='scroll'><table><tr><th class='l'>claim</th><th class='l'>paper reports</th>"
+        "<th class='l'>public replication</th><th class='l'>this run (verdict, evidence)</th></tr>"
+    ]
+    for ri, r in enumerate(rows):
+        cites = []
+        for who in ("paper", "replication"):
+            c = r[who]
+            cites.append(
+                f"<td class='l'><span data-src='{pointer('paper_table', ri, who, 'text')}'>{_e(c['text'])}</span>"
+                f"<br><span class='cite' data-src='{pointer('paper_table', ri, who, 'source')}'>"
+                f"{_e(c['source'])}</span></td>"
+            )
+        ours = []
+        for o in r["ours"]:
+            claim = resolve(data, o["pointer"])
+            ours.append(
+                f"<b>{_e(o['where'])}</b> {_badge(claim['verdict'])} "
+                f"<span data-src='{_e(o['pointer'])}/evidence'>{_e(claim['evidence'])}</span>"
+            )
+        p.append(
+            f"<tr><td class='l'>{_e(r['claim'])}</td>{''.join(cites)}<td class='l'>"
+            + ("<br>".join(ours) or "not run")
+            + "</td></tr>"
+        )
     p.append("</table></div>")
+    return p
+
+
+def _seed_section(data: dict[str, Any]) -> list[str]:
+    sv = data.get("seed_verdicts")
+    if not sv:
+        return []
+    seeds = sv["seeds"]
+    p = [
+        "<h2>A second seed</h2><p class='note'>Every zoo rebuilt with another seed (other initialisations, "
+        "batches and heads) and every claim tested again; "
+        f"<span data-src='/seed_verdicts/agreeing_claims' data-fmt='int'>{_e(sv['agreeing_claims'])}</span> of "
+        f"<span data-src='/seed_verdicts/claims' data-fmt='int'>{_e(sv['claims'])}</span> verdicts agree.</p>",
+        "<table><tr><th class='l'>zoo</th><th class='l'>claim</th>"
+        + "".join(f"<th class='l'>seed {_e(x)}</th>" for x in seeds)
+        + "</tr>",
+    ]
+    for zoo, per in sv["verdicts"].items():
+        for key, verdicts in per.items():
+            p.append(
+                f"<tr><td class='l'>{_e(zoo)}</td><td class='l'>{_e(key)}</td>"
+                + "".join(f"<td class='l'>{_badge(v)}</td>" for v in verdicts)
+                + "</tr>"
+            )
+    p.append("</table>")
+    seed_runs = data.get("seed_runs") or {}
+    for s_key in seed_runs:
+        p.append(
+            f"<h3>Seed {_e(s_key)}: claims</h3><div class='scroll'><table><tr><th class='l'>zoo</th>"
+            "<th class='l'>claim</th><th>N</th><th>k</th><th class='l'>verdict</th>"
+            "<th class='l'>evidence (measured)</th></tr>"
+        )
+        sub = {"seed_runs": seed_runs}
+        for zi, z in enumerate(seed_runs[s_key]):
+            for ci, c in enumerate(z["claims"]):
+                pre = ("seed_runs", s_key, zi, "claims", ci)
+                p.append(
+                    f"<tr><td class='l'>{_e(z['zoo'])}</td><td class='l'>{_e(c['claim'])}</td>"
+                    + cell(sub, (*pre, "n_models"), "int")
+                    + cell(sub, (*pre, "k"), "int")
+                    + f"<td class='l'>{_badge(c['verdict'])}</td>"
+                    f"<td class='l' data-src='{pointer(*pre, 'evidence')}'>{_e(c['evidence'])}</td></tr>"
+                )
+        p.append("</table></div>")
+    return p
+
+
+def render_html(data: dict[str, Any], plots: dict[str, bytes]) -> str:
+    """One self-contained page (plots embedded) from the demo.json dict."""
+
+    p: list[str] = []
+    p.append(
+        f"<!doctype html><html><head><meta charset='utf-8'><title>weightspace demo</title><style>{_CSS}</style></head><body>"
+    )
+    p.append("<h1>weightspace demo — the shared-subspace claims, with controls and intervals</h1>")
+    p.append(
+        f'<p class="sub">scale {_e(data.get("scale", "quick" if data["quick"] else "default"))}, '
+        f"{len(data['zoos'])} zoos, seed {_e(data['seed'])}, torch threads {_e(data['torch_threads'])}; wall time "
+        f'<span data-src="/wall_s" data-fmt=".0f">{_e(_fmt(data["wall_s"], ".0f"))}</span> s, CPU time '
+        f'<span data-src="/cpu_s" data-fmt=".0f">{_e(_fmt(data.get("cpu_s"), ".0f"))}</span> s. '
+        "All numbers are measured by this run unless marked as quoted; held-out means the model was left out of "
+        "the fit; intervals are 90 % bootstrap intervals over models (over tasks for merging).</p>"
+    )
+    p.append(
+        "<h2>Claims</h2><p class='note'>A claim about k = 16 directions needs N ≥ 96 models (N ≥ 6 k): with fewer, "
+        "the top 16 directions of any collection hold nearly all of its variance, so the test could not fail, and "
+        "the row says so. A verdict needs its interval to clear the threshold; otherwise it is inconclusive.</p>"
+        "<div class='scroll'><table><tr><th class='l'>zoo</th><th class='l'>claim</th><th>N</th><th>k</th>"
+        "<th class='l'>verdict</th><th class='l'>evidence (measured)</th></tr>"
+    )
+    p.extend(_claim_rows(data))
+    p.append("</table></div>")
+    p.extend(_paper_section(data))
+    p.extend(_seed_section(data))
 
     p.append(
         "<h2>Per zoo</h2><p class='note'>EVR at k: parameter-weighted over matrix units, at each unit's "
-        "reference k (16, capped by N). Ratio: bytes of the N checkpoints on disk ÷ bytes of the archive "
+        "tested k (16, or ⌊N/6⌋ when N < 96). Ratio: bytes of the N checkpoints on disk ÷ bytes of the archive "
         "(task-vector zoos also need their base, listed separately). Accuracy in %, means over models.</p>"
     )
     p.append(
         "<div class='scroll'><table><tr><th class='l'>zoo</th><th>N</th><th>k</th><th>EVR@k</th>"
-        "<th>null EVR@k (hi)</th><th>k90</th><th>null k90</th><th>mean energy</th><th>ratio @k90</th>"
-        "<th>ratio @full</th><th>original</th><th>rebuilt @k90</th><th>rebuilt @full</th><th>mean alone</th>"
+        "<th>null EVR@k (95 %)</th><th>k90</th><th>null k90</th><th>mean energy</th><th>size @k90</th>"
+        "<th>size @full</th><th>original</th><th>rebuilt @k90</th><th>rebuilt @full</th><th>mean alone</th>"
         "<th>held-out mean-only</th><th>held-out mean+basis</th><th>base + own head</th><th>chance</th></tr>"
     )
     for zi, z in enumerate(data["zoos"]):
@@ -209,7 +315,7 @@ def render_html(data: dict[str, Any], plots: dict[str, bytes]) -> str:
             + cell(data, (*pre, "n_models"), "int")
             + cell(data, (*pre, "spectrum", "k"), "int")
             + cell(data, (*pre, "spectrum", "evr"), ".3f")
-            + cell(data, (*pre, "spectrum", "null_evr_hi"), ".3f")
+            + cell(data, (*pre, "spectrum", "null_evr_p95"), ".3f")
             + cell(data, (*pre, "spectrum", "k90"), ".1f")
             + cell(data, (*pre, "spectrum", "null_k90"), ".1f")
             + cell(data, (*pre, "spectrum", "mean_energy_fraction"), ".3f")
@@ -226,9 +332,19 @@ def render_html(data: dict[str, Any], plots: dict[str, bytes]) -> str:
             + "</tr>"
         )
     p.append("</table></div>")
-    p.append(alignment_html(data))
-    p.append(_png(plots, "demo-spectrum.png", "EVR at k vs the matched Gaussian null"))
+    p.append(
+        _png(plots, "demo-spectrum.png", "EVR at the tested k vs the matched Gaussian null (95th percentile)")
+    )
     p.append(_png(plots, "demo-accuracy.png", "Task accuracy of originals, rebuilt and held-out models"))
+    p.append("<h2>Spectra per unit type</h2>")
+    for z in data["zoos"]:
+        p.append(
+            _png(
+                plots,
+                z.get("spectrum_plot", ""),
+                f"{z['zoo']}: cumulative EVR vs k (log axis) per unit type against the null's 5–95 % band",
+            )
+        )
 
     for zi, z in enumerate(data["zoos"]):
         pre = ("zoos", zi)
@@ -244,7 +360,7 @@ def render_html(data: dict[str, Any], plots: dict[str, bytes]) -> str:
         )
         p.append(
             "<table><tr><th class='l'>archive</th><th>mean k</th><th>max k</th><th>archive</th>"
-            "<th>N checkpoints</th><th>base</th><th>ratio</th></tr>"
+            "<th>N checkpoints</th><th>base</th><th>archive vs checkpoints</th></tr>"
         )
         for label in z["archives"]:
             ap = (*pre, "archives", label)

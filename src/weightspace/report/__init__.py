@@ -6,7 +6,13 @@ report can be re-rendered without the models.
 """
 
 from weightspace.report._html import render_html
-from weightspace.report._plots import PLOT_CAPTIONS, VERDICT_COLORS, make_plots, require_matplotlib
+from weightspace.report._plots import (
+    PLOT_CAPTIONS,
+    VERDICT_COLORS,
+    make_plots,
+    require_matplotlib,
+    spectrum_figure,
+)
 from weightspace.report._schema import (
     LOO_KEYS,
     REPORT_KEYS,
@@ -31,6 +37,7 @@ __all__ = [
     "print_summary",
     "render_html",
     "require_matplotlib",
+    "spectrum_figure",
     "validate_report",
     "write_report",
 ]

@@ -69,7 +69,26 @@ def _headline(data: Mapping[str, Any]) -> str:
     counts = " ".join(_chip(v, f"{v}: {n}") for v, n in s["verdict_counts"].items())
     return (
         f'<div class="headline" style="border-left-color:{color}"><b>{html.escape(h["text"])}</b>'
-        f"<div style='margin-top:8px'>All units: {counts}</div></div>"
+        f"<div style='margin-top:8px'>All units: {counts}</div>{_aggregate(s.get('aggregate'))}</div>"
+    )
+
+
+def _aggregate(agg: Mapping[str, Any] | None) -> str:
+    """The collection-level verdict: the unit rule on parameter-weighted bootstrap intervals (older reports: '')."""
+    if not agg or "verdict" not in agg:
+        return ""
+
+    def iv(key: str) -> str:
+        v = agg.get(key)
+        if not isinstance(v, Mapping):
+            return "n/a"
+        return f"{_f(v.get('point'), sign=True)} [{_f(v.get('lo'), sign=True)}, {_f(v.get('hi'), sign=True)}]"
+
+    return (
+        f"<div style='margin-top:8px'>All {html.escape(str(agg.get('kind', '')))} units together (parameter-weighted, "
+        f"90 % bootstrap intervals over models) at k = {_f(agg.get('k'))}: held-out EVR minus the null's "
+        f"{iv('heldout_gap')}, in-sample EVR minus the null's {iv('spectrum_excess')} → "
+        f"{_chip(str(agg['verdict']))}</div>"
     )
 
 
@@ -81,7 +100,8 @@ LEGEND: dict[str, str] = {
     "kind": "matrix: a ≥2-D weight (conv kernels flattened per output channel); vector: a bias or norm",
     "units": "how many units this type has",
     "verdicts": "how many of its units got each verdict (the rule is under Method notes)",
-    "verdict": "shared-subspace, mean-dominated or null-like (the rule is under Method notes)",
+    "verdict": "shared-subspace, mean-dominated, null-like, or inconclusive when a bootstrap interval it depends on "
+    "straddles its threshold (the rule is under Method notes)",
     "depth": "layer index read from the key (blank where the key has none)",
     "shape": "the weight's shape",
     "N": "number of models",
@@ -89,11 +109,12 @@ LEGEND: dict[str, str] = {
     "rounded (in brackets: the same for the matched Gaussian null)",
     "k90": "components that hold 90 % of the centered variance",
     "null k90": "the same for the matched Gaussian null (mean over draws)",
-    "k": "the number of components the verdict is tested at (k_ref, capped by what the folds allow)",
+    "k": "the number of components the verdict is tested at: min(k_ref, ⌊N/6⌋), so that k ≪ N (capped by the folds)",
     "EVR@k": "in-sample cumulative explained-variance ratio of the top k components",
     "null EVR@k": "the same for the matched Gaussian null, mean over draws (in brackets: the highest draw)",
     "rank-r LoRA null EVR@k": "the same for a rank-r Gaussian ΔW null, LoRA units only (in brackets: the highest draw)",
-    "spectrum excess": "largest (cumulative EVR − highest null draw) over k ≤ k_ref, and the k where it occurs",
+    "spectrum excess": "cumulative EVR minus the null's (mean over draws) at the tested k; the verdict uses its "
+    "bootstrap interval (hover the row)",
     "MP edge": "explained-variance ratio at the Marchenko–Pastur edge of pure noise of this size",
     "top EVR": "explained-variance ratio of the first component",
     "mean energy": "‖μ‖² / (‖μ‖² + mean ‖x_i − μ‖²): the share of the models' energy in their mean",

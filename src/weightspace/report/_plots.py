@@ -5,7 +5,9 @@ and nothing needs a display. Each figure has one panel per unit type (matrix typ
 compare a layer type across depths at a glance:
 
 * ``scree.png`` — per-component EVR of every unit of the type (colour = depth) over the null band;
-* ``cumulative_evr.png`` — cumulative EVR vs k, null band;
+* ``cumulative_evr.png`` — cumulative EVR vs k on a log axis, one panel per unit type (matrix types: attention
+  q/k/v/o, MLP in/out, conv …), one curve per unit over the null's 5–95 % band (:func:`spectrum_figure`; the demo
+  draws the same figure once per zoo);
 * ``loo.png`` — held-out relative error vs k: mean-only, basis-only, mean + basis (mean over the type's units);
 * ``heldout_evr.png`` — held-out EVR vs k beside the null band;
 * ``stability.png`` — split-half overlap vs k beside the null;
@@ -23,9 +25,14 @@ from typing import Any
 
 from weightspace.errors import DependencyError
 
-__all__ = ["PLOT_CAPTIONS", "VERDICT_COLORS", "make_plots", "require_matplotlib"]
+__all__ = ["PLOT_CAPTIONS", "VERDICT_COLORS", "make_plots", "require_matplotlib", "spectrum_figure"]
 
-VERDICT_COLORS = {"shared-subspace": "#2b8a3e", "mean-dominated": "#e8890c", "null-like": "#9aa0a6"}
+VERDICT_COLORS = {
+    "shared-subspace": "#2b8a3e",
+    "mean-dominated": "#e8890c",
+    "null-like": "#9aa0a6",
+    "inconclusive": "#5c7cfa",
+}
 MAX_PANELS = 24
 _LOG_FLOOR = 1e-12
 
@@ -33,7 +40,8 @@ PLOT_CAPTIONS = {
     "verdicts.png": "Verdict per unit: layer depth (rows) × unit type (columns).",
     "scree.png": "Per-component explained-variance ratio of each unit (colour = depth) over the matched Gaussian "
     "null (grey band: min–max over draws and units of the type; dashed: null mean).",
-    "cumulative_evr.png": "Cumulative EVR vs k (one line per unit) over the null band.",
+    "cumulative_evr.png": "Cumulative EVR vs k (log axis), one panel per unit type, one line per unit (colour = "
+    "depth), over the matched null's 5–95 % band of draws (grey) and its mean (dashed); dotted: the tested k.",
     "loo.png": "Held-out relative error vs k, averaged over the type's units: mean-only (the control), "
     "basis-only and mean + basis. A shared subspace shows mean + basis well below mean-only.",
     "heldout_evr.png": "Held-out EVR (share of a held-out model's deviation from the training mean captured by the "
@@ -238,7 +246,13 @@ def _verdict_map(data: dict[str, Any], figure_cls: Any) -> Any:
     cmap = ListedColormap([VERDICT_COLORS[v] for v in order]).with_extremes(bad="white")
     import numpy as np
 
-    ax.imshow(np.ma.masked_invalid(np.array(grid, dtype=float)), cmap=cmap, vmin=-0.5, vmax=2.5, aspect="auto")
+    ax.imshow(
+        np.ma.masked_invalid(np.array(grid, dtype=float)),
+        cmap=cmap,
+        vmin=-0.5,
+        vmax=len(order) - 0.5,
+        aspect="auto",
+    )
     for r, row in enumerate(grid):
         for c, v in enumerate(row):
             if not math.isnan(v):
@@ -254,6 +268,79 @@ def _verdict_map(data: dict[str, Any], figure_cls: Any) -> Any:
     )
     ax.set_title("verdict per unit", fontsize=11)
     return fig
+
+
+def _cumulative_panel(ax: Any, units: list[dict[str, Any]]) -> None:
+    """Cumulative EVR of every unit of one type vs k (log axis) over the null's 5–95 % band."""
+    import numpy as np
+
+    top = 1
+    for u, color in zip(units, _depth_colors(units), strict=True):
+        y = np.cumsum(np.array(_finite(u["spectrum"]["evr"])))
+        if not len(y):
+            continue
+        x = np.arange(1, len(y) + 1)
+        top = max(top, len(y))
+        label = f"depth {u['depth']}" if u["depth"] is not None and len(units) <= 6 else None
+        ax.plot(x, y, color=color, lw=1.3, alpha=0.9, label=label)
+    s = [u["spectrum"] for u in units]
+    lo_rows = [_finite(v.get("null_cum_evr_p05") or []) for v in s]
+    hi_rows = [_finite(v.get("null_cum_evr_p95") or []) for v in s]
+    mean_rows = [list(np.cumsum(_finite(v.get("null_evr") or []))) for v in s]
+    length = min((len(r) for r in lo_rows + hi_rows + mean_rows), default=0)
+    if length:
+        x = np.arange(1, length + 1)
+        lo = np.nanmin(np.array([r[:length] for r in lo_rows]), axis=0)
+        hi = np.nanmax(np.array([r[:length] for r in hi_rows]), axis=0)
+        mean = np.nanmean(np.array([r[:length] for r in mean_rows]), axis=0)
+        ax.fill_between(x, lo, hi, color="grey", alpha=0.35, lw=0, label="null 5–95 %")
+        ax.plot(x, mean, color="black", ls="--", lw=1, label="null mean")
+    ks = sorted({int(u["k_ref"]) for u in units if u.get("k_ref")})
+    for k in ks:
+        ax.axvline(k, color="#c0392b", ls=":", lw=1)
+    ax.set_xscale("log")
+    ax.set_xlim(1, max(2, top))
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("k (components, log scale)", fontsize=8)
+    ax.set_ylabel("cumulative EVR", fontsize=8)
+    ax.legend(fontsize=7, loc="lower right")
+
+
+def spectrum_figure(data: dict[str, Any], title: str | None = None) -> bytes:
+    """One PNG: cumulative EVR vs k (log axis) per unit type against the null's 5–95 % band.
+
+    Matrix unit types get a panel each (vector units only when there is no matrix unit); every unit of the type
+    is a line (colour = depth); the band is the envelope of the units' 5th–95th percentiles over null draws.
+
+    Parameters
+    ----------
+    data : dict
+        A report (``AnalysisReport.data`` or a parsed ``report.json``).
+    title : str, optional
+        Figure title (default: the report's model count and tested k).
+
+    Returns
+    -------
+    bytes
+        PNG content.
+    """
+    figure_cls, canvas_cls = require_matplotlib()
+    groups = _groups(data)
+    matrix = [(label, units) for label, units in groups if not label.endswith("(vector)")]
+    shown = (matrix or groups)[:MAX_PANELS]
+    fig, axes = _grid(figure_cls, len(shown), width=3.6, height=2.9)
+    for ax, (label, units) in zip(axes, shown, strict=True):
+        _cumulative_panel(ax, units)
+        ax.set_title(label, fontsize=9)
+        ax.grid(True, which="both", alpha=0.25)
+    ks = sorted({int(u["k_ref"]) for u in data["units"] if u.get("k_ref")})
+    fig.suptitle(
+        title
+        or f"Cumulative EVR vs k against the matched null (N = {data['n_models']}, tested k = "
+        f"{'/'.join(map(str, ks))})",
+        fontsize=11,
+    )
+    return _png(fig, canvas_cls)
 
 
 def make_plots(data: dict[str, Any]) -> dict[str, bytes]:
@@ -274,9 +361,7 @@ def make_plots(data: dict[str, Any]) -> dict[str, bytes]:
     figs = {
         "verdicts.png": _verdict_map(data, figure_cls),
         "scree.png": _panels(data, figure_cls, scree_title, lambda ax, u: _scree(ax, u, cumulative=False)),
-        "cumulative_evr.png": _panels(
-            data, figure_cls, "Cumulative EVR vs null", lambda ax, u: _scree(ax, u, cumulative=True)
-        ),
+        "cumulative_evr.png": None,
         "loo.png": _panels(data, figure_cls, f"Held-out error ({data['folds']['scheme']})", _loo),
         "heldout_evr.png": _panels(
             data,
@@ -291,4 +376,4 @@ def make_plots(data: dict[str, Any]) -> dict[str, bytes]:
             lambda ax, u: _vs_null(ax, u, "stability", "overlap", "null_overlap", "null_overlap_hi", "data"),
         ),
     }
-    return {name: _png(fig, canvas_cls) for name, fig in figs.items()}
+    return {name: spectrum_figure(data) if fig is None else _png(fig, canvas_cls) for name, fig in figs.items()}

@@ -78,7 +78,7 @@ UNIT_KEYS: dict[str, tuple[tuple[Any, ...], str]] = {
     "loo": ((dict,), "held-out errors, see LOO_KEYS"),
     "stability": ((dict,), "split-half overlap, see STABILITY_KEYS"),
     "spectrum_exceeds_null": ((bool,), "in-sample EVR above the null band by the spectrum margin"),
-    "verdict": ((str,), "'shared-subspace', 'mean-dominated' or 'null-like'"),
+    "verdict": ((str,), "'shared-subspace', 'mean-dominated', 'null-like' or 'inconclusive'"),
     "reasons": (("list[str]",), "the measured comparisons behind the verdict"),
 }
 
@@ -170,5 +170,5 @@ def validate_report(data: Mapping[str, Any], *, path: str | os.PathLike[str] = "
         for key in ("basis_only", "mean_plus_basis", "heldout_evr"):
             if len(unit["loo"][key]) != len(unit["loo"]["k"]):
                 raise InputError(f"'{where}loo.{key}' must have one value per k in loo.k", path=path)
-        if unit["verdict"] not in ("shared-subspace", "mean-dominated", "null-like"):
+        if unit["verdict"] not in ("shared-subspace", "mean-dominated", "null-like", "inconclusive"):
             raise InputError(f"'{where}verdict' is not a known verdict: {unit['verdict']!r}", path=path)

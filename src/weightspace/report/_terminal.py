@@ -8,8 +8,13 @@ from typing import Any
 
 __all__ = ["print_summary"]
 
-_ABBR = {"shared-subspace": "S", "mean-dominated": "M", "null-like": "N"}
-_STYLE = {"shared-subspace": "bold green", "mean-dominated": "bold yellow", "null-like": "dim"}
+_ABBR = {"shared-subspace": "S", "mean-dominated": "M", "null-like": "N", "inconclusive": "?"}
+_STYLE = {
+    "shared-subspace": "bold green",
+    "mean-dominated": "bold yellow",
+    "null-like": "dim",
+    "inconclusive": "blue",
+}
 
 
 def _f(x: Any) -> str:
@@ -32,10 +37,11 @@ def _f0(x: Any) -> str:
 
 #: What every column of the summary means (printed under the table).
 LEGEND = (
-    "verdicts: units per verdict, S shared-subspace, M mean-dominated, N null-like; (vec): biases and norms",
+    "verdicts: units per verdict, S shared-subspace, M mean-dominated, N null-like, ? inconclusive (an interval "
+    "straddles its threshold); (vec): biases and norms",
     "k90/null: components holding 90 % of the centered variance (mean over units, rounded), and on the matched "
     "Gaussian null",
-    "excess: largest cumulative EVR above the highest null draw for k ≤ k; k: components the verdict tests",
+    "excess: cumulative EVR above the null at the tested k; k: components the verdict tests (min(16, N/6))",
     "held-out EVR/null: share of a held-out model's deviation from the others' mean that their top-k basis "
     "captures, and on the null",
     "mean E: mean energy fraction ‖μ‖² / (‖μ‖² + mean ‖x − μ‖²)",

@@ -9,14 +9,21 @@ name               kind        models
 =================  ==========  ===============================================================================
 digits-mlp         scratch     64→64→64→10 MLPs trained from scratch on sklearn digits (seed + 70 % subset)
 digits-mlp-init    init        the same MLPs untrained (random init; the null case)
-mnist1d-cnn        finetune    1-D CNN pretrained on MNIST-1D (``base.safetensors``), fine-tuned on 20 tasks
-digits-vit         finetune    tiny ViT pretrained on digits (``base.safetensors``), fine-tuned on 20 tasks
+mnist1d-cnn        finetune    1-D CNN pretrained on MNIST-1D (``base.safetensors``), fine-tuned on up to 156
+                               tasks (permutations, pairs, subsets, relabellings, transforms, noise levels)
+digits-vit         finetune    tiny ViT pretrained on digits (``base.safetensors``), fine-tuned the same way
 minilm-lora        lora        PEFT LoRA (r=8, query/value) + head on all-MiniLM-L6-v2, BBC News tasks
 =================  ==========  ===============================================================================
 
+Small models are trained many at a time (one vectorised optimiser step for up to 96 models, see
+``_batched.py``), so zoos of N ≥ 96 — enough to test k = 16 directions against N — build in about a minute.
+:func:`cached_zoo` keeps builds in a content-addressed cache keyed by every build parameter.
+
 Layout of a built zoo::
 
-    DIR/zoo.json                    # written last: {"zoo", "version", "seed", "n", "quick", "base", "models", "tasks"}
+    DIR/zoo.json                    # written last: {"zoo", "version", "seed", "n", "quick", "build_key",
+                                    #   "build_params", "base", "models", "tasks"}; byte-identical per key
+    DIR/timing.json                 # wall times of the build (vary from run to run)
     DIR/base.safetensors            # fine-tune zoos only
     DIR/models/<name>.safetensors   # minilm-lora: DIR/models/<name>/ (PEFT adapter directory)
 
@@ -34,12 +41,14 @@ Examples
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from weightspace._registry import Registry
 from weightspace.zoo._base import ModelSource, Zoo, ZooKind
 from weightspace.zoo._checkpoint import read_checkpoint
 from weightspace.zoo._cnn import MNIST1DCNNZoo
-from weightspace.zoo._manifest import ZooInfo, ZooModel, load_zoo_info
+from weightspace.zoo._data import cache_dir
+from weightspace.zoo._manifest import ZooInfo, ZooModel, build_key, load_zoo_info
 from weightspace.zoo._mlp import DigitsMLPInitZoo, DigitsMLPZoo
 from weightspace.zoo._text import MiniLMLoRAZoo
 from weightspace.zoo._train import ProgressFn, pinned_threads, train_threads
@@ -52,12 +61,15 @@ __all__ = [
     "ZooInfo",
     "ZooKind",
     "ZooModel",
+    "build_key",
     "build_zoo",
+    "cached_zoo",
     "get_zoo",
     "load_zoo_info",
     "pinned_threads",
     "read_checkpoint",
     "train_threads",
+    "zoo_cache_dir",
     "zoo_names",
 ]
 
@@ -118,3 +130,50 @@ def build_zoo(
         The parsed ``zoo.json``.
     """
     return get_zoo(name).build(out_dir, n=n, seed=seed, quick=quick, force=force, progress=progress)
+
+
+def zoo_cache_dir() -> Path:
+    """Root of the content-addressed zoo cache: ``$WEIGHTSPACE_ZOO_CACHE``, else ``<cache_dir>/zoos``.
+
+    ``cache_dir`` is ``$WEIGHTSPACE_CACHE_DIR`` or ``~/.cache/weightspace``.
+    """
+    env = os.environ.get("WEIGHTSPACE_ZOO_CACHE")
+    return Path(env) if env else cache_dir() / "zoos"
+
+
+def cached_zoo(
+    name: str,
+    *,
+    n: int | None = None,
+    seed: int = 0,
+    quick: bool = False,
+    cache: str | os.PathLike[str] | None = None,
+    progress: ProgressFn | None = None,
+) -> ZooInfo:
+    """Build zoo ``name`` into the content-addressed cache, or reuse the build already there.
+
+    The directory is ``<cache>/<name>-<first 16 hex digits of build_key>``, where ``build_key`` hashes every
+    build parameter (:meth:`Zoo.build_params`: ``n``, ``seed``, ``quick``, settings, tasks, threads, code
+    version). Any change of parameters therefore lands in a new directory; the same parameters find the
+    finished build (tests, a second demo run, benchmarks all share it).
+
+    Parameters
+    ----------
+    name : str
+        One of :func:`zoo_names`.
+    n, seed, quick
+        As for :func:`build_zoo`.
+    cache : path, optional
+        Cache root (default :func:`zoo_cache_dir`).
+    progress : callable, optional
+        ``progress(done, total, message)``.
+
+    Returns
+    -------
+    ZooInfo
+    """
+    zoo = get_zoo(name)
+    n = zoo.default_n(bool(quick)) if n is None else n
+    key = build_key(zoo.build_params(n=n, seed=seed, quick=bool(quick)))
+    root = Path(cache) if cache is not None else zoo_cache_dir()
+    return zoo.build(root / f"{name}-{key[:16]}", n=n, seed=seed, quick=quick, progress=progress)

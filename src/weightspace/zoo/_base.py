@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from weightspace._atomic import atomic_dir, atomic_write_text
 from weightspace.errors import DependencyError, InputError, ParameterError
 from weightspace.zoo._checkpoint import META_TASK, load_state_strict, read_checkpoint
-from weightspace.zoo._manifest import ZOO_FORMAT_VERSION, ZOO_JSON, ZooInfo, load_zoo_info
+from weightspace.zoo._manifest import TIMING_JSON, ZOO_FORMAT_VERSION, ZOO_JSON, ZooInfo, build_key, load_zoo_info
 from weightspace.zoo._train import ProgressFn, check_int, evaluate, fit, pinned_threads, train_threads
 
 __all__ = ["ModelSource", "Zoo", "ZooKind", "require"]
@@ -70,6 +70,8 @@ class Zoo(abc.ABC):
     #: Prefix of the task-head tensors (``head.weight``/``head.bias``; ``classifier.`` for minilm-lora).
     #: Heads are sized per task, so they are per-model ("private") tensors, never part of a shared subspace.
     head_prefix: ClassVar[str] = "head."
+    #: Bumped whenever the build code changes what it writes (part of every build key).
+    build_version: ClassVar[int] = 2
 
     # ---- definitions -----------------------------------------------------------------------------------
 
@@ -276,20 +278,23 @@ class Zoo(abc.ABC):
         quick : bool
             Fewer models and training steps (demo ``--quick`` and tests).
         force : bool
-            Rebuild even if ``out_dir`` already holds this zoo with the same ``(n, seed, quick)``.
+            Rebuild even if ``out_dir`` already holds this zoo with the same :meth:`build_params` (compared by
+            their hash, ``build_key`` in ``zoo.json``).
         progress : callable, optional
             ``progress(done, total, message)`` after the base (``done=0``) and after each model.
         """
         n = self.default_n(bool(quick)) if n is None else check_int("n", n, minimum=1)
         seed = check_int("seed", seed, minimum=0)
         quick = bool(quick)
+        params = self.build_params(n=n, seed=seed, quick=quick)
+        key = build_key(params)
         out = Path(out_dir).absolute()
         if out.exists() and not out.is_dir():
             raise InputError("zoo output path exists and is not a directory", path=out)
         if out.is_dir() and not force:
             with contextlib.suppress(InputError):
                 info = load_zoo_info(out)
-                if (info.zoo, info.n, info.seed, info.quick) == (self.name, n, seed, quick):
+                if info.meta.get("build_key") == key:
                     if progress is not None:
                         progress(n, n, f"reused existing zoo in {out}")
                     return info
@@ -302,6 +307,7 @@ class Zoo(abc.ABC):
         t0 = time.perf_counter()
         with atomic_dir(out) as tmp, pinned_threads(train_threads(self.threads)):
             doc = self._build_into(Path(tmp), n=n, seed=seed, quick=quick, progress=progress)
+            timing = {"build_wall_s": round(time.perf_counter() - t0, 3), **doc.pop("timing", {})}
             doc = {
                 "zoo": self.name,
                 "version": ZOO_FORMAT_VERSION,
@@ -310,11 +316,37 @@ class Zoo(abc.ABC):
                 "quick": quick,
                 "kind": self.kind,
                 "head_prefix": self.head_prefix,
+                "build_key": key,
+                "build_params": params,
                 **doc,
             }
-            doc["build_wall_s"] = round(time.perf_counter() - t0, 3)
+            # Wall times vary from run to run, so they live beside the manifest: zoo.json and every checkpoint
+            # are byte-identical across builds with the same parameters.
+            atomic_write_text(Path(tmp) / TIMING_JSON, json.dumps(timing, indent=1) + "\n")
             atomic_write_text(Path(tmp) / ZOO_JSON, json.dumps(doc, indent=1) + "\n")
         return load_zoo_info(out)
+
+    def build_params(self, *, n: int, seed: int, quick: bool) -> dict[str, Any]:
+        """Everything a build's bytes depend on (hashed into ``build_key``; a change rebuilds).
+
+        The zoo, its format and build-code versions, ``n``, ``seed``, ``quick``, the training settings, the
+        tasks of the ``n`` models with their definitions, and the pinned thread count (CPU float reductions
+        depend on how work is split).
+        """
+        order = self.tasks()
+        tasks = list(dict.fromkeys(order[i % len(order)] for i in range(n)))
+        settings = getattr(self, "settings", None)
+        return {
+            "zoo": self.name,
+            "format": ZOO_FORMAT_VERSION,
+            "build_code": self.build_version,
+            "n": n,
+            "seed": seed,
+            "quick": quick,
+            "settings": settings(quick) if callable(settings) else None,
+            "tasks": {t: self.task_spec(t) for t in tasks},
+            "threads": train_threads(self.threads),
+        }
 
     @abc.abstractmethod
     def _build_into(self, tmp: Path, *, n: int, seed: int, quick: bool, progress: ProgressFn | None) -> dict:

@@ -6,6 +6,8 @@ accepts is a complete build.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -14,10 +16,23 @@ from typing import Any
 
 from weightspace.errors import InputError, ParameterError
 
-__all__ = ["ZOO_FORMAT_VERSION", "ZOO_JSON", "ZooInfo", "ZooModel", "load_zoo_info"]
+__all__ = ["TIMING_JSON", "ZOO_FORMAT_VERSION", "ZOO_JSON", "ZooInfo", "ZooModel", "build_key", "load_zoo_info"]
 
 ZOO_FORMAT_VERSION = 1
 ZOO_JSON = "zoo.json"
+TIMING_JSON = "timing.json"
+
+
+def build_key(params: Mapping[str, Any]) -> str:
+    """sha256 of the canonical JSON of a zoo's build parameters: the content address of a build.
+
+    Examples
+    --------
+    >>> build_key({"n": 2, "zoo": "x"}) == build_key({"zoo": "x", "n": 2})
+    True
+    """
+    text = json.dumps(params, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 @dataclass(frozen=True)

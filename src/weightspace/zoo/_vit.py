@@ -10,9 +10,60 @@ import torch
 from torch import Tensor, nn
 
 from weightspace.zoo import _data
-from weightspace.zoo._finetune import FinetuneZoo, label_tasks
+from weightspace.zoo._finetune import FinetuneZoo, extended_tasks, label_tasks
 
 __all__ = ["DigitsViT", "DigitsViTZoo"]
+
+#: Input transforms beyond the original seven (shifts, noise levels, blur, contrast, nonlinear maps).
+_EXTRA_TRANSFORMS = (
+    "rot270",
+    "noise-0.1",
+    "shift-x1",
+    "blur",
+    "noise-0.3",
+    "shift-y1",
+    "gamma-2",
+    "noise-0.5",
+    "shift-x-1",
+    "contrast-0.5",
+    "threshold-0.5",
+    "shift-y-1",
+    "dropout-0.2",
+    "hflip+invert",
+    "noise-0.4",
+)
+
+
+def _transform_2d(name: str, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One named transform of images ``(N, 8, 8)``; parametrised names carry their value (``noise-0.3``)."""
+    kind, _, arg = name.partition("-")
+    if name == "hflip":
+        return x[:, :, ::-1]
+    if name == "vflip":
+        return x[:, ::-1, :]
+    if name in ("rot90", "rot180", "rot270"):
+        return np.rot90(x, int(name[3:]) // 90, axes=(1, 2))
+    if name == "transpose":
+        return x.transpose(0, 2, 1)
+    if name == "invert":
+        return 1.0 - x
+    if name == "blur":
+        pad = np.pad(x, ((0, 0), (1, 1), (1, 1)), mode="edge")
+        return sum(pad[:, i : i + 8, j : j + 8] for i in range(3) for j in range(3)) / 9.0
+    if kind == "noise":
+        return x + float(arg) * rng.standard_normal(x.shape).astype(np.float32)
+    if kind == "shift":
+        axis = 2 if arg.startswith("x") else 1
+        return np.roll(x, int(arg[1:]), axis=axis)
+    if kind == "gamma":
+        return x ** float(arg)
+    if kind == "contrast":
+        return 0.5 + float(arg) * (x - 0.5)
+    if kind == "threshold":
+        return (x > float(arg)).astype(np.float32)
+    if kind == "dropout":
+        return x * (rng.random(x.shape) >= float(arg)).astype(np.float32)
+    raise KeyError(name)  # unreachable: transform names come from the task table
 
 
 class Attention(nn.Module):
@@ -115,7 +166,7 @@ class DigitsViT(nn.Module):
 
 
 class DigitsViTZoo(FinetuneZoo):
-    """Tiny ViTs fully fine-tuned from one digits-pretrained base on 20 derived tasks.
+    """Tiny ViTs fully fine-tuned from one digits-pretrained base on derived tasks (see :meth:`tasks`).
 
     Inputs are sklearn digits as images ``(N, 8, 8)`` float32 in ``[0, 1]`` with the fixed 70/30 split shared
     by the digits zoos; the base task ``pretrain`` is the original 10-class problem.
@@ -150,40 +201,35 @@ class DigitsViTZoo(FinetuneZoo):
         x, y = (x_tr, y_tr) if split == "train" else (x_te, y_te)
         return x.reshape(-1, 8, 8), y
 
-    def _task_table(self) -> dict[str, dict[str, Any]]:
+    def _build_table(self) -> dict[str, dict[str, Any]]:
         table = label_tasks(5, [(0, 1), (2, 3), (4, 5), (6, 7), (8, 9), (3, 8)])
         ident = list(range(10))
         for t in ("hflip", "vflip", "rot90", "rot180", "transpose", "invert", "noise-0.2"):
             table[t] = {"kind": "transform", "labels": ident, "n_classes": 10, "transform": t}
-        return table
+        first = {t: table[t] for t in self.task_order}
+        combos = [
+            (t, lab)
+            for lab in ("perm-1", "parity", "pair-2-7", "lt5", "sub-012", "perm-2", "mod3", "pair-0-9")
+            for t in ("hflip", "rot90", "invert", "noise-0.2", "transpose", "vflip")
+        ]
+        return extended_tasks(first, list(_EXTRA_TRANSFORMS), combos)
 
     def _transform(self, name: str, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        if name == "hflip":
-            return x[:, :, ::-1]
-        if name == "vflip":
-            return x[:, ::-1, :]
-        if name == "rot90":
-            return np.rot90(x, 1, axes=(1, 2))
-        if name == "rot180":
-            return np.rot90(x, 2, axes=(1, 2))
-        if name == "transpose":
-            return x.transpose(0, 2, 1)
-        if name == "invert":
-            return 1.0 - x
-        if name == "noise-0.2":
-            return x + 0.2 * rng.standard_normal(x.shape).astype(np.float32)
-        raise KeyError(name)  # unreachable: transform names come from _task_table
+        for part in name.split("+"):
+            x = _transform_2d(part, x, rng)
+        return x
 
     def _new_model(self, n_classes: int) -> nn.Module:
         return DigitsViT(n_classes)
 
     def settings(self, quick: bool) -> dict[str, dict[str, Any]]:
+        # Large batches for the single base model, small ones for the fine-tunes trained together (see mnist1d-cnn).
         if quick:
             return {
-                "pretrain": {"steps": 400, "lr": 3e-3, "batch_size": 64},
-                "finetune": {"steps": 80, "lr": 2e-3, "batch_size": 64},
+                "pretrain": {"steps": 150, "lr": 3e-3, "batch_size": 192},
+                "finetune": {"steps": 80, "lr": 2e-3, "batch_size": 32},
             }
         return {
-            "pretrain": {"steps": 1200, "lr": 3e-3, "batch_size": 64},
-            "finetune": {"steps": 250, "lr": 2e-3, "batch_size": 64},
+            "pretrain": {"steps": 400, "lr": 3e-3, "batch_size": 192},
+            "finetune": {"steps": 200, "lr": 2e-3, "batch_size": 32},
         }

@@ -17,7 +17,7 @@ import torch
 from weightspace._registry import Registry
 from weightspace.analyze._hosvd_unit import analyze_hosvd_unit
 from weightspace.analyze._pca_unit import Plan, analyze_pca_unit
-from weightspace.decompose import UNIT_FITS, PCAUnit, TuckerUnit, unit_fit_for
+from weightspace.decompose import UNIT_FITS, LoraTuckerUnit, PCAUnit, TuckerUnit, unit_fit_for
 from weightspace.units import UnitSpec, UnitStack
 
 __all__ = ["UNIT_ANALYZERS", "UnitAnalyzer", "analyzer_for"]
@@ -87,4 +87,7 @@ UNIT_ANALYZERS.register(
         spectrum_label=" (HOSVD: mode 1)",
     ),
 )
+# Under hosvd, LoRA units are fitted factored (lora-hosvd); the analysis of their spectra, nulls and held-out errors
+# is the dense HOSVD one (analysis may form ΔW; archives never do).
+UNIT_ANALYZERS.register(LoraTuckerUnit.method, UNIT_ANALYZERS.get(TuckerUnit.method))
 assert all(name in UNIT_FITS for name in UNIT_ANALYZERS)  # analyzers only exist for registered decompositions

@@ -75,7 +75,13 @@ def compress(
     models: ModelsArg,
     output: Annotated[Path, typer.Option("--output", "-o", help="Archive directory to write (*.wsz).")],
     base: BaseOpt = None,
-    method: Annotated[str, typer.Option(help="pca (model axis) or hosvd (Tucker on weight axes).")] = "pca",
+    method: Annotated[
+        str,
+        typer.Option(
+            help="auto (LoRA units factored, others PCA), pca (model axis) or hosvd (Tucker on weight axes; LoRA "
+            "units factored)."
+        ),
+    ] = "auto",
     rank: Annotated[int | None, typer.Option("--rank", "-k", help="Components per unit (default 16).")] = None,
     variance: Annotated[
         float | None, typer.Option("--variance", help="Keep this fraction of centered variance per unit.")
@@ -83,6 +89,12 @@ def compress(
     dtype: Annotated[str, typer.Option(help="Storage dtype of basis and coefficients.")] = "float32",
     no_center: Annotated[bool, typer.Option("--no-center", help="Do not subtract the mean model.")] = False,
     solver: Annotated[str, typer.Option(help="auto, gram or tsqr.")] = "auto",
+    allow_larger: Annotated[
+        bool,
+        typer.Option(
+            "--allow-larger", help="Write a PEFT archive even if, bounded from the shapes, it could outgrow the adapters."
+        ),
+    ] = False,
     json_out: JsonOpt = False,
     allow_pickle: AllowPickle = False,
     private: PrivateOpt = None,
@@ -104,6 +116,7 @@ def compress(
             center=not no_center,
             svd_solver=solver,
             storage_dtype=dtype,
+            allow_larger=allow_larger,
             progress=cb,
         )
     dups = coll.duplicates()
@@ -117,8 +130,8 @@ def compress(
         )
     err_console.print(
         f"wrote {output}: {summary['n_models']} models, {summary['n_units']} units, "
-        f"{_mb(summary['archive_bytes'])} vs {_mb(summary['models_bytes'])} of checkpoints "
-        f"(ratio {summary['ratio']:.2f}×, measured on disk) in {summary['wall_s']:.1f}s"
+        f"{_mb(summary['archive_bytes'])} for {_mb(summary['models_bytes'])} of checkpoints: "
+        f"{summary['ratio_words']} (measured on disk), in {summary['wall_s']:.1f}s"
     )
 
 

@@ -9,6 +9,7 @@ from weightspace._callable import make_callable
 from weightspace.compress._compress import CompressResult, UnitSummary, compress
 from weightspace.compress._project import project
 from weightspace.compress._reconstruct import ReconstructedModel, reconstruct, reconstruct_tensors
+from weightspace.compress._words import ratio_words
 from weightspace.decompose import ProjectedModel, ProjectResult, UnitResidual
 
 __all__ = [
@@ -20,6 +21,7 @@ __all__ = [
     "UnitSummary",
     "compress",
     "project",
+    "ratio_words",
     "reconstruct",
     "reconstruct_tensors",
 ]

@@ -2,7 +2,12 @@
 
 ``compress(models, out, ...)`` is ``SharedSubspace(...).fit(collection, out=out)``: each unit is fitted and its
 stored tensors streamed straight into its own archive member, so peak memory is about ``N² + one chunk`` per
-unit on top of the interpreter. What it returns is measured on disk.
+unit on top of the interpreter. What it returns is measured on disk, with the ratio in honest words.
+
+For PEFT adapters the default method (``auto``) stores every LoRA unit factored (shared ``U``, ``V`` and
+per-adapter cores, no dense update). Before anything is written, the largest archive the chosen method can write is
+bounded from the shapes; for LoRA inputs an archive that could be larger than the adapters is refused unless
+``allow_larger=True``.
 """
 
 from __future__ import annotations
@@ -15,7 +20,9 @@ from typing import Any
 
 from weightspace._progress import Progress
 from weightspace.collection import Collection, as_collection
-from weightspace.decompose import DEFAULT_CHUNK_BYTES, PCAUnit, SharedSubspace
+from weightspace.compress._words import ratio_words
+from weightspace.decompose import DEFAULT_CHUNK_BYTES, AutoUnit, SharedSubspace
+from weightspace.errors import InputError
 
 __all__ = ["CompressResult", "UnitSummary", "compress"]
 
@@ -58,6 +65,10 @@ class CompressResult:
         Size of the archive and of the source checkpoints on disk.
     ratio : float
         ``models_bytes / archive_bytes``: above 1 the archive is smaller.
+    ratio_words : str
+        The same in words: ``"21.3× smaller"`` or ``"4.20× larger"``.
+    size_bound_bytes : int
+        The largest archive the method could have written, bounded from shapes before fitting.
     units : list of UnitSummary
     wall_s : float
     duplicates : list of list of str
@@ -74,6 +85,8 @@ class CompressResult:
     units: list[UnitSummary]
     n_private: int
     wall_s: float
+    ratio_words: str = ""
+    size_bound_bytes: int = 0
     duplicates: list[list[str]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -86,7 +99,7 @@ def compress(
     out: PathLike,
     *,
     base: PathLike | None = None,
-    method: str = PCAUnit.method,
+    method: str = AutoUnit.method,
     n_components: int | float | tuple[int | float, int | float] = 16,
     center: bool = True,
     svd_solver: str = "auto",
@@ -96,6 +109,7 @@ def compress(
     allow_pickle: bool = False,
     private: Sequence[str] = (),
     exclude: Sequence[str] = (),
+    allow_larger: bool = False,
     progress: Progress | None = None,
 ) -> CompressResult:
     """Fit the shared subspace of ``models`` and write it as an archive at ``out``.
@@ -108,7 +122,10 @@ def compress(
     out : path
         Archive directory (conventionally ``*.wsz``); replaced atomically if it exists.
     method, n_components, center, svd_solver, modes, storage_dtype, chunk_bytes
-        As in :class:`~weightspace.decompose.SharedSubspace`.
+        As in :class:`~weightspace.decompose.SharedSubspace` (default ``auto``: LoRA units factored, others PCA).
+    allow_larger : bool, default False
+        Write the archive of PEFT adapters even when, bounded from the shapes, it could be larger than the
+        adapters (otherwise an :class:`~weightspace.errors.InputError` says both sizes, before anything is written).
     progress : callable, optional
         ``progress(stage, done, total)``.
 
@@ -127,6 +144,8 @@ def compress(
     >>> res = compress([d], f"{d}/a.wsz", n_components=2)
     >>> res.n_models, res.units[0].k
     (4, 2)
+    >>> res.ratio_words == ratio_words(res.models_bytes, res.archive_bytes)
+    True
     """
     t0 = time.perf_counter()
     coll = as_collection(models, base=base, allow_pickle=allow_pickle, private=private, exclude=exclude)
@@ -139,6 +158,15 @@ def compress(
         chunk_bytes=chunk_bytes,
         storage_dtype=storage_dtype,
     )
+    bound = ss.size_bound(coll)
+    source_bytes = sum(src.nbytes_on_disk() for src in coll.sources)
+    if coll.is_peft and bound > source_bytes and not allow_larger:
+        raise InputError(
+            f"method {method!r} could write an archive of up to {bound / 1e6:,.2f} MB for {source_bytes / 1e6:,.2f} MB "
+            f"of adapters ({ratio_words(source_bytes, bound)}; bounded from the shapes, nothing written). The default "
+            f"method {AutoUnit.method!r} stores LoRA units factored; pass allow_larger=True (--allow-larger) to "
+            "write it anyway"
+        )
     ss.fit(coll, out=out, progress=progress)
     archive_bytes = sum(p.stat().st_size for p in ss.path_.rglob("*") if p.is_file())  # type: ignore[union-attr]
     model_bytes = sum(m.source_bytes for m in ss.models_)
@@ -163,4 +191,6 @@ def compress(
         units=units,
         n_private=len(coll.private),
         wall_s=time.perf_counter() - t0,
+        ratio_words=ratio_words(model_bytes, archive_bytes),
+        size_bound_bytes=bound,
     )

@@ -3,7 +3,9 @@
 Full checkpoints get back every key in the original order and dtype (units from ``μ + c V``, plus the base for
 task-vector archives; private tensors verbatim). PEFT adapters become rank-r adapters again: the reconstructed
 ``ΔW`` of each module is truncated by SVD to the module's source rank with its ``lora_alpha`` semantics kept, and
-the truncation error is reported. Everything is checked (names, base identity) before anything is written.
+the truncation error is reported. Factored LoRA units give that SVD from their k1 × k2 core (``U (M + C_i) Vᵀ``,
+rank ≤ min(k1, k2)) without forming ``ΔW``. Everything is checked (names, base identity) before anything is
+written.
 """
 
 from __future__ import annotations
@@ -19,7 +21,14 @@ import torch
 from weightspace._progress import Progress, report
 from weightspace.decompose import Archive, ModelRecord, SharedSubspace, open_base
 from weightspace.errors import ArchiveError
-from weightspace.io import DTYPES, ModelSource, lora_factors_from_delta, output_name, write_model
+from weightspace.io import (
+    DTYPES,
+    ModelSource,
+    lora_factors_from_delta,
+    lora_factors_from_svd,
+    output_name,
+    write_model,
+)
 
 __all__ = ["ReconstructedModel", "reconstruct", "reconstruct_tensors"]
 
@@ -78,15 +87,15 @@ def reconstruct_tensors(
         for key, rec in model.lora.items():
             if key not in units:
                 raise ArchiveError("LoRA record names a unit the archive lacks", tensor=key)
-            member = units[key].member(i)  # (rows, cols) in the base weight's layout
+            unit = units[key]
             a_shape = tuple(rec.a_shape)
-            b, a, err = lora_factors_from_delta(
-                member,
-                rec.rank,
-                rec.scaling,
-                fan_in_fan_out=rec.fan_in_fan_out,
-                a_shape=a_shape if len(a_shape) > 2 else None,
-            )
+            ffo, conv_a = rec.fan_in_fan_out, (a_shape if len(a_shape) > 2 else None)
+            svd = unit.inverse_transform_svd(unit.coefficients[i])  # factored units: no dense ΔW
+            if svd is not None:
+                b, a, err = lora_factors_from_svd(*svd, rec.rank, rec.scaling, fan_in_fan_out=ffo, a_shape=conv_a)
+            else:  # the member, (rows, cols) in the base weight's layout
+                member = unit.member(i)
+                b, a, err = lora_factors_from_delta(member, rec.rank, rec.scaling, fan_in_fan_out=ffo, a_shape=conv_a)
             worst = max(worst, err)
             dt = _torch_dtype(model.dtypes.get(key, "F32"), name)
             by_file_key[rec.a_key] = a.to(dt)

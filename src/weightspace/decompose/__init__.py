@@ -1,5 +1,5 @@
-"""Shared-subspace extraction: the unit-fit registry (model-axis PCA, HOSVD), streaming passes, and the one
-fitted object, :class:`SharedSubspace`, whose saved form is the ``.wsz`` archive."""
+"""Shared-subspace extraction: the unit-fit registry (model-axis PCA, HOSVD, factored LoRA HOSVD), streaming
+passes, and the one fitted object, :class:`SharedSubspace`, whose saved form is the ``.wsz`` archive."""
 
 from weightspace.decompose._archive import (
     FORMAT,
@@ -28,6 +28,7 @@ from weightspace.decompose._unitfit import (
     unit_fit_for,
 )
 from weightspace.decompose.hosvd import HOSVDUnitFit, TuckerRecord, TuckerUnit, hosvd, hosvd_cores, hosvd_factors
+from weightspace.decompose.lora import AutoUnit, LoraHOSVDFit, LoraTuckerRecord, LoraTuckerUnit, lora_hosvd
 from weightspace.decompose.pca import (
     PCARecord,
     PCASpectrum,
@@ -48,11 +49,15 @@ __all__ = [
     "VERSION",
     "Archive",
     "ArchiveWriter",
+    "AutoUnit",
     "BaseRecord",
     "FitParams",
     "GramResult",
     "HOSVDUnitFit",
+    "LoraHOSVDFit",
     "LoraRecord",
+    "LoraTuckerRecord",
+    "LoraTuckerUnit",
     "Manifest",
     "MemoryStore",
     "ModelRecord",
@@ -79,6 +84,7 @@ __all__ = [
     "hosvd_cores",
     "hosvd_factors",
     "k_for_fraction",
+    "lora_hosvd",
     "model_record",
     "open_base",
     "pca_basis",

@@ -281,6 +281,13 @@ class TuckerUnit(UnitFit):
     def coef_shape(self) -> tuple[int, ...]:
         return (int(self._record.k1), int(self._record.k2))  # type: ignore[attr-defined]
 
+    @classmethod
+    def bound_coef_shape(cls, spec: UnitSpec, n_models: int, params: FitParams) -> tuple[int, ...]:
+        r1, r2 = _ranks(params.n_components)
+        k1 = min(int(r1), spec.rows) if isinstance(r1, int) and 1 in params.modes else spec.rows
+        k2 = min(int(r2), spec.cols) if isinstance(r2, int) and 2 in params.modes else spec.cols
+        return (k1, k2)
+
     @property
     def modes(self) -> tuple[int, ...]:
         return tuple(self._record.modes)  # type: ignore[attr-defined]

@@ -11,8 +11,9 @@ one rank rule, one zero tolerance and one projection.
 
 from __future__ import annotations
 
+import math
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -43,9 +44,11 @@ from weightspace.decompose._unitfit import (
     unit_fit_for,
 )
 from weightspace.decompose.hosvd import TuckerUnit
+from weightspace.decompose.lora import AutoUnit
 from weightspace.decompose.pca import PCAUnit
-from weightspace.decompose.rank import choose_rank, explained_variance_ratio, sign_flips, zero_tolerance
+from weightspace.decompose.rank import choose_rank, sign_flips, zero_tolerance
 from weightspace.errors import ArchiveError, NotFittedError, ParameterError, ShapeMismatchError, TensorKeyError
+from weightspace.io import DTYPES
 from weightspace.units import UnitSpec, UnitStack
 
 __all__ = ["SharedSubspace"]
@@ -77,10 +80,11 @@ class SharedSubspace:
     n_components : int, float or pair, default 16
         Components per unit: an int count (capped by the unit's numerical rank), or a float in (0, 1) read as
         the fraction of centered variance to keep. Two-mode methods (``hosvd``) take a pair ``(k1, k2)`` too.
-    method : str, default ``pca``
+    method : str, default ``auto``
         A registered decomposition (:data:`~weightspace.decompose.UNIT_FITS`): ``pca`` is model-axis PCA
         (basis of flattened weights), ``hosvd`` zero-centered Tucker on the weight axes (``μ + U C_i Vᵀ``; 1-D
-        units fall back to PCA).
+        units fall back to PCA; LoRA units get the factored fit, ``lora-hosvd``, which never forms a dense
+        update). ``auto`` fits LoRA units factored and every other unit with PCA.
     center : bool, default True
         Subtract the mean model. Without centering the first component mostly re-discovers the mean.
     svd_solver : {``auto``, ``gram``, ``tsqr``}, default ``auto``
@@ -147,7 +151,7 @@ class SharedSubspace:
         self,
         *,
         n_components: int | float | tuple[int | float, int | float] = 16,
-        method: str = PCAUnit.method,
+        method: str = AutoUnit.method,
         center: bool = True,
         svd_solver: str = "auto",
         modes: tuple[int, ...] = (1, 2),
@@ -223,26 +227,59 @@ class SharedSubspace:
         stacks, names, prov = _inputs(X)
         self._reset()
         params = self._fit_params()
+        total = len(stacks)
         if out is None:
-            for done, stack in enumerate(stacks, 1):
+            for done, stack in enumerate(_drain(stacks), 1):
                 unit = unit_fit_for(self.method, stack.spec).fit(stack, params, MemoryStore())
                 self.units_[stack.spec.name] = unit
                 if progress is not None:
-                    progress("units", done, len(stacks))
+                    progress("units", done, total)
             self.n_models_ = len(names)
             self.model_names_ = list(names)
             self._prov = prov
             return self
         with ArchiveWriter(out, self.storage_dtype) as writer:
             units: list[UnitFit] = []
-            for i, stack in enumerate(stacks):
+            for i, stack in enumerate(_drain(stacks)):
                 store = writer.unit_store(i)
                 unit = unit_fit_for(self.method, stack.spec).fit(stack, params, store)
                 units.append(_with_member(unit, i))
                 if progress is not None:
-                    progress("units", i + 1, len(stacks))
+                    progress("units", i + 1, total)
             self._write_rest(writer, units, names, prov)
         return self._adopt(Archive(out, verify=False))
+
+    def size_bound(self, X: Collection) -> int:
+        """The largest archive (bytes of tensor data) a fit of ``X`` can write, from shapes alone.
+
+        Each unit's stored tensors and coefficients at the largest ranks its method can reach (requested ranks
+        capped by the unit's shape and the number of models), in the storage dtype, plus the private tensors.
+        Nothing is read, so it can refuse an archive before anything is written.
+
+        Parameters
+        ----------
+        X : Collection
+
+        Returns
+        -------
+        int
+        """
+        self._validate()
+        params = self._fit_params()
+        item = STORAGE_DTYPES[self.storage_dtype].itemsize
+        n = X.n_models
+        total = 0
+        for spec in X.units:
+            cls = unit_fit_for(self.method, spec)
+            coef = cls.bound_coef_shape(spec, n, params)
+            stored = sum(math.prod(shape) for shape in cls.layout(spec, coef).values())
+            total += (stored + n * math.prod(coef)) * item
+        for key in X.private:
+            for src in X.sources:
+                entry = src.entries.get(key)
+                if entry is not None:
+                    total += math.prod(entry.shape) * DTYPES[entry.dtype][1]
+        return total
 
     def _reset(self) -> None:
         self.units_: dict[str, UnitFit] = {}
@@ -448,15 +485,16 @@ class SharedSubspace:
         Ross et al., "Incremental Learning for Robust Visual Tracking", IJCV 2008 (mean-corrected update).
         """
         self._validate()
-        if UNIT_FITS.get(self.method) is not PCAUnit:
-            raise ParameterError(f"partial_fit supports method={PCAUnit.method!r} only")
         batch = [X] if isinstance(X, Mapping) else list(X)
         if not batch:
             return self
         if not hasattr(self, "_ipca"):
+            shapes = {k: tuple(v.shape) for k, v in batch[0].items()}
+            if any(unit_fit_for(self.method, UnitSpec(k, s)) is not PCAUnit for k, s in shapes.items()):
+                raise ParameterError(f"partial_fit supports method={PCAUnit.method!r} only")
             self._reset()
             self._ipca: dict[str, _IPCAState] = {}
-            self._shapes: dict[str, tuple[int, ...]] = {k: tuple(v.shape) for k, v in batch[0].items()}
+            self._shapes: dict[str, tuple[int, ...]] = shapes
             self._prov = _Provenance()
         for i, model in enumerate(batch):
             _check_model_keys(model, self._shapes, f"partial_fit batch item {i}")
@@ -599,7 +637,7 @@ class SharedSubspace:
 
     @property
     def explained_variance_ratio_(self) -> dict[str, torch.Tensor]:
-        return {k: explained_variance_ratio(u.singular_values) for k, u in self.units_.items()}
+        return {k: u.explained_variance_ratio for k, u in self.units_.items()}
 
     @property
     def n_components_(self) -> dict[str, int | tuple[int, ...]]:
@@ -636,6 +674,14 @@ class SharedSubspace:
     def archive_(self) -> Archive | None:
         """The archive backing this fit, if any."""
         return self._prov.archive
+
+
+def _drain(items: list[UnitStack]) -> Iterator[UnitStack]:
+    """Yield each stack and drop the list's reference to it, so a fitted unit's members (and the factors they
+    cache) are freed before the next unit is read."""
+    items.reverse()
+    while items:
+        yield items.pop()
 
 
 def _with_member(unit: UnitFit, index: int) -> UnitFit:

@@ -17,6 +17,7 @@ from weightspace.io._peft import (
     adapter_base_keys,
     base_key_for,
     lora_factors_from_delta,
+    lora_factors_from_svd,
     lora_targets,
     read_adapter_config,
 )
@@ -70,6 +71,7 @@ __all__ = [
     "file_sha256",
     "is_model_dir",
     "lora_factors_from_delta",
+    "lora_factors_from_svd",
     "lora_targets",
     "natural_key",
     "open_source",

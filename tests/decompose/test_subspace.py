@@ -32,7 +32,7 @@ def test_init_stores_params_only() -> None:
         (
             {"method": "svd"},
             r"The 'method' parameter of SharedSubspace must be one of 'auto', 'hosvd', 'lora-hosvd', 'pca'\. "
-                r"Got 'svd' instead\.",
+            r"Got 'svd' instead\.",
         ),
         ({"center": 1}, "must be a bool"),
         ({"svd_solver": "arpack"}, "'svd_solver'"),

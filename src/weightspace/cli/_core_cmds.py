@@ -92,7 +92,8 @@ def compress(
     allow_larger: Annotated[
         bool,
         typer.Option(
-            "--allow-larger", help="Write a PEFT archive even if, bounded from the shapes, it could outgrow the adapters."
+            "--allow-larger",
+            help="Write a PEFT archive even if, bounded from the shapes, it could outgrow the adapters.",
         ),
     ] = False,
     json_out: JsonOpt = False,

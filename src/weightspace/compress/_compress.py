@@ -162,10 +162,10 @@ def compress(
     source_bytes = sum(src.nbytes_on_disk() for src in coll.sources)
     if coll.is_peft and bound > source_bytes and not allow_larger:
         raise InputError(
-            f"method {method!r} could write an archive of up to {bound / 1e6:,.2f} MB for {source_bytes / 1e6:,.2f} MB "
-            f"of adapters ({ratio_words(source_bytes, bound)}; bounded from the shapes, nothing written). The default "
-            f"method {AutoUnit.method!r} stores LoRA units factored; pass allow_larger=True (--allow-larger) to "
-            "write it anyway"
+            f"method {method!r} could write an archive of up to {bound / 1e6:,.2f} MB for {source_bytes / 1e6:,.2f} "
+            f"MB of adapters ({ratio_words(source_bytes, bound)}; bounded from the shapes, nothing written). Fewer "
+            f"components, or the default method {AutoUnit.method!r} (LoRA units stored factored), keep it smaller; "
+            "pass allow_larger=True (--allow-larger) to write it anyway"
         )
     ss.fit(coll, out=out, progress=progress)
     archive_bytes = sum(p.stat().st_size for p in ss.path_.rglob("*") if p.is_file())  # type: ignore[union-attr]

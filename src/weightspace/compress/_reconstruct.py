@@ -95,7 +95,9 @@ def reconstruct_tensors(
                 b, a, err = lora_factors_from_svd(*svd, rec.rank, rec.scaling, fan_in_fan_out=ffo, a_shape=conv_a)
             else:  # the member, (rows, cols) in the base weight's layout
                 member = unit.member(i)
-                b, a, err = lora_factors_from_delta(member, rec.rank, rec.scaling, fan_in_fan_out=ffo, a_shape=conv_a)
+                b, a, err = lora_factors_from_delta(
+                    member, rec.rank, rec.scaling, fan_in_fan_out=ffo, a_shape=conv_a
+                )
             worst = max(worst, err)
             dt = _torch_dtype(model.dtypes.get(key, "F32"), name)
             by_file_key[rec.a_key] = a.to(dt)

@@ -294,40 +294,45 @@ def lora_hosvd(
         )
     modes = tuple(sorted(set(modes)))
     if not modes or any(m not in (1, 2) for m in modes):
-        raise ParameterError(f"The 'modes' parameter of lora_hosvd must be a subset of (1, 2). Got {modes!r} instead.")
+        raise ParameterError(
+            f"The 'modes' parameter of lora_hosvd must be a subset of (1, 2). Got {modes!r} instead."
+        )
     if isinstance(factors, UnitStack):
         name = factors.spec.name
         pairs = []
         for i, member in enumerate(factors.members):
             f = member.factors()
             if f is None:
-                raise ShapeMismatchError(f"member {i} is not a LoRA update; the factored fit needs factors", tensor=name)
+                raise ShapeMismatchError(
+                    f"member {i} is not a LoRA update; the factored fit needs factors", tensor=name
+                )
             pairs.append(f)
     else:
         name, pairs = "unit", [(left.to(torch.float64), right.to(torch.float64)) for left, right in factors]
     lb, rb = _blocks(pairs, name)  # (n, rows, r), (n, r, cols)
     n, rows, cols = lb.shape[0], lb.shape[1], rb.shape[2]
     r1, r2 = _ranks(ranks)
-    m1 = _mode_matrix(lb, rb)  # (rows, n * r'): S1 = m1 m1ᵀ
-    energy = float((m1 * m1).sum())  # Σ_i ‖ΔW_i‖² = trace S1
-    routes = []
-    bases = []
-    values = []
-    for mode, mat, rank, size in ((1, m1, r1, rows), (2, None, r2, cols)):
-        if mat is None:
-            mat = _mode_matrix(rb.transpose(1, 2), lb.transpose(1, 2))  # (cols, n * r'): S2 = m2 m2ᵀ
-        gen = torch.Generator().manual_seed(seed + mode)
+    # Σ_i ‖L_i R_i‖² = Σ_i ⟨L_iᵀ L_i, R_i R_iᵀ⟩ = trace S1 = trace S2
+    energy = float(((lb.transpose(1, 2) @ lb) * (rb @ rb.transpose(1, 2))).sum())
+    routes, bases, values = [], [], []
+    for mode, rank, size in ((1, r1, rows), (2, r2, cols)):
+        # (rows, n * r') with S1 = m mᵀ, or (cols, n * r') with S2 = m mᵀ
+        mat = _mode_matrix(lb, rb) if mode == 1 else _mode_matrix(rb.transpose(1, 2), lb.transpose(1, 2))
         vecs, sv, used = _mode_basis(
-            mat, rank if mode in modes else size, n_models=n, n_features=rows * cols, energy=energy,
-            route=solver, generator=gen,
-        )  # fmt: skip
+            mat,
+            rank if mode in modes else size,
+            n_models=n,
+            n_features=rows * cols,
+            energy=energy,
+            route=solver,
+            generator=torch.Generator().manual_seed(seed + mode),
+        )
         del mat
         routes.append(used)
         values.append(sv)
         bases.append(vecs if mode in modes else torch.eye(size, dtype=torch.float64))
         if tick is not None:
             tick()
-    del m1
     u, v = bases
     g = (u.T @ lb) @ (rb @ v)  # (n, k1, r) @ (n, r, k2) -> raw cores (n, k1, k2)
     mean_core = g.mean(0) if center else torch.zeros(u.shape[1], v.shape[1], dtype=torch.float64)
@@ -426,7 +431,9 @@ class LoraTuckerUnit(TuckerUnit):
         return spec.lora and spec.kind == "matrix"
 
     @classmethod
-    def fit(cls, stack: UnitStack, params: FitParams, store: TensorStore, tick: Tick | None = None) -> LoraTuckerUnit:
+    def fit(
+        cls, stack: UnitStack, params: FitParams, store: TensorStore, tick: Tick | None = None
+    ) -> LoraTuckerUnit:
         solver = "auto" if params.svd_solver == "auto" else "exact"  # gram / tsqr ask for the exact route
         fit = lora_hosvd(
             stack, params.n_components, center=params.center, modes=params.modes, solver=solver, tick=tick

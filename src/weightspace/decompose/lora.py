@@ -194,9 +194,13 @@ def _left_exact(m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _left_randomized(m: torch.Tensor, block: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Leading ``block`` singular values and left vectors of ``m`` by a randomized range finder."""
-    omega = torch.randn(m.shape[1], block, generator=generator, dtype=torch.float64)  # (width, b)
-    q = torch.linalg.qr(m @ omega).Q  # (height, b)
+    """Leading ``block`` singular values and left vectors of ``m`` by a randomized range finder.
+
+    The draw is on the height side and every step uses ``m`` through ``m mᵀ``-invariant operations, so the result
+    depends on the mode scatter only: factors rotated by ``B R``, ``Rᵀ A`` give the same vectors.
+    """
+    omega = torch.randn(m.shape[0], block, generator=generator, dtype=torch.float64)  # (height, b)
+    q = torch.linalg.qr(m @ torch.linalg.qr(m.T @ omega).Q).Q  # (height, b)
     for _ in range(POWER_ITERATIONS):
         z = torch.linalg.qr(m.T @ q).Q  # (width, b)
         q = torch.linalg.qr(m @ z).Q

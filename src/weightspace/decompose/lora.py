@@ -21,9 +21,9 @@ coefficients are expressed). Ranks, mode EVRs and the captured fraction therefor
 Two routes find the leading singular vectors of ``M1`` and ``M2``:
 
 * ``exact`` — a thin SVD, ``O(rows · (N r)²)``: the whole spectrum;
-* ``randomized`` — a randomized range finder with ``b = k + 16`` columns and two power iterations (Halko,
-  Martinsson & Tropp), ``O(rows · N r · b)``: the leading ``b`` singular values; EVRs still divide by the exact
-  ``E``.
+* ``randomized`` — a randomized range finder on the mode scatter (``b = k + 10`` columns, one power iteration;
+  Halko, Martinsson & Tropp), ``O(rows · N r · b)``: the leading ``b`` singular values; EVRs still divide by the
+  exact ``E``.
 
 ``auto`` takes the randomized route when the span is over four blocks wide, and the exact one when a kept component
 is ill-conditioned there (``σ_k / σ_1 < 1e-7``) or a variance fraction is not reached within a quarter of the span.
@@ -44,6 +44,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from pydantic import StrictInt
 
 from weightspace.decompose._gram import Tick
@@ -56,7 +57,7 @@ from weightspace.decompose._unitfit import (
 )
 from weightspace.decompose.hosvd import TuckerRecord, TuckerUnit, _ranks
 from weightspace.decompose.pca import ILL_CONDITIONED, PCAUnit
-from weightspace.decompose.rank import choose_rank, sign_fix, zero_tolerance
+from weightspace.decompose.rank import choose_rank, sign_fix, sign_flips, zero_tolerance
 from weightspace.errors import ParameterError, ShapeMismatchError
 from weightspace.units import UnitMember, UnitSpec, UnitStack
 
@@ -70,8 +71,8 @@ __all__ = [
     "lora_hosvd",
 ]
 
-OVERSAMPLE = 16
-POWER_ITERATIONS = 2
+OVERSAMPLE = 10
+POWER_ITERATIONS = 0
 _WIDTH_PER_BLOCK = 4  # randomized only pays when the span is wider than this many blocks
 _SOLVERS = ("auto", "exact", "randomized")
 Factors = tuple[torch.Tensor, torch.Tensor]
@@ -152,14 +153,11 @@ class LoraHOSVDFit:
         return self.u @ (self.mean_core + self.cores[i]) @ self.v.T
 
 
-def _blocks(factors: Sequence[Factors], name: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Factors as ``(N, rows, r)`` and ``(N, r, cols)`` float64 blocks (zero-padded to the largest rank)."""
+def _stacked(factors: Sequence[Factors], name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[L_1 … L_N]`` (rows, N·r) and ``[R_1; …; R_N]`` (N·r, cols), float64, ranks zero-padded to the largest."""
     if not factors:
         raise ShapeMismatchError("no LoRA factors to fit", tensor=name)
     rows, cols = factors[0][0].shape[0], factors[0][1].shape[1]
-    rmax = max(int(left.shape[1]) for left, _ in factors)
-    lb = torch.zeros(len(factors), rows, rmax, dtype=torch.float64)
-    rb = torch.zeros(len(factors), rmax, cols, dtype=torch.float64)
     for i, (left, right) in enumerate(factors):
         if left.shape[0] != rows or right.shape[1] != cols or left.shape[1] != right.shape[0]:
             raise ShapeMismatchError(
@@ -167,46 +165,112 @@ def _blocks(factors: Sequence[Factors], name: str) -> tuple[torch.Tensor, torch.
                 f"{rows} × {cols} update",
                 tensor=name,
             )
-        r = int(left.shape[1])
-        lb[i, :, :r] = left
-        rb[i, :r] = right
-    return lb, rb
+    r = max(int(left.shape[1]) for left, _ in factors)
+    lefts = [F.pad(left, (0, r - left.shape[1])) if left.shape[1] < r else left for left, _ in factors]
+    rights = [F.pad(right, (0, 0, 0, r - right.shape[0])) if right.shape[0] < r else right for _, right in factors]
+    return torch.cat(lefts, dim=1).to(torch.float64), torch.cat(rights, dim=0).to(torch.float64)
 
 
-def _mode_matrix(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
-    """``[L_i K_iᵀ]_i`` of shape (rows, N·r′) whose Gram is ``Σ_i L_i R_i R_iᵀ L_iᵀ``.
+def _gram_factor(x: torch.Tensor, *, precise: bool) -> torch.Tensor:
+    """Upper-triangular ``K_i`` (n, r', r) with ``K_iᵀ K_i = x_iᵀ x_i`` for blocks ``x`` of shape (n, h, r).
+
+    ``precise``: from the QR of ``x_i`` (full accuracy in every direction). Otherwise from the Cholesky factor of
+    the r × r Gram (one small product per block; its smallest directions carry ``√eps``-level error, which only the
+    randomized route's approximate values see), falling back to QR for singular blocks.
+    """
+    if precise or x.shape[1] < x.shape[2]:
+        return torch.linalg.qr(x, mode="r").R
+    chol, info = torch.linalg.cholesky_ex(x.transpose(1, 2) @ x)
+    k = chol.transpose(1, 2).contiguous()
+    bad = info != 0
+    if bool(bad.any()):
+        k[bad] = torch.linalg.qr(x[bad], mode="r").R
+    return k
+
+
+class _Mode:
+    """One mode's scatter ``S = Σ_i L_i (K_iᵀ K_i) L_iᵀ``, kept as the stacked factors and r × r blocks.
+
+    For mode 1, ``L_i`` are the left factors and ``K_iᵀ K_i = R_i R_iᵀ``; for mode 2 the roles swap. ``S = M Mᵀ``
+    with ``M = [L_1 K_1ᵀ, …, L_N K_Nᵀ]``, which only the exact route forms.
 
     Parameters
     ----------
-    left : Tensor of shape (n, rows, r)
-    right : Tensor of shape (n, r, cols)
+    lcat : Tensor of shape (height, n * r)
+        ``[L_1, …, L_N]``.
+    other : Tensor of shape (n, h, r)
+        The other side's factors as blocks (``R_iᵀ`` for mode 1, ``L_i`` for mode 2), ``K_i`` come from them.
     """
-    k = torch.linalg.qr(right.transpose(1, 2), mode="r").R  # (n, r', r) with K_iᵀ K_i = R_i R_iᵀ
-    blocks = left @ k.transpose(1, 2)  # (n, rows, r')
-    return blocks.permute(1, 0, 2).reshape(left.shape[1], -1)  # (rows, n * r')
+
+    def __init__(self, lcat: torch.Tensor, other: torch.Tensor):
+        self.lcat = lcat
+        self.other = other
+        self.n = int(other.shape[0])
+        self.k = _gram_factor(other, precise=False)  # (n, r', r)
+
+    @property
+    def width(self) -> int:
+        return min(int(self.lcat.shape[0]), self.n * int(self.k.shape[1]))
+
+    def matrix(self) -> torch.Tensor:
+        """``M`` with factors ``K_i`` from QR (full accuracy), shape (height, n * r')."""
+        return self.right(self.lcat, _gram_factor(self.other, precise=True))
+
+    def right(self, c: torch.Tensor, k: torch.Tensor | None = None) -> torch.Tensor:
+        """``c · blockdiag(K_iᵀ)`` for ``c`` of shape (b, n * r): shape (b, n * r')."""
+        k = self.k if k is None else k
+        b, (n, rr, r) = c.shape[0], k.shape
+        blocks = c.reshape(b, n, r).permute(1, 0, 2) @ k.transpose(1, 2)  # (n, b, r')
+        return blocks.permute(1, 0, 2).reshape(b, n * rr)
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        """``S x`` for ``x`` of shape (height, b), through the factors (two thin products and r × r blocks)."""
+        n, _, r = self.k.shape
+        z = (self.lcat.T @ x).reshape(n, r, -1)  # (n, r, b)
+        z = self.k.transpose(1, 2) @ (self.k @ z)  # K_iᵀ K_i z_i
+        return self.lcat @ z.reshape(n * r, -1)  # (height, b)
 
 
-def _left_exact(m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _modes(lcat: torch.Tensor, rcat: torch.Tensor, n: int) -> tuple[_Mode, _Mode]:
+    """The two modes of updates ``L_i R_i`` given stacked: ``lcat`` (rows, n·r), ``rcat`` (n·r, cols)."""
+    rows, cols = lcat.shape[0], rcat.shape[1]
+    r = lcat.shape[1] // n
+    lb = lcat.reshape(rows, n, r).permute(1, 0, 2)  # (n, rows, r), a view
+    rbt = rcat.reshape(n, r, cols).transpose(1, 2)  # (n, cols, r): R_iᵀ, a view
+    return _Mode(lcat, rbt), _Mode(rcat.T, lb)
+
+
+def _left_exact(mode: _Mode) -> tuple[torch.Tensor, torch.Tensor]:
+    m = mode.matrix()
     if min(m.shape) == 0:
         return torch.zeros(0, dtype=torch.float64), torch.zeros(m.shape[0], 0, dtype=torch.float64)
     u, s, _ = torch.linalg.svd(m, full_matrices=False)
     return s, u
 
 
-def _left_randomized(m: torch.Tensor, block: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Leading ``block`` singular values and left vectors of ``m`` by a randomized range finder.
+def _left_randomized(
+    mode: _Mode, block: int, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Leading ``block`` singular values and left vectors of ``M`` by a randomized range finder on ``S = M Mᵀ``.
 
-    The draw is on the height side and every step uses ``m`` through ``m mᵀ``-invariant operations, so the result
-    depends on the mode scatter only: factors rotated by ``B R``, ``Rᵀ A`` give the same vectors.
+    The draw is on the height side and the range is found through ``S`` alone; the values come from the SVD of
+    ``Qᵀ M`` (not squared). Factors rotated by ``B R``, ``Rᵀ A`` give the same ``S`` and the same ``Qᵀ M`` up to
+    a rotation on the right, hence the same result.
+
+    Returns
+    -------
+    sv : Tensor of shape (block,)
+    vecs : Tensor of shape (height, block)
+    projected : Tensor of shape (block, n * r)
+        ``vecsᵀ [L_1 … L_N]`` (reused for the cores).
     """
-    omega = torch.randn(m.shape[0], block, generator=generator, dtype=torch.float64)  # (height, b)
-    q = torch.linalg.qr(m @ torch.linalg.qr(m.T @ omega).Q).Q  # (height, b)
+    omega = torch.randn(mode.lcat.shape[0], block, generator=generator, dtype=torch.float64)  # (height, b)
+    q = torch.linalg.qr(mode.apply(omega)).Q  # (height, b)
     for _ in range(POWER_ITERATIONS):
-        z = torch.linalg.qr(m.T @ q).Q  # (width, b)
-        q = torch.linalg.qr(m @ z).Q
-    small = q.T @ m  # (b, width)
-    uu, s, _ = torch.linalg.svd(small, full_matrices=False)
-    return s, q @ uu
+        q = torch.linalg.qr(mode.apply(q)).Q
+    c = q.T @ mode.lcat  # (b, n * r)
+    uu, s, _ = torch.linalg.svd(mode.right(c), full_matrices=False)  # Qᵀ M = Ũ Σ …
+    return s, q @ uu, uu.T @ c
 
 
 def _rank(sv: torch.Tensor, rank: int | float, tol: float, energy: float, complete: bool) -> int | None:
@@ -220,32 +284,33 @@ def _rank(sv: torch.Tensor, rank: int | float, tol: float, energy: float, comple
 
 
 def _mode_basis(
-    m: torch.Tensor,
+    mode: _Mode,
     rank: int | float,
     *,
-    n_models: int,
     n_features: int,
     energy: float,
     route: str,
     generator: torch.Generator,
-) -> tuple[torch.Tensor, torch.Tensor, str]:
-    """``(vectors (height, k), spectrum, route used)`` for one mode matrix ``m`` (height × width)."""
-    width = min(m.shape)
+) -> tuple[torch.Tensor, torch.Tensor, str, torch.Tensor]:
+    """``(vectors (height, k), spectrum, route used, vectorsᵀ [L_1 … L_N] (k, n * r))`` for one mode."""
+    width = mode.width
     block = min(width, (int(rank) if isinstance(rank, int) else 2 * OVERSAMPLE) + OVERSAMPLE)
     while route == "randomized" or (route == "auto" and block * _WIDTH_PER_BLOCK < width):
-        sv, vecs = _left_randomized(m, block, generator)
-        tol = zero_tolerance(sv, n_models, n_features, energy**0.5)
+        sv, vecs, proj = _left_randomized(mode, block, generator)
+        tol = zero_tolerance(sv, mode.n, n_features, energy**0.5)
         k = _rank(sv, rank, tol, energy, complete=block >= width)
         conditioned = k is not None and (k == 0 or float(sv[k - 1]) >= ILL_CONDITIONED * float(sv[0]))
         if k is not None and (conditioned or route == "randomized"):
-            return sign_fix(vecs[:, :k].contiguous()), sv, "randomized"
+            flips = sign_flips(vecs[:, :k])
+            return vecs[:, :k] * flips, sv, "randomized", proj[:k] * flips[:, None]
         if k is not None or block >= width:
             break  # ill-conditioned for the randomized values (auto), or a forced route that saw everything
         block = min(width, 2 * block)  # a fraction not reached within the leading values: widen
-    sv, vecs = _left_exact(m)
-    tol = zero_tolerance(sv, n_models, n_features, energy**0.5)
+    sv, vecs = _left_exact(mode)
+    tol = zero_tolerance(sv, mode.n, n_features, energy**0.5)
     k = choose_rank(sv, rank, tol)
-    return sign_fix(vecs[:, :k].contiguous()), sv, "exact"
+    vecs = sign_fix(vecs[:, :k].contiguous())
+    return vecs, sv, "exact", vecs.T @ mode.lcat
 
 
 def lora_hosvd(
@@ -313,37 +378,38 @@ def lora_hosvd(
             pairs.append(f)
     else:
         name, pairs = "unit", [(left.to(torch.float64), right.to(torch.float64)) for left, right in factors]
-    lb, rb = _blocks(pairs, name)  # (n, rows, r), (n, r, cols)
-    n, rows, cols = lb.shape[0], lb.shape[1], rb.shape[2]
+    lcat, rcat = _stacked(pairs, name)  # (rows, n * r), (n * r, cols)
+    n, rows, cols = len(pairs), lcat.shape[0], rcat.shape[1]
     r1, r2 = _ranks(ranks)
-    # Σ_i ‖L_i R_i‖² = Σ_i ⟨L_iᵀ L_i, R_i R_iᵀ⟩ = trace S1 = trace S2
-    energy = float(((lb.transpose(1, 2) @ lb) * (rb @ rb.transpose(1, 2))).sum())
-    routes, bases, values = [], [], []
-    for mode, rank, size in ((1, r1, rows), (2, r2, cols)):
-        # (rows, n * r') with S1 = m mᵀ, or (cols, n * r') with S2 = m mᵀ
-        mat = _mode_matrix(lb, rb) if mode == 1 else _mode_matrix(rb.transpose(1, 2), lb.transpose(1, 2))
-        vecs, sv, used = _mode_basis(
-            mat,
+    del pairs
+    mode1, mode2 = _modes(lcat, rcat, n)
+    # Σ_i ‖L_i R_i‖² = Σ_i tr(L_iᵀ L_i R_i R_iᵀ) = Σ_i ‖J_i K_iᵀ‖² = trace S1 = trace S2
+    energy = float(((mode2.k @ mode1.k.transpose(1, 2)) ** 2).sum())
+    routes, bases, projected, values = [], [], [], []
+    for mode, data, rank, size in ((1, mode1, r1, rows), (2, mode2, r2, cols)):
+        vecs, sv, used, proj = _mode_basis(
+            data,
             rank if mode in modes else size,
-            n_models=n,
             n_features=rows * cols,
             energy=energy,
             route=solver,
             generator=torch.Generator().manual_seed(seed + mode),
         )
-        del mat
+        if mode not in modes:  # the identity: its projection is the factors themselves
+            vecs, proj = torch.eye(size, dtype=torch.float64), data.lcat
         routes.append(used)
         values.append(sv)
-        bases.append(vecs if mode in modes else torch.eye(size, dtype=torch.float64))
+        bases.append(vecs)
+        projected.append(proj)
         if tick is not None:
             tick()
     u, v = bases
-    g = (u.T @ lb) @ (rb @ v)  # (n, k1, r) @ (n, r, k2) -> raw cores (n, k1, k2)
+    ul = projected[0].reshape(u.shape[1], n, -1).permute(1, 0, 2)  # Uᵀ L_i: (n, k1, r)
+    rv = projected[1].reshape(v.shape[1], n, -1).permute(1, 2, 0)  # R_i V: (n, r, k2)
+    g = ul @ rv  # raw cores Uᵀ ΔW_i V: (n, k1, k2)
     mean_core = g.mean(0) if center else torch.zeros(u.shape[1], v.shape[1], dtype=torch.float64)
     mean_sq = float("nan")
     if "randomized" not in routes:
-        lcat = lb.permute(1, 0, 2).reshape(rows, -1)  # (rows, n * r)
-        rcat = rb.reshape(-1, cols)  # (n * r, cols)
         mean_sq = float(((lcat.T @ lcat) * (rcat @ rcat.T)).sum()) / n**2 if center else 0.0
     if tick is not None:
         tick()

@@ -433,20 +433,23 @@ def _peft_dir_from(original: Path, factors_file: Path, dest: Path) -> Path:
 
 def run_zoo(args: argparse.Namespace, work: Path, peers: dict[str, str | None]) -> dict[str, Any]:
     from weightspace.compress import compress, project, reconstruct
-    from weightspace.zoo import build_zoo, get_zoo
+    from weightspace.zoo import build_zoo, get_zoo, load_zoo_info
 
     zoo = get_zoo("minilm-lora")
-    zdir = args.zoo_dir or (work / "zoo" / "minilm-lora")
     t0 = time.perf_counter()
-    info = build_zoo("minilm-lora", zdir, quick=args.quick, seed=0)
+    if args.zoo_dir is not None:  # a built zoo, used as it is (quick or not)
+        info = load_zoo_info(args.zoo_dir)
+    else:
+        info = build_zoo("minilm-lora", work / "zoo" / "minilm-lora", quick=args.quick, seed=0)
     paths = [Path(m.path) for m in info.models]
+    tasks = [m.task for m in info.models]
     n = len(paths)
     adapter_bytes = sum(_dir_bytes(p) for p in paths)
     print(
         f"\n[zoo] minilm-lora: {n} adapters, {adapter_bytes / MB:.2f} MB (ready in {time.perf_counter() - t0:.0f}s)",
         flush=True,
     )
-    original = [zoo.accuracy(p) for p in paths]
+    original = [zoo.accuracy(p, t) for p, t in zip(paths, tasks, strict=True)]
     rows: list[dict[str, Any]] = []
 
     def evaluate(label: str, setting: str, extra: tuple[str, ...], kw: dict[str, Any]) -> None:
@@ -456,7 +459,7 @@ def run_zoo(args: argparse.Namespace, work: Path, peers: dict[str, str | None]) 
             rows.append({"method": label, "setting": setting, "refused": res.get("refused")})
             return
         rebuilt = reconstruct(arc, work / f"zoo-{label.split()[-1]}-rebuilt")
-        acc_rebuilt = [zoo.accuracy(r.path) for r in rebuilt]
+        acc_rebuilt = [zoo.accuracy(r.path, t) for r, t in zip(rebuilt, tasks, strict=True)]
         acc_loo, loo_err = [], []
         for h in range(n):
             loo_arc = work / "zoo-loo.wsz"
@@ -464,7 +467,7 @@ def run_zoo(args: argparse.Namespace, work: Path, peers: dict[str, str | None]) 
             pr = project(loo_arc, [str(paths[h])], add=True)
             loo_err.append((pr.models[0].mean_plus_basis, pr.models[0].mean_only))
             out = reconstruct(loo_arc, work / "zoo-loo-rebuilt", [pr.models[0].name])
-            acc_loo.append(zoo.accuracy(out[0].path))
+            acc_loo.append(zoo.accuracy(out[0].path, tasks[h]))
             shutil.rmtree(work / "zoo-loo-rebuilt", ignore_errors=True)
         rows.append(
             {
@@ -514,11 +517,11 @@ def run_zoo(args: argparse.Namespace, work: Path, peers: dict[str, str | None]) 
         acc = {}
         for split in ("in_sample", "loo"):
             accs = []
-            for p in paths:
+            for p, task in zip(paths, tasks, strict=True):
                 dest = _peft_dir_from(
                     p, rebuilt_root / split / f"{p.name}.safetensors", work / "zoo-peer" / p.name
                 )
-                accs.append(zoo.accuracy(dest))
+                accs.append(zoo.accuracy(dest, task))
                 shutil.rmtree(dest, ignore_errors=True)
             acc[split] = sum(accs) / n
         rows.append(
@@ -729,7 +732,7 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=16, help="weightspace rank (its default)")
     ap.add_argument("--pca-max-d", type=int, default=1024, help="write pca archives (--allow-larger) up to this d")
     ap.add_argument("--peers-python", default=DEFAULT_PEERS)
-    ap.add_argument("--zoo-dir", type=Path, default=None, help="a built minilm-lora zoo to reuse")
+    ap.add_argument("--zoo-dir", type=Path, default=None, help="a built minilm-lora zoo to use as it is")
     ap.add_argument("--serve-adapters", type=int, default=None, help="adapters served (default 64; quick 8)")
     ap.add_argument("--serve-batch", type=int, default=16)
     ap.add_argument("--serve-reps", type=int, default=None)

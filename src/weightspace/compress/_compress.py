@@ -5,8 +5,8 @@ stored tensors streamed straight into its own archive member, so peak memory is 
 unit on top of the interpreter. What it returns is measured on disk, with the ratio in honest words.
 
 For PEFT adapters the default method (``auto``) stores every LoRA unit factored (shared ``U``, ``V`` and
-per-adapter cores, no dense update). Before anything is written, the largest archive the chosen method can write is
-bounded from the shapes; for LoRA inputs an archive that could be larger than the adapters is refused unless
+per-adapter cores, no dense update). Before anything is written, the archive's size is estimated from the shapes at
+the requested ranks; for LoRA inputs an archive estimated larger than the adapters is refused unless
 ``allow_larger=True``.
 """
 
@@ -67,8 +67,9 @@ class CompressResult:
         ``models_bytes / archive_bytes``: above 1 the archive is smaller.
     ratio_words : str
         The same in words: ``"21.3× smaller"`` or ``"4.20× larger"``.
-    size_bound_bytes : int
-        The largest archive the method could have written, bounded from shapes before fitting.
+    estimated_bytes : int
+        Tensor bytes estimated from the shapes before fitting, at the requested ranks (see
+        :meth:`~weightspace.decompose.SharedSubspace.size_estimate`).
     units : list of UnitSummary
     wall_s : float
     duplicates : list of list of str
@@ -86,7 +87,7 @@ class CompressResult:
     n_private: int
     wall_s: float
     ratio_words: str = ""
-    size_bound_bytes: int = 0
+    estimated_bytes: int = 0
     duplicates: list[list[str]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -124,7 +125,7 @@ def compress(
     method, n_components, center, svd_solver, modes, storage_dtype, chunk_bytes
         As in :class:`~weightspace.decompose.SharedSubspace` (default ``auto``: LoRA units factored, others PCA).
     allow_larger : bool, default False
-        Write the archive of PEFT adapters even when, bounded from the shapes, it could be larger than the
+        Write the archive of PEFT adapters even when, estimated from the shapes, it would be larger than the
         adapters (otherwise an :class:`~weightspace.errors.InputError` says both sizes, before anything is written).
     progress : callable, optional
         ``progress(stage, done, total)``.
@@ -158,14 +159,14 @@ def compress(
         chunk_bytes=chunk_bytes,
         storage_dtype=storage_dtype,
     )
-    bound = ss.size_bound(coll)
+    estimate = ss.size_estimate(coll)
     source_bytes = sum(src.nbytes_on_disk() for src in coll.sources)
-    if coll.is_peft and bound > source_bytes and not allow_larger:
+    if coll.is_peft and estimate > source_bytes and not allow_larger:
         raise InputError(
-            f"method {method!r} could write an archive of up to {bound / 1e6:,.2f} MB for {source_bytes / 1e6:,.2f} "
-            f"MB of adapters ({ratio_words(source_bytes, bound)}; bounded from the shapes, nothing written). Fewer "
-            f"components, or the default method {AutoUnit.method!r} (LoRA units stored factored), keep it smaller; "
-            "pass allow_larger=True (--allow-larger) to write it anyway"
+            f"method {method!r} would write about {estimate / 1e6:,.2f} MB of tensors for {source_bytes / 1e6:,.2f} "
+            f"MB of adapters ({ratio_words(source_bytes, estimate)}; estimated from the shapes at the requested ranks, "
+            f"nothing written). Fewer components, or the default method {AutoUnit.method!r} (LoRA units stored "
+            "factored), keep it smaller; pass allow_larger=True (--allow-larger) to write it anyway"
         )
     ss.fit(coll, out=out, progress=progress)
     archive_bytes = sum(p.stat().st_size for p in ss.path_.rglob("*") if p.is_file())  # type: ignore[union-attr]
@@ -192,5 +193,5 @@ def compress(
         n_private=len(coll.private),
         wall_s=time.perf_counter() - t0,
         ratio_words=ratio_words(model_bytes, archive_bytes),
-        size_bound_bytes=bound,
+        estimated_bytes=estimate,
     )

@@ -13,15 +13,15 @@ def _times(x: float) -> str:
     return f"{x:.0f}"
 
 
-def ratio_words(models_bytes: int, archive_bytes: int) -> str:
+def ratio_words(models_bytes: float, archive_bytes: float) -> str:
     """How an archive's size compares with the models it stores, in words.
 
     Parameters
     ----------
-    models_bytes : int
+    models_bytes : int or float
         Size of the source checkpoints (or adapters).
-    archive_bytes : int
-        Size of the archive.
+    archive_bytes : int or float
+        Size of the archive (``ratio_words(ratio, 1)`` words a ratio ``models / archive``).
 
     Returns
     -------
@@ -36,6 +36,8 @@ def ratio_words(models_bytes: int, archive_bytes: int) -> str:
     '23.0× larger'
     >>> ratio_words(10, 10)
     'the same size'
+    >>> ratio_words(0.05, 1)
+    '20.0× larger'
     """
     if models_bytes <= 0 or archive_bytes <= 0:
         return f"{archive_bytes} bytes for {models_bytes} bytes of models"

@@ -411,13 +411,17 @@ class UnitFit(abc.ABC):
         return None
 
     @classmethod
-    def bound_coef_shape(cls, spec: UnitSpec, n_models: int, params: FitParams) -> tuple[int, ...]:
-        """The largest coefficient shape a fit of ``spec`` over ``n_models`` models can have under ``params``.
+    def requested_coef_shape(
+        cls, spec: UnitSpec, n_models: int, params: FitParams, span: int | None = None
+    ) -> tuple[int, ...]:
+        """The coefficient shape a fit of ``spec`` over ``n_models`` models gets at the requested ranks, from shapes.
 
-        With :meth:`layout` it bounds the stored size before anything is fitted (used to refuse archives larger
-        than their inputs).
+        Integer ranks are capped by the unit's shape, the number of models and ``span`` (the joint rank the members
+        can have at most, e.g. the sum of LoRA ranks); a variance fraction counts as one component, the least it
+        keeps. With :meth:`layout` it estimates the stored size before anything is fitted (used to refuse archives
+        larger than their inputs).
         """
-        raise NotImplementedError(f"{cls.__name__} does not bound its coefficient shape")
+        raise NotImplementedError(f"{cls.__name__} does not estimate its coefficient shape")
 
     def transform_member(self, member: UnitMember) -> torch.Tensor:
         """Coefficients of a lazily read member (a method may use LoRA factors instead of the dense update)."""

@@ -282,11 +282,14 @@ class TuckerUnit(UnitFit):
         return (int(self._record.k1), int(self._record.k2))  # type: ignore[attr-defined]
 
     @classmethod
-    def bound_coef_shape(cls, spec: UnitSpec, n_models: int, params: FitParams) -> tuple[int, ...]:
-        r1, r2 = _ranks(params.n_components)
-        k1 = min(int(r1), spec.rows) if isinstance(r1, int) and 1 in params.modes else spec.rows
-        k2 = min(int(r2), spec.cols) if isinstance(r2, int) and 2 in params.modes else spec.cols
-        return (k1, k2)
+    def requested_coef_shape(
+        cls, spec: UnitSpec, n_models: int, params: FitParams, span: int | None = None
+    ) -> tuple[int, ...]:
+        out = []
+        for mode, rank, dim in zip((1, 2), _ranks(params.n_components), (spec.rows, spec.cols), strict=True):
+            want = int(rank) if isinstance(rank, int) else 1  # a fraction keeps at least one component
+            out.append(min(want, dim, dim if span is None else span) if mode in params.modes else dim)
+        return tuple(out)
 
     @property
     def modes(self) -> tuple[int, ...]:

@@ -422,10 +422,12 @@ class PCAUnit(UnitFit):
         return (int(self._record.k),)  # type: ignore[attr-defined]
 
     @classmethod
-    def bound_coef_shape(cls, spec: UnitSpec, n_models: int, params: FitParams) -> tuple[int, ...]:
+    def requested_coef_shape(
+        cls, spec: UnitSpec, n_models: int, params: FitParams, span: int | None = None
+    ) -> tuple[int, ...]:
         cap = max(0, min(n_models - int(params.center), spec.numel))
         rank = params.scalar_rank
-        return (min(int(rank), cap) if isinstance(rank, int) else cap,)
+        return (min(int(rank) if isinstance(rank, int) else 1, cap),)
 
     @property
     def singular_values(self) -> torch.Tensor:

@@ -48,7 +48,7 @@ from weightspace.decompose.lora import AutoUnit
 from weightspace.decompose.pca import PCAUnit
 from weightspace.decompose.rank import choose_rank, sign_flips, zero_tolerance
 from weightspace.errors import ArchiveError, NotFittedError, ParameterError, ShapeMismatchError, TensorKeyError
-from weightspace.io import DTYPES
+from weightspace.io import DTYPES, PeftSource
 from weightspace.units import UnitSpec, UnitStack
 
 __all__ = ["SharedSubspace"]
@@ -249,12 +249,14 @@ class SharedSubspace:
             self._write_rest(writer, units, names, prov)
         return self._adopt(Archive(out, verify=False))
 
-    def size_bound(self, X: Collection) -> int:
-        """The largest archive (bytes of tensor data) a fit of ``X`` can write, from shapes alone.
+    def size_estimate(self, X: Collection) -> int:
+        """Bytes of tensor data a fit of ``X`` would write at the requested ranks, from shapes alone.
 
-        Each unit's stored tensors and coefficients at the largest ranks its method can reach (requested ranks
-        capped by the unit's shape and the number of models), in the storage dtype, plus the private tensors.
-        Nothing is read, so it can refuse an archive before anything is written.
+        Each unit's stored tensors and coefficients at its method's requested coefficient shape (integer ranks
+        capped by the unit's shape, the number of models and, for LoRA units, the sum of the adapters' ranks; a
+        variance fraction counted as one component, the least it keeps), in the storage dtype, plus the private
+        tensors. Headers and the manifest come on top. Nothing is read, so it can refuse an archive before
+        anything is written.
 
         Parameters
         ----------
@@ -271,7 +273,10 @@ class SharedSubspace:
         total = 0
         for spec in X.units:
             cls = unit_fit_for(self.method, spec)
-            coef = cls.bound_coef_shape(spec, n, params)
+            span = None
+            if spec.lora:  # the members' joint rank is at most the sum of their ranks
+                span = sum(src.modules[spec.name].rank for src in X.sources if isinstance(src, PeftSource))
+            coef = cls.requested_coef_shape(spec, n, params, span)
             stored = sum(math.prod(shape) for shape in cls.layout(spec, coef).values())
             total += (stored + n * math.prod(coef)) * item
         for key in X.private:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from weightspace.compress import ratio_words
+
 __all__ = [
     "ACC_TOL",
     "MIN_RATIO",
@@ -88,7 +90,9 @@ def compression_claim(
         verdict = "null-like"
     else:
         verdict = "fails"
-    text = f"{ratio:.2f}× smaller at k90; accuracy {_pt(-loss)} (reconstructed) vs {_pt(-mean_loss)} (mean alone)"
+    text = (
+        f"{ratio_words(ratio, 1)} at k90; accuracy {_pt(-loss)} (reconstructed) vs {_pt(-mean_loss)} (mean alone)"
+    )
     if acc_head is not None:
         text += f" vs {_pt(acc_head - acc_orig)} (base + own head, no task vector)"
     return {"claim": "the shared basis compresses the collection", "verdict": verdict, "evidence": text}

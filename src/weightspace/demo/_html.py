@@ -11,6 +11,8 @@ import html
 import io
 from typing import Any
 
+from weightspace.compress import ratio_words
+
 __all__ = ["format_value", "pointer", "render_html", "render_plots", "resolve"]
 
 _CSS = """
@@ -46,7 +48,7 @@ def _fmt(value: Any, spec: str) -> str:
     if spec == "pct":
         return f"{float(value) * 100:.1f}"
     if spec == "ratio":
-        return f"{float(value):.2f}×"
+        return ratio_words(float(value), 1)
     if spec == "bytes":
         return f"{float(value) / 1e6:.3f} MB"
     if spec == "int":

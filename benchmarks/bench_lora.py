@@ -309,6 +309,12 @@ def run_planted(args: argparse.Namespace, d: int, work: Path, peers: dict[str, s
         if peers[name] is not None:
             rows.append({"method": label, "setting": peers[name]})
             continue
+        if name == "lorashare" and d > args.lorashare_max_d:
+            why = (
+                f"skipped: {2 * n_units} dense {d}×{d} eigendecompositions per run (--lorashare-max-d {d} runs it)"
+            )
+            rows.append({"method": label, "setting": why})
+            continue
         row: dict[str, Any] = {"method": label, "setting": "default"}
         for variant in ("plain", "rotated"):
             out = work / f"{name}-d{d}-{variant}"
@@ -732,6 +738,9 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=16, help="weightspace rank (its default)")
     ap.add_argument("--pca-max-d", type=int, default=1024, help="write pca archives (--allow-larger) up to this d")
     ap.add_argument("--peers-python", default=DEFAULT_PEERS)
+    ap.add_argument(
+        "--lorashare-max-d", type=int, default=1024, help="run lorashare on the planted set up to this d"
+    )
     ap.add_argument("--zoo-dir", type=Path, default=None, help="a built minilm-lora zoo to use as it is")
     ap.add_argument("--serve-adapters", type=int, default=None, help="adapters served (default 64; quick 8)")
     ap.add_argument("--serve-batch", type=int, default=16)

@@ -219,3 +219,11 @@ def test_shared_subspace_fits_lora_units_factored_by_default() -> None:
     stack = UnitStack.from_factors(pairs, name="q")
     unit = unit_fit_for(SharedSubspace().method, stack.spec)
     assert unit is LoraTuckerUnit
+
+
+def test_analysis_under_hosvd_treats_lora_units_as_tucker_units() -> None:
+    from weightspace.analyze._methods import analyzer_for
+
+    lora = UnitSpec("w", (8, 6), lora=True)
+    assert analyzer_for(TuckerUnit.method, lora).method == TuckerUnit.method
+    assert analyzer_for(PCAUnit.method, lora).method == PCAUnit.method

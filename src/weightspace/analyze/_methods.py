@@ -17,7 +17,7 @@ import torch
 from weightspace._registry import Registry
 from weightspace.analyze._hosvd_unit import analyze_hosvd_unit
 from weightspace.analyze._pca_unit import Plan, analyze_pca_unit
-from weightspace.decompose import UNIT_FITS, LoraTuckerUnit, PCAUnit, TuckerUnit, unit_fit_for
+from weightspace.decompose import UNIT_FITS, PCAUnit, TuckerUnit, unit_fit_for
 from weightspace.units import UnitSpec, UnitStack
 
 __all__ = ["UNIT_ANALYZERS", "UnitAnalyzer", "analyzer_for"]
@@ -59,7 +59,9 @@ UNIT_ANALYZERS: Registry[UnitAnalyzer] = Registry("analysis method")
 def analyzer_for(method: str, spec: UnitSpec) -> UnitAnalyzer:
     """The analyzer for ``spec`` under ``method`` (units the method cannot fit use its fallback's analyzer)."""
     UNIT_ANALYZERS.get(method)  # an unknown method lists the analyzable ones
-    return UNIT_ANALYZERS.get(unit_fit_for(method, spec).method)
+    # A fit that specialises another (LoRA units under hosvd are fitted factored) is analyzed as its parent class.
+    fits = unit_fit_for(method, spec).__mro__
+    return UNIT_ANALYZERS.get(next(c.method for c in fits if getattr(c, "method", None) in UNIT_ANALYZERS))
 
 
 def _pca(stack: UnitStack, plan: Plan, generator: torch.Generator, chunk_bytes: int) -> dict[str, Any]:
@@ -87,7 +89,4 @@ UNIT_ANALYZERS.register(
         spectrum_label=" (HOSVD: mode 1)",
     ),
 )
-# Under hosvd, LoRA units are fitted factored (lora-hosvd); the analysis of their spectra, nulls and held-out errors
-# is the dense HOSVD one (analysis may form ΔW; archives never do).
-UNIT_ANALYZERS.register(LoraTuckerUnit.method, UNIT_ANALYZERS.get(TuckerUnit.method))
 assert all(name in UNIT_FITS for name in UNIT_ANALYZERS)  # analyzers only exist for registered decompositions

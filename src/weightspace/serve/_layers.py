@@ -70,8 +70,10 @@ class BankedLoraLinear(nn.Module):
     >>> u, v = torch.eye(2)[:, :1], torch.eye(3)[:, :1]
     >>> layer = BankedLoraLinear(lin, u, v, torch.tensor([[[0.0]], [[2.0]]]), AdapterSelection(index=1))
     >>> x = torch.ones(1, 3)
-    >>> (layer(x) - lin(x)).tolist()
+    >>> layer.delta(x).tolist()  # x ΔWᵀ with ΔW = U cores[1] Vᵀ
     [[2.0, 0.0]]
+    >>> bool(torch.allclose(layer(x), lin(x) + layer.delta(x)))
+    True
     """
 
     def __init__(

@@ -20,7 +20,6 @@ import time
 T0 = time.perf_counter()
 
 import json  # noqa: E402
-import resource  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -31,7 +30,12 @@ Factors = dict[str, tuple[torch.Tensor, torch.Tensor]]  # module -> (A (r, d_in)
 
 
 def _peak_rss() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    """VmHWM of this address space (getrusage's ru_maxrss would include the parent's RSS at fork)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return 0
 
 
 def _dir_bytes(path: Path) -> int:

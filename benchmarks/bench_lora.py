@@ -59,13 +59,19 @@ ENV = {
 }
 
 # ------------------------------------------------------------------------------------------------ children
+# Peak RSS is VmHWM of the child's own address space: getrusage's ru_maxrss survives fork + exec on Linux, so a
+# child would report at least the parent's RSS at the time it was started.
 _PRELUDE = """
 import time
 T0 = time.perf_counter()
-import atexit, json, resource, sys
+import atexit, json, sys
+def _hwm():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
 def _report():
-    print("RUSAGE " + json.dumps({"wall_s": time.perf_counter() - T0,
-          "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}), file=sys.__stderr__, flush=True)
+    print("RUSAGE " + json.dumps({"wall_s": time.perf_counter() - T0, "peak_rss": _hwm()}), file=sys.__stderr__,
+          flush=True)
 atexit.register(_report)
 ARGS = json.loads(sys.argv[1])
 """
@@ -226,15 +232,33 @@ def ours_in_sample(archive: Path, paths: Sequence[Path]) -> float:
 
 
 def ours_held_out(archive: Path, paths: Sequence[Path]) -> tuple[float, float]:
-    """Pooled (mean + basis, mean only) relative residuals of unseen adapters, projected from their factors."""
-    from weightspace.compress import project
+    """Pooled (mean + basis, mean only) relative residuals of unseen adapters.
 
-    res = project(archive, [str(p) for p in paths])
-    norms = [sum(_sq(left, right) for left, right in _factors(p).values()) for p in paths]
+    Factored archives go through :func:`weightspace.compress.project` (cores from the adapters' factors). Dense
+    (pca) archives are projected here, each unit's basis read once for all adapters, with the same formulas
+    (``project`` would re-read a ΔW-sized basis for every adapter).
+    """
+    from weightspace.compress import project
+    from weightspace.decompose import SharedSubspace
+
+    ss = SharedSubspace.load(archive)
+    factors = [_factors(p) for p in paths]
+    norms = [sum(_sq(left, right) for left, right in f.values()) for f in factors]
     tot = sum(norms)
-    mb = sum(m.mean_plus_basis**2 * n for m, n in zip(res.models, norms, strict=True)) / tot
-    mo = sum(m.mean_only**2 * n for m, n in zip(res.models, norms, strict=True)) / tot
-    return mb**0.5, mo**0.5
+    if all(u.shared_factors() is not None for u in ss.units_.values()):
+        res = project(ss, [str(p) for p in paths])
+        mb = sum(m.mean_plus_basis**2 * n for m, n in zip(res.models, norms, strict=True)) / tot
+        mo = sum(m.mean_only**2 * n for m, n in zip(res.models, norms, strict=True)) / tot
+        return mb**0.5, mo**0.5
+    mb = mo = 0.0
+    for key, unit in ss.units_.items():
+        mean = unit.mean().reshape(-1)  # (D,)
+        basis = unit.tensor("basis").reshape(-1, mean.numel())  # (k, D), orthonormal rows
+        for f in factors:
+            xc = (f[key][0] @ f[key][1]).reshape(-1) - mean  # dense ΔW − μ: this is the pca baseline's own cost
+            mo += float(xc @ xc)
+            mb += float(xc @ xc) - float(((basis @ xc) ** 2).sum())
+    return (mb / tot) ** 0.5, (mo / tot) ** 0.5
 
 
 def ours_bytes(d: int, n_units: int, n: int, k: int) -> int:

@@ -20,10 +20,12 @@ coefficients are expressed). Ranks, mode EVRs and the captured fraction therefor
 
 Two routes find the leading singular vectors of ``M1`` and ``M2``:
 
-* ``exact`` — a thin SVD, ``O(rows · (N r)²)``: the whole spectrum;
-* ``randomized`` — a randomized range finder on the mode scatter (``b = k + 10`` columns, one power iteration;
-  Halko, Martinsson & Tropp), ``O(rows · N r · b)``: the leading ``b`` singular values; EVRs still divide by the
-  exact ``E``.
+* ``exact`` — a thin SVD of ``M``, ``O(rows · (N r)²)``: the whole spectrum;
+* ``randomized`` — a randomized range finder (Halko, Martinsson & Tropp): ``Q = orth(S Ω)`` for a Gaussian
+  ``Ω`` with ``b = k + 10`` columns, ``S`` applied through the factors (``L (K_iᵀ K_i (Lᵀ Ω))``, with ``K_i`` from
+  the Cholesky factor of the r × r Gram), then the SVD of ``Qᵀ M``: three products with the stacked factors,
+  ``O(rows · N r · b)``, and the leading ``b`` singular values; EVRs still divide by the exact ``E``. The draw is on
+  the rows side, so the result depends on ``S`` alone and keeps the gauge invariance.
 
 ``auto`` takes the randomized route when the span is over four blocks wide, and the exact one when a kept component
 is ill-conditioned there (``σ_k / σ_1 < 1e-7``) or a variance fraction is not reached within a quarter of the span.

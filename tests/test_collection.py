@@ -31,9 +31,26 @@ def test_units_in_natural_order_and_heads_private(tmp_path: Path, gen: torch.Gen
 def test_different_architectures_are_an_error(tmp_path: Path, gen: torch.Generator) -> None:
     write_models(tmp_path / "m", [mlp_like(gen, hidden=12), mlp_like(gen, hidden=8)])
     with pytest.raises(
-        ShapeMismatchError, match=r"m1\.safetensors: tensor 'fc1\.bias': shape differs across models"
-    ):
+        ShapeMismatchError,
+        match=r"m1\.safetensors: tensor 'fc1\.bias': these are different architectures: 3 of 4 tensors differ",
+    ) as info:
         Collection.from_paths([str(tmp_path / "m")])
+    # The first differing keys of each model are named, with their shapes.
+    assert "of 'm0': fc1.bias [12], fc1.weight [12, 10], fc2.weight [6, 12]" in str(info.value)
+    assert "of 'm1': fc1.bias [8], fc1.weight [8, 10], fc2.weight [6, 8]" in str(info.value)
+
+
+def test_models_with_mostly_other_keys_are_different_architectures(tmp_path: Path, gen: torch.Generator) -> None:
+    bert = {f"encoder.layer.{i}.weight": torch.randn(4, 4, generator=gen) for i in range(3)}
+    gpt = {f"h.{i}.attn.weight": torch.randn(4, 4, generator=gen) for i in range(3)}
+    write_models(tmp_path / "m", [bert, gpt])
+    with pytest.raises(
+        ShapeMismatchError, match="these are different architectures: 6 of 6 tensors differ"
+    ) as info:
+        Collection.from_paths([str(tmp_path / "m")])
+    assert "--private" not in str(info.value)  # no advice to paper over an architecture mismatch
+    assert "of 'm0': encoder.layer.0.weight [4, 4]" in str(info.value)
+    assert "of 'm1': h.0.attn.weight [4, 4]" in str(info.value)
 
 
 def test_missing_tensor_names_the_model_that_lacks_it(tmp_path: Path, gen: torch.Generator) -> None:

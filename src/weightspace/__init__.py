@@ -3,8 +3,9 @@
 The top level holds the names most code needs; everything else lives in its subpackage
 (:mod:`weightspace.io`, :mod:`weightspace.decompose`, :mod:`weightspace.compress`, :mod:`weightspace.analyze`,
 :mod:`weightspace.merge`, :mod:`weightspace.adapt`, :mod:`weightspace.zoo`). Names are imported on first use, so
-``import weightspace`` stays cheap. ``compress``, ``analyze`` and ``merge`` are both their subpackage and callable
-as its main function: ``weightspace.compress(models, "a.wsz")`` and ``weightspace.compress.reconstruct(...)``.
+``import weightspace`` stays cheap. ``compress``, ``analyze``, ``merge`` and ``align`` are both their subpackage
+and callable as its main function: ``weightspace.compress(models, "a.wsz")`` and
+``weightspace.compress.reconstruct(...)``.
 
 Examples
 --------
@@ -27,6 +28,7 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "Collection": ("weightspace.collection", "Collection"),
     "SharedSubspace": ("weightspace.decompose", "SharedSubspace"),
     "WeightspaceError": ("weightspace.errors", "WeightspaceError"),
+    "align": ("weightspace.align", None),
     "analyze": ("weightspace.analyze", None),
     "compress": ("weightspace.compress", None),
     "inject": ("weightspace.adapt", "inject"),
@@ -40,6 +42,7 @@ __all__ = [
     "SharedSubspace",
     "WeightspaceError",
     "__version__",
+    "align",
     "analyze",
     "compress",
     "inject",
@@ -49,7 +52,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from weightspace import analyze, compress, merge
+    from weightspace import align, analyze, compress, merge
     from weightspace.adapt import inject
     from weightspace.collection import Collection
     from weightspace.compress import project, reconstruct

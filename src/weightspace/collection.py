@@ -7,8 +7,8 @@ Rules (all checked before any tensor data is read):
 * every model has every weight key, except keys matched by a ``private`` pattern;
 * a key whose shape is the same in every model (and in the base, if the base has it) is a *unit*; a key whose
   shape differs across models (classifier heads) is *private*: kept per model verbatim, named in reports. If more
-  than half of the keys differ, the models are different architectures and a :class:`ShapeMismatchError`
-  is raised instead;
+  than half of the keys of two models differ (missing from one, or of another shape), the models are different
+  architectures and a :class:`ShapeMismatchError` says so, naming the first differing keys of each;
 * with a base, a key the base lacks is private (no task vector can be formed for it);
 * only float tensors are decomposed: integer, bool and 8-bit float tensors must be excluded explicitly
   (``exclude=["*position_ids"]``), never dropped silently.
@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from weightspace.errors import InputError, ShapeMismatchError, TensorKeyError, UnsupportedFormatError
-from weightspace.io import ModelSource, expand_models, natural_key, open_source
+from weightspace.io import ModelSource, expand_models, hub_name_parts, natural_key, open_source, resolve_model_path
 from weightspace.units import UnitMember, UnitSpec, UnitStack
 
 __all__ = ["Collection", "as_collection", "model_names"]
@@ -48,15 +48,28 @@ def _sanitize(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "model"
 
 
+def _name_parts(p: Path) -> list[str]:
+    """Name parts, most specific first: the stem, then the parent folders (a Hub cache folder: the repo's name)."""
+    hub = hub_name_parts(p.absolute())
+    if hub is not None:
+        return [_sanitize(_stem(Path(hub[0])))] + [_sanitize(q) for q in hub[1:]]
+    return [_sanitize(_stem(p))] + [_sanitize(q) for q in reversed(p.resolve().parent.parts[1:])]
+
+
 def model_names(paths: Sequence[Path]) -> list[str]:
     """Unique, filesystem-safe model names: the file/dir stem, prefixed by parent folders where stems collide.
+
+    A folder of the Hugging Face cache (``models--org--name/snapshots/<commit>``) is named after its repo
+    (``name``, or ``org-name`` where names collide), never after the commit hash.
 
     Examples
     --------
     >>> model_names([Path("a/model.safetensors"), Path("b/model.safetensors"), Path("c/x.safetensors")])
     ['a-model', 'b-model', 'x']
+    >>> model_names([Path("hub/models--org--bert-ft0/snapshots/0a1b2c"), Path("hub/models--acme--bert-ft0/snapshots/9f")])
+    ['org-bert-ft0', 'acme-bert-ft0']
     """
-    parts = [[_sanitize(_stem(p))] + [_sanitize(q) for q in reversed(p.resolve().parent.parts[1:])] for p in paths]
+    parts = [_name_parts(p) for p in paths]
     depth = [1] * len(paths)
     while True:
         names = ["-".join(reversed(parts[i][: depth[i]])) for i in range(len(paths))]
@@ -175,7 +188,9 @@ class Collection:
         exclude: Sequence[str] = (),
         min_models: int = 2,
     ) -> Collection:
-        """Expand MODELS (files, dirs, globs, ``@list.txt``), index every checkpoint, and resolve units.
+        """Expand MODELS (files, dirs, globs, ``@list.txt``, Hub ids), index every checkpoint, and resolve units.
+
+        ``base`` may be a path or a Hugging Face Hub id (``org/name[@rev]``, ``hf://…``).
 
         Examples
         --------
@@ -184,9 +199,13 @@ class Collection:
         ...
         weightspace.errors.InputError: no models given; pass at least 2 checkpoints
         """
-        paths = expand_models(models) if models else []
+        paths = expand_models(models, allow_pickle=allow_pickle) if models else []
         sources = [open_source(p, allow_pickle=allow_pickle) for p in paths]
-        base_src = open_source(base, allow_pickle=allow_pickle) if base is not None else None
+        base_src = (
+            open_source(resolve_model_path(base, allow_pickle=allow_pickle), allow_pickle=allow_pickle)
+            if base is not None
+            else None
+        )
         return cls(sources, base=base_src, private=private, exclude=exclude, min_models=min_models)
 
     @property
@@ -199,8 +218,37 @@ class Collection:
         return self.is_peft or self.base is not None
 
     # ------------------------------------------------------------------------------------------------
+    def _check_architectures(self, key_sets: list[set[str]]) -> None:
+        """Refuse models whose tensors (keys and shapes) mostly differ from the first model's."""
+        skip = [*self.exclude_patterns, *self.private_patterns]
+
+        def shapes(i: int) -> dict[str, tuple[int, ...]]:
+            return {k: self.sources[i].entries[k].shape for k in key_sets[i] if not _matches(k, skip)}
+
+        ref = shapes(0)
+        for i in range(1, self.n_models):
+            other = shapes(i)
+            union = set(ref) | set(other)
+            differ = {k for k in union if ref.get(k) != other.get(k)}
+            if not union or len(differ) * 2 <= len(union):
+                continue
+
+            def first(d: dict[str, tuple[int, ...]], differ: set[str] = differ) -> str:
+                keys = sorted((k for k in d if k in differ), key=natural_key)[:3]
+                return ", ".join(f"{k} {list(d[k])}" for k in keys) or "(none)"
+
+            raise ShapeMismatchError(
+                f"these are different architectures: {len(differ)} of {len(union)} tensors differ (missing or "
+                f"another shape) between '{self.names[0]}' and '{self.names[i]}'. First differing keys of "
+                f"'{self.names[0]}': {first(ref)}; of '{self.names[i]}': {first(other)}. Pass models of one "
+                "architecture",
+                path=self.sources[i].path,
+                tensor=min(differ, key=natural_key),
+            )
+
     def _resolve(self) -> None:
         key_sets = [set(s.entries) for s in self.sources]
+        self._check_architectures(key_sets)
         all_keys = set().union(*key_sets)
         self.excluded = sorted((k for k in all_keys if _matches(k, self.exclude_patterns)), key=natural_key)
         keys = sorted(all_keys - set(self.excluded), key=natural_key)
@@ -268,8 +316,8 @@ class Collection:
             ref, odd = self._first_odd(shapes)
             raise ShapeMismatchError(
                 f"shape differs across models ({listing}); {len(mismatched)} of {len(keys)} tensors differ, so these "
-                "look like different architectures. Pass only models of one architecture (or mark keys per-model "
-                "with --private PATTERN)",
+                "are different architectures (or a base of another architecture). Pass only models of one "
+                "architecture",
                 path=odd if odd is not None else ref,
                 tensor=key,
             )

@@ -226,10 +226,15 @@ def test_expand_models_globs_lists_and_dirs(tmp_path: Path) -> None:
     ]
     assert len(expand_models([str(d / "model1*.safetensors")])) == 2
     (tmp_path / "list.txt").write_text("# models\nm/model2.safetensors\n\nm/model1.safetensors\n")
-    assert [p.name for p in expand_models(["@" + str(tmp_path / "list.txt")])] == [
+    # Entries of a list are relative to the current directory (as on the command line), not to the list's folder.
+    assert [p.name for p in expand_models(["@list.txt"], cwd=tmp_path)] == [
         "model2.safetensors",
         "model1.safetensors",
     ]
+    sub = tmp_path / "lists"
+    sub.mkdir()
+    (sub / "l.txt").write_text("m/model10.safetensors\n")
+    assert [p.name for p in expand_models(["@lists/l.txt"], cwd=tmp_path)] == ["model10.safetensors"]
     from weightspace.errors import InputError
 
     with pytest.raises(InputError, match="named twice"):

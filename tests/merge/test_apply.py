@@ -122,12 +122,13 @@ UNITS = ["embed.weight", "conv.weight", "conv.bias", "fc1.weight", "fc2.weight",
 @pytest.mark.parametrize("method", ALL_METHODS)
 def test_full_merge_equals_base_plus_core_merge(zoo: dict, method: str) -> None:
     params = PARAMS.get(method, {})
+    n = MERGE_METHODS.get(method).n_models or len(zoo["paths"])  # slerp merges two
     out = zoo["dir"] / "merged.safetensors"
-    summary = merge(zoo["paths"], base=zoo["base_path"], method=method, params=params, out=out)
+    summary = merge(zoo["paths"][:n], base=zoo["base_path"], method=method, params=params, out=out)
     got = load_file(out)
     for key in UNITS:
         torch.testing.assert_close(
-            got[key], expected_full(zoo["base"], zoo["models"], method, params, key), rtol=0, atol=0
+            got[key], expected_full(zoo["base"], zoo["models"][:n], method, params, key), rtol=0, atol=0
         )
     # Non-unit tensors: the integer buffer and the private heads come from the base, verbatim.
     assert torch.equal(got["position_ids"], zoo["base"]["position_ids"])
@@ -268,7 +269,7 @@ def test_overflow_in_the_base_dtype_is_refused_and_nothing_written(zoo: dict) ->
     out = zoo["dir"] / "merged.safetensors"
     with pytest.raises(
         NonFiniteError,
-        match=r"base16.safetensors: tensor 'conv.bias': base \+ merged update is not finite in torch.float16",
+        match=r"base16.safetensors: tensor 'conv.bias': the merged weight is not finite in torch.float16",
     ):
         merge(
             zoo["paths"],
@@ -737,6 +738,8 @@ def test_result_is_frozen_and_its_dict_is_the_json_summary(zoo: dict) -> None:
         "excluded",
         "copied_from_base",
         "wall_s",
+        "weights",
+        "dtype",
     ]
     assert d["params"] == {"p": 0.9, "lam": 1.0, "seed": 5}
     assert (d["input"], d["format"], d["layout"], d["out"]) == ("full", "full", "safetensors", str(out))
@@ -745,3 +748,62 @@ def test_result_is_frozen_and_its_dict_is_the_json_summary(zoo: dict) -> None:
     assert "truncation_error" not in d["units"][0]
     assert result.truncation_errors == {}
     json.dumps(d)
+
+
+# ------------------------------------------------------- weights, raw-weight merges (no base), output dtype
+
+
+def test_slerp_and_linear_merge_raw_weights_without_a_base(zoo: dict) -> None:
+    from merge.test_methods import mk_linear, mk_slerp
+
+    a, b = zoo["models"][0], zoo["models"][2]  # same head shape (5 classes): nothing private
+    r = merge([zoo["paths"][0], zoo["paths"][2]], method="slerp", params={"t": "0.3"})
+    assert r.base is None
+    for key, got in r.tensors.items():
+        expected = mk_slerp(0.3, a[key].double().numpy().reshape(-1), b[key].double().numpy().reshape(-1))
+        torch.testing.assert_close(
+            got, torch.from_numpy(expected).reshape(a[key].shape).float(), rtol=0, atol=1e-6
+        )
+    w = [0.25, 0.75]
+    r = merge([zoo["paths"][0], zoo["paths"][2]], method="linear", weights=w)
+    assert r.weights == (0.25, 0.75)
+    for key, got in r.tensors.items():
+        expected = mk_linear([a[key].double().numpy(), b[key].double().numpy()], w)
+        torch.testing.assert_close(got, torch.tensor(expected).float(), rtol=0, atol=1e-6)
+
+
+def test_raw_merge_keeps_the_first_models_private_tensors(zoo: dict) -> None:
+    r = merge(zoo["paths"][:2], method="linear")  # heads are 5- and 3-class: private
+    assert torch.equal(r.tensors["head.weight"], zoo["models"][0]["head.weight"])
+    assert {p.key for p in r.not_merged} == {"head.weight", "head.bias"}
+    assert all("first model" in p.action for p in r.not_merged)
+
+
+def test_methods_that_need_a_base_say_so_and_name_the_base_free_ones(zoo: dict) -> None:
+    with pytest.raises(
+        InputError, match=r"pass --base BASE \(methods that merge raw weights without a base: linear"
+    ):
+        merge(zoo["paths"], method="ties")
+
+
+def test_weights_reach_the_method_and_are_checked(zoo: dict) -> None:
+    w = [0.5, 2.0, 1.0]
+    got = merge(zoo["paths"], base=zoo["base_path"], method="task_arithmetic", weights=w).tensors
+    b = zoo["base"]["fc1.weight"].double()
+    expected = b + sum(wi * (m["fc1.weight"].double() - b) for wi, m in zip(w, zoo["models"], strict=True))
+    torch.testing.assert_close(got["fc1.weight"], expected.float(), rtol=0, atol=1e-6)
+    with pytest.raises(ParameterError, match="--weights has 2 value"):
+        merge(zoo["paths"], base=zoo["base_path"], method="ties", weights=[1.0, 2.0])
+    with pytest.raises(ParameterError, match="'knots' takes no per-model weights"):
+        merge(zoo["paths"], base=zoo["base_path"], method="knots", weights=[1.0, 2.0, 3.0])
+
+
+def test_output_dtype(zoo: dict) -> None:
+    out = zoo["dir"] / "bf16.safetensors"
+    r = merge(zoo["paths"], base=zoo["base_path"], method="mean", dtype="bfloat16", out=out)
+    got = load_file(out)
+    assert r.dtype == "bfloat16"
+    assert got["fc1.weight"].dtype == torch.bfloat16
+    assert got["position_ids"].dtype == zoo["base"]["position_ids"].dtype  # integer buffers keep theirs
+    with pytest.raises(ParameterError, match="'dtype' parameter of merge"):
+        merge(zoo["paths"], base=zoo["base_path"], method="mean", dtype="int8")

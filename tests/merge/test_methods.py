@@ -20,18 +20,39 @@ from weightspace.merge import (
     dare,
     dare_ties,
     knots,
+    linear,
     mean,
     merge_deltas,
     merge_method,
+    slerp,
     subspace,
     task_arithmetic,
     ties,
     tsv,
 )
 
-ALL_METHODS = ["dare", "dare_ties", "knots", "mean", "subspace", "task_arithmetic", "ties", "tsv"]
-# Methods whose result does not depend on the order of the task vectors (dare draws masks in task order).
-ORDER_FREE = ["knots", "mean", "subspace", "task_arithmetic", "ties", "tsv"]
+ALL_METHODS = [
+    "dare",
+    "dare_ties",
+    "knots",
+    "linear",
+    "mean",
+    "slerp",
+    "subspace",
+    "task_arithmetic",
+    "ties",
+    "tsv",
+]
+# Methods whose result does not depend on the order of the task vectors (dare draws masks in task order; slerp's
+# t runs from the first model to the second).
+ORDER_FREE = ["knots", "linear", "mean", "subspace", "task_arithmetic", "ties", "tsv"]
+
+
+def n_for(name: str, n: int = 3) -> int:
+    """How many models a generic test gives ``name`` (slerp merges exactly two)."""
+    return MERGE_METHODS.get(name).n_models or n
+
+
 S2 = math.sqrt(2.0)
 
 
@@ -361,7 +382,7 @@ def test_subspace_k_is_capped_at_the_rank():
 
 @pytest.mark.parametrize("name", ALL_METHODS)
 def test_positive_scaling_and_sign_flip_commute_with_merging(name):
-    deltas = [randn(5, 4, seed=60 + i) for i in range(3)]
+    deltas = [randn(5, 4, seed=60 + i) for i in range(n_for(name))]
     params = {"density": 0.5} if name in ("ties", "knots") else {"p": 0.5} if name.startswith("dare") else {}
     merged = merge_deltas(name, deltas, **params)
     close(merge_deltas(name, [3.0 * d for d in deltas], **params), 3.0 * merged)
@@ -381,7 +402,7 @@ def test_order_of_tasks_does_not_matter(name):
 @pytest.mark.parametrize("name", ALL_METHODS)
 @pytest.mark.parametrize("shape", [(5,), (), (4, 3)])
 def test_every_method_accepts_vectors_scalars_and_matrices(name, shape):
-    deltas = [randn(*shape, seed=80 + i) for i in range(3)]
+    deltas = [randn(*shape, seed=80 + i) for i in range(n_for(name))]
     out = merge_deltas(name, deltas)
     assert out.shape == torch.Size(shape)
     assert out.dtype == torch.float64
@@ -391,7 +412,7 @@ def test_every_method_accepts_vectors_scalars_and_matrices(name, shape):
 @pytest.mark.parametrize("name", ALL_METHODS)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
 def test_low_precision_inputs_are_computed_in_float64(name, dtype):
-    deltas = [randn(6, 4, seed=90 + i).to(dtype) for i in range(3)]
+    deltas = [randn(6, 4, seed=90 + i).to(dtype) for i in range(n_for(name))]
     out = merge_deltas(name, deltas)
     assert out.dtype == torch.float64
     close(out, merge_deltas(name, [d.to(torch.float64) for d in deltas]), atol=1e-12)
@@ -605,3 +626,159 @@ def test_subspace_basis_checks():
         subspace(deltas, basis=torch.eye(6)[:2], k=0.5)
     with pytest.raises(NonFiniteError, match="basis contains NaN"):
         subspace(deltas, basis=torch.full((1, 6), math.nan))
+
+
+# ------------------------------------------------------------------- mergekit's formulas, written out in numpy
+# Transcribed from mergekit 0.1.5 (mergekit/merge_methods/{linear,slerp,generalized_task_arithmetic}.py and
+# sparsify.py), so weightspace's linear, slerp and weighted task arithmetic / TIES are checked against them.
+
+
+def mk_linear(tensors: list[np.ndarray], weights: list[float], normalize: bool = True) -> np.ndarray:
+    w = np.asarray(weights, dtype=np.float64).reshape((-1,) + (1,) * tensors[0].ndim)
+    res = (w * np.stack(tensors)).sum(axis=0)
+    return res / w.sum(axis=0) if normalize else res
+
+
+def mk_slerp(t: float, v0: np.ndarray, v1: np.ndarray, dot_threshold: float = 0.9995, eps: float = 1e-8):
+    def normalize(v):
+        n = np.linalg.norm(v)
+        return v / n if n > eps else v
+
+    n0, n1 = normalize(v0.copy()), normalize(v1.copy())
+    dot = np.sum(n0 * n1)
+    if np.abs(dot) > dot_threshold:
+        return (1 - t) * v0 + t * v1
+    theta_0 = np.arccos(dot)
+    sin_theta_0 = np.sin(theta_0)
+    theta_t = theta_0 * t
+    s0 = np.sin(theta_0 - theta_t) / sin_theta_0
+    s1 = np.sin(theta_t) / sin_theta_0
+    return s0 * v0 + s1 * v1
+
+
+def mk_magnitude(tensor: np.ndarray, density: float) -> np.ndarray:
+    k = int(density * tensor.size)
+    w = np.abs(tensor).reshape(-1)
+    mask = np.zeros_like(w)
+    mask[np.argsort(-w, kind="stable")[:k]] = 1
+    return tensor * mask.reshape(tensor.shape)
+
+
+def mk_gta(deltas, weights, *, densities=None, consensus: bool, normalize: bool, lam: float = 1.0):
+    """mergekit's GeneralizedTaskArithmeticMerge on task vectors (magnitude sparsification, 'sum' consensus)."""
+    dens = densities if densities is not None else [None] * len(deltas)
+    tvs = [d if x is None else mk_magnitude(d, x) for d, x in zip(deltas, dens, strict=True)]
+    d = np.stack(tvs)
+    w = np.asarray(weights, dtype=np.float64).reshape((-1,) + (1,) * deltas[0].ndim)
+    weighted = d * w
+    if consensus:
+        sign = np.where(weighted.sum(axis=0) >= 0, 1.0, -1.0)
+        mask = np.sign(weighted) == sign
+        mixed = (weighted * mask).sum(axis=0)
+        divisor = (w * mask).sum(axis=0)
+        divisor[divisor == 0] = 1
+    else:
+        mixed = weighted.sum(axis=0)
+        divisor = w.sum(axis=0)
+        divisor[np.abs(divisor) < 1e-8] = 1
+    if normalize:
+        mixed = mixed / divisor
+    return lam * mixed
+
+
+def _np(ts: list[torch.Tensor]) -> list[np.ndarray]:
+    return [x.numpy() for x in ts]
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_linear_is_mergekits_weighted_average(normalize):
+    ts = [randn(6, 5, seed=200 + i) for i in range(3)]
+    w = [0.5, 2.0, 1.5]
+    close(linear(ts, weights=w, normalize=normalize), t(mk_linear(_np(ts), w, normalize)))
+    close(linear(ts), mean(ts))
+
+
+def test_linear_with_a_base_equals_mergekits_linear_of_full_weights():
+    base = randn(4, 3, seed=210)
+    full = [randn(4, 3, seed=211 + i) for i in range(3)]
+    w = [0.2, 0.3, 0.5]
+    merged_full = base + linear([f - base for f in full], weights=w)
+    close(merged_full, t(mk_linear(_np(full), w)))
+
+
+def test_linear_refuses_weights_that_sum_to_zero():
+    with pytest.raises(ParameterError, match="sum is not 0"):
+        linear([randn(3, seed=1), randn(3, seed=2)], weights=[1.0, -1.0])
+
+
+@pytest.mark.parametrize("tt", [0.0, 0.25, 0.5, 0.9, 1.0])
+@pytest.mark.parametrize("shape", [(7,), (4, 6)])
+def test_slerp_is_mergekits_slerp(tt, shape):
+    v0, v1 = randn(*shape, seed=220), randn(*shape, seed=221)
+    close(slerp([v0, v1], t=tt), t(mk_slerp(tt, v0.numpy(), v1.numpy())))
+
+
+def test_slerp_falls_back_to_lerp_for_nearly_colinear_tensors_and_keeps_norms_on_the_arc():
+    v0 = randn(10, seed=230)
+    v1 = 2.0 * v0 + 1e-6 * randn(10, seed=231)
+    close(slerp([v0, v1], t=0.3), 0.7 * v0 + 0.3 * v1)
+    a, b = t([3.0, 0.0]), t([0.0, 3.0])
+    mid = slerp([a, b], t=0.5)
+    assert abs(float(torch.linalg.vector_norm(mid)) - 3.0) < 1e-12  # on the arc, not the chord (3/√2·√2)
+
+
+def test_slerp_merges_exactly_two_models():
+    with pytest.raises(ParameterError, match="exactly 2 models"):
+        slerp([randn(3, seed=i) for i in range(3)])
+
+
+def test_weighted_task_arithmetic_is_mergekits():
+    ds = [randn(5, 4, seed=240 + i) for i in range(3)]
+    w = [0.3, 1.0, 0.6]
+    close(
+        task_arithmetic(ds, weights=w, lam=0.7), t(mk_gta(_np(ds), w, consensus=False, normalize=False, lam=0.7))
+    )
+
+
+@pytest.mark.parametrize("weights", [[1.0, 1.0, 1.0], [0.5, 1.0, 2.0]])
+def test_weighted_ties_is_mergekits_ties(weights):
+    # Continuous random entries: no magnitude ties and no exact sign-election cancellations.
+    ds = [randn(6, 5, seed=250 + i) for i in range(3)]
+    dens = [0.4, 0.4, 0.4]
+    expected = mk_gta(_np(ds), weights, densities=dens, consensus=True, normalize=True)
+    close(ties(ds, weights=weights, density=0.4), t(expected))
+
+
+def test_ties_takes_a_density_per_model():
+    ds = [randn(6, 5, seed=260 + i) for i in range(3)]
+    dens = [0.2, 0.5, 1.0]
+    w = [1.0, 2.0, 0.5]
+    expected = mk_gta(_np(ds), w, densities=dens, consensus=True, normalize=True)
+    close(ties(ds, weights=w, density=dens), t(expected))
+    with pytest.raises(ParameterError, match="2 per-model values for 3 models"):
+        ties(ds, density=[0.2, 0.5])
+
+
+def test_dare_takes_weights_and_a_drop_rate_per_model():
+    ds = [randn(30, seed=270 + i) for i in range(2)]
+    # p = 0 for both: no drop, so weighted DARE is weighted task arithmetic
+    close(dare(ds, weights=[2.0, 0.5], p=[0.0, 0.0]), task_arithmetic(ds, weights=[2.0, 0.5]))
+    got = dare(ds, p=[0.0, 0.5], seed=3)
+    kept = got - ds[0]  # model 0 undropped; model 1 entries are 0 or doubled
+    assert bool(((kept.abs() < 1e-12) | ((kept - 2 * ds[1]).abs() < 1e-12)).all())
+
+
+def test_methods_without_weights_refuse_unequal_weights_and_accept_ones():
+    ds = [randn(4, 3, seed=280 + i) for i in range(2)]
+    close(merge_deltas("tsv", ds, weights=[1.0, 1.0]), tsv(ds))
+    with pytest.raises(ParameterError, match=r"takes no per-model weights .*linear"):
+        merge_deltas("tsv", ds, weights=[1.0, 2.0])
+    with pytest.raises(ParameterError, match=r"2 entries for 3 models"):
+        merge_deltas("linear", [*ds, ds[0]], weights=[1.0, 2.0])
+
+
+def test_registry_declares_weights_base_free_and_model_counts():
+    weighted = sorted(n for n in MERGE_METHODS.names() if MERGE_METHODS.get(n).weighted)
+    assert weighted == ["dare", "dare_ties", "linear", "task_arithmetic", "ties"]
+    assert sorted(n for n in MERGE_METHODS.names() if MERGE_METHODS.get(n).base_free) == ["linear", "slerp"]
+    assert MERGE_METHODS.get("slerp").n_models == 2

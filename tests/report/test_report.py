@@ -184,3 +184,36 @@ def test_terminal_summary(report_data: dict[str, Any]) -> None:
     assert report_data["summary"]["headline"]["text"][:40] in text
     assert "fc.weight" in text
     assert "head.weight" in text
+
+
+def test_terminal_summary_fits_80_columns_and_explains_every_header(report_data: dict[str, Any]) -> None:
+    from rich.console import Console
+
+    from weightspace.report._terminal import LEGEND
+
+    data = copy.deepcopy(report_data)
+    data["summary"]["groups"][0]["type"] = "model.layers.*.self_attn.q_proj.weight"  # a long unit type
+    buf = io.StringIO()
+    print_summary(data, console=Console(file=buf, width=80))
+    text = buf.getvalue()
+    assert max(len(line) for line in text.splitlines()) <= 80
+    assert "…" not in text
+    assert "q_proj" in text.replace("\n", "").replace(" ", "")  # folded, never cut
+    legend = " ".join(LEGEND)
+    for header in ("verdicts", "k90/null", "excess", "held-out EVR/null", "mean E", "held-out err mean/m+b"):
+        assert f"{header}:" in legend
+
+
+def test_html_explains_every_column_in_one_spelling(report_dir: Path) -> None:
+    from weightspace.report._html import LEGEND
+
+    page = (report_dir / "report.html").read_text(encoding="utf-8")
+    heads = [h for h in set(__import__("re").findall(r"<th(?: class=l)?>([^<]+)</th>", page))]
+    heads = [h for h in heads if h not in ("threshold", "value")]
+    assert heads
+    for h in heads:
+        assert h.replace("&amp;", "&") in LEGEND, h  # every column header has a legend entry
+        assert f"<dt>{h}</dt>" in page
+    for old in ("LOO", "(hi)", "heldout", "mean plus basis"):
+        assert old not in page.split("<h2>Plots</h2>")[0], old
+    assert "position:sticky;left:0" in page  # the first column stays in view when a table scrolls

@@ -9,7 +9,7 @@ and nothing of size D is kept once the pass ends.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,6 +47,9 @@ class Plan:
     n_null : int
         Null draws per unit.
     thresholds : Thresholds
+    null_grams : mapping of str to sequence of Tensor, optional
+        Per unit, centered null Grams drawn elsewhere (``analyze(align=...)``: the aligned null), used instead
+        of the Wishart draws.
     """
 
     ks: tuple[int, ...]
@@ -55,6 +58,7 @@ class Plan:
     split: tuple[torch.Tensor, torch.Tensor]
     n_null: int
     thresholds: Thresholds
+    null_grams: Mapping[str, Sequence[torch.Tensor]] | None = None
 
     @property
     def n_train_min(self) -> int:
@@ -222,7 +226,10 @@ def _from_spectrum(stack: UnitStack, sp: PCASpectrum, plan: Plan, generator: tor
     nulls: dict[str, Any] | None = None
     lora: dict[str, Any] | None = None
     if not zero_spread:
-        grams = [gaussian_null_gram(norms, d, generator=generator) for _ in range(plan.n_null)]
+        if plan.null_grams is not None:
+            grams = list(plan.null_grams[stack.spec.name])
+        else:
+            grams = [gaussian_null_gram(norms, d, generator=generator) for _ in range(plan.n_null)]
         nulls = _null_stats(grams, d, plan, spec_ks, loo_ks, stab_ks)
         ranks = _lora_ranks(stack)
         if ranks is not None:

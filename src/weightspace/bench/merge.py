@@ -311,7 +311,9 @@ def merge_benchmark(
         ``validation`` describes the split; ``best_untuned``/``best_tuned`` name the winners by average.
     """
     t0 = time.perf_counter()
-    names = MERGE_METHODS.names() if methods is None else list(methods)
+    # By default every method that merges any number of models, less ``linear`` (with no weights it is the mean).
+    default = [n for n in MERGE_METHODS.names() if MERGE_METHODS.get(n).n_models is None and n != "linear"]
+    names = default if methods is None else list(methods)
     for name in names:
         MERGE_METHODS.get(name)  # unknown names raise, listing the valid ones
     validate_params("merge_benchmark", _CONSTRAINTS, {"val_fraction": val_fraction})

@@ -7,31 +7,34 @@ from typing import Annotated
 
 import typer
 
+from weightspace.cli._align_opts import (
+    ReferenceOpt,
+    SpecOpt,
+    SymmetriesOpt,
+    ToOpt,
+    align_options,
+    print_alignment,
+)
 from weightspace.cli._common import (
     AllowPickle,
     BaseOpt,
     ExcludeOpt,
     JsonOpt,
+    ModelsArg,
     PrivateOpt,
+    QuietOpt,
     app,
     emit_json,
     err_console,
     progress_bar,
+    say,
 )
-from weightspace.collection import Collection
-
-ModelsArg = Annotated[
-    list[str],
-    typer.Argument(help="Checkpoints: files, model/adapter dirs, folders of checkpoints, globs, @list.txt."),
-]
 
 
 @app.command()
 def analyze(
     models: ModelsArg,
-    output: Annotated[
-        Path, typer.Option("--output", "-o", help="Report directory (report.json, report.html, PNGs).")
-    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Report directory (report.json, report.html, PNGs).")],
     base: BaseOpt = None,
     method: Annotated[str, typer.Option(help="pca (model axis) or hosvd (Tucker on weight axes).")] = "pca",
     seed: Annotated[int, typer.Option(help="Seeds folds, the stability split and the null draws.")] = 0,
@@ -42,25 +45,37 @@ def analyze(
     ] = None,
     no_plots: Annotated[bool, typer.Option("--no-plots", help="Skip the PNGs (no matplotlib needed).")] = False,
     json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
     allow_pickle: AllowPickle = False,
     private: PrivateOpt = None,
     exclude: ExcludeOpt = None,
+    align: Annotated[
+        bool, typer.Option("--align", help="Align hidden units first; the null is aligned the same way.")
+    ] = False,
+    reference: ReferenceOpt = None,
+    to: ToOpt = None,
+    spec: SpecOpt = None,
+    symmetries: SymmetriesOpt = None,
 ) -> None:
     """Is there a shared subspace, or only a mean? Evidence per unit beside a matched Gaussian null."""
     from weightspace.analyze import analyze as run
+    from weightspace.collection import Collection
     from weightspace.report import require_matplotlib
 
+    opts = align_options(align, reference=reference, to=to, spec=spec, symmetries=symmetries, seed=seed)
     if not no_plots:
         require_matplotlib()  # fail before the (long) analysis, not after it
     coll = Collection.from_paths(
         models, base=base, allow_pickle=allow_pickle, private=private or (), exclude=exclude or ()
     )
-    with progress_bar("analyze") as cb:
-        rep = run(coll, method=method, seed=seed, n_null=null_draws, folds=folds, progress=cb)
+    with progress_bar("analyze", quiet=quiet) as cb:
+        rep = run(coll, method=method, seed=seed, n_null=null_draws, folds=folds, align=opts, progress=cb)
         cb("report", 0, 1)
-        rep.save(output, plots=not no_plots)
+        rep.save(out, plots=not no_plots)
         cb("report", 1, 1)
     if json_out:
         emit_json(rep.to_dict())
+    if "alignment" in rep.data:
+        print_alignment(rep.data["alignment"])
     rep.print_summary(err_console)
-    err_console.print(f"wrote {output}/report.html, report.json{'' if no_plots else ' and plots'}")
+    say(f"wrote {out / 'report.html'}, report.json{'' if no_plots else ' and plots'}")

@@ -1,4 +1,10 @@
-"""Shared CLI plumbing: the typer app, consoles, progress bars, JSON output and the option vocabulary."""
+"""Shared CLI plumbing: the typer app, consoles, progress, JSON output and the option vocabulary.
+
+One vocabulary across commands: ``-o/--out`` is always the output path and ``--format`` the output format;
+``--json`` prints one JSON object on stdout (errors too: ``{"error", "path", "tensor", "exit_code"}``);
+``--quiet`` silences progress. Nothing here imports torch, so ``weightspace --help`` stays fast: commands import
+the library inside their bodies.
+"""
 
 from __future__ import annotations
 
@@ -6,28 +12,35 @@ import contextlib
 import json
 import math
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.markup import escape
 
+from weightspace._progress import ProgressLines
 from weightspace._validation import Interval, validate_params
 from weightspace.errors import InputError
 
 __all__ = [
+    "MODELS_HELP",
     "AllowPickle",
     "BaseOpt",
     "ExcludeOpt",
     "JsonOpt",
+    "ModelsArg",
     "PrivateOpt",
+    "QuietOpt",
     "app",
+    "default_base",
     "emit_json",
     "err_console",
+    "print_table",
     "progress_bar",
     "rank_choice",
+    "say",
 ]
 
 app = typer.Typer(
@@ -44,12 +57,26 @@ app = typer.Typer(
 # pass markup=True and escape what they interpolate.
 err_console = Console(stderr=True, highlight=False, markup=False)
 
+MODELS_HELP = (
+    "Checkpoints: files, model/adapter dirs, folders of checkpoints, globs, @list.txt (paths relative to the "
+    "current directory), or Hugging Face Hub ids (org/name, org/name@rev, hf://org/name/sub; from the local cache)."
+)
+ModelsArg = Annotated[list[str], typer.Argument(help=MODELS_HELP, show_default=False)]
 JsonOpt = Annotated[
     bool, typer.Option("--json", help="Print one JSON object on stdout (human text goes to stderr).")
 ]
+QuietOpt = Annotated[
+    bool,
+    typer.Option("--quiet", "-q", help="No progress bars or progress lines (results and errors still print)."),
+]
 BaseOpt = Annotated[
-    Path | None,
-    typer.Option("--base", "-b", help="Base model: members become task vectors W_i − W_base.", show_default=False),
+    str | None,
+    typer.Option(
+        "--base",
+        "-b",
+        help="Base model (path or Hub id): members become task vectors W_i − W_base.",
+        show_default=False,
+    ),
 ]
 AllowPickle = Annotated[
     bool,
@@ -87,14 +114,45 @@ def emit_json(obj: Any) -> None:
     sys.stdout.flush()
 
 
+def say(message: str, *, quiet: bool = False) -> None:
+    """One plain line of human text on stderr (stage messages, notes); nothing with ``--quiet``."""
+    if not quiet:
+        err_console.print(message, markup=False, highlight=False, soft_wrap=True)
+
+
+def _noop(stage: str, done: int, total: int) -> None:
+    return None
+
+
 @contextlib.contextmanager
-def progress_bar(description: str) -> Iterator[Any]:
-    """A rich progress bar on stderr, exposed as a ``progress(stage, done, total)`` callback."""
+def progress_bar(description: str, *, quiet: bool = False) -> Iterator[Any]:
+    """Progress on stderr as a ``progress(stage, done, total)`` callback.
+
+    On a terminal: rich bars (one per stage, with elapsed time and ETA). Otherwise (a pipe, a log file, CI):
+    plain lines ``description: stage done/total (pct), elapsed, ETA`` when a stage starts, every 10 s and when
+    it ends. With ``quiet``: nothing.
+    """
+    if quiet:
+        yield _noop
+        return
+    if not err_console.is_terminal:
+        yield ProgressLines(lambda line: say(line), prefix=description)
+        return
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
     bar = Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
+        TimeRemainingColumn(),
         console=err_console,
         transient=True,
     )
@@ -102,7 +160,7 @@ def progress_bar(description: str) -> Iterator[Any]:
 
     def callback(stage: str, done: int, total: int) -> None:
         if stage not in tasks:
-            tasks[stage] = bar.add_task(f"{description}: {stage}", total=total)
+            tasks[stage] = bar.add_task(f"{escape(description)}: {escape(stage)}", total=total)
         bar.update(tasks[stage], completed=done, total=total)
 
     with bar:
@@ -121,3 +179,91 @@ def rank_choice(rank: int | None, variance: float | None, default: int | float =
     if variance is not None:
         return float(variance)
     return default
+
+
+def print_table(
+    title: str | None,
+    headers: Sequence[str],
+    rows: Sequence[Sequence[str]],
+    *,
+    legend: Sequence[str] = (),
+    left: int = 1,
+    width: int | None = None,
+) -> None:
+    """Print a table on stderr that fits the console (80 columns when not a terminal), never cutting a cell.
+
+    Columns that do not fit are moved into a continuation table that repeats the first ``left`` (label)
+    columns; ``legend`` lines (what each header means) follow the table.
+
+    Parameters
+    ----------
+    title : str or None
+    headers : sequence of str
+        Column headers; keep them short and explain them in ``legend``.
+    rows : sequence of sequence of str
+        Cell texts, one per header.
+    legend : sequence of str
+        Lines printed (dim) under the table.
+    left : int, default 1
+        Leading columns that are left-aligned and repeated in every part.
+    width : int, optional
+        Total width (default: the console's).
+    """
+    from rich.table import Table
+    from rich.text import Text
+
+    total = width or err_console.width
+    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers)]
+    pad = 2  # box=None tables put one space on each side of a cell
+    fixed = sum(widths[:left]) + pad * left
+    parts: list[list[int]] = []
+    current: list[int] = []
+    used = fixed
+    for i in range(left, len(headers)):
+        need = widths[i] + pad
+        if current and used + need > total:
+            parts.append(current)
+            current, used = [], fixed
+        current.append(i)
+        used += need
+    parts.append(current)
+    for n, cols in enumerate(parts):
+        shown = list(range(left)) + cols
+        name = title if n == 0 else (f"{title} (continued)" if title else None)
+        t = Table(title=name, box=None, pad_edge=False, title_justify="left")
+        for i in shown:
+            t.add_column(Text(headers[i]), justify="left" if i < left else "right", no_wrap=True)
+        for r in rows:
+            t.add_row(*(Text(r[i]) for i in shown))
+        err_console.print(t)
+    for line in legend:
+        err_console.print(Text(line, style="dim"), soft_wrap=False)
+
+
+def default_base(
+    models: Sequence[str], base: str | None, *, needed: bool, allow_pickle: bool = False, quiet: bool = False
+) -> str | None:
+    """``--base``, or where it is needed and not given, the adapters' ``base_model_name_or_path`` if it resolves.
+
+    The adapters must all name the same base, and it must be a local path or a Hub id in the cache (or
+    downloadable); the choice is said on stderr. Otherwise None (the command then explains that it needs
+    ``--base``).
+    """
+    if base is not None or not needed or not models:
+        return base
+    from weightspace.io import adapter_base_model, expand_models, resolve_model_path
+
+    name = adapter_base_model(expand_models(models, allow_pickle=allow_pickle))
+    if name is None:
+        return None
+    try:
+        path = resolve_model_path(name, allow_pickle=allow_pickle)
+    except InputError:
+        return None
+    if not path.exists():
+        return None
+    say(
+        f"using --base {name} ({path}): the base_model_name_or_path of the adapters' adapter_config.json",
+        quiet=quiet,
+    )
+    return str(path)

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from weightspace.cli._common import JsonOpt, app, emit_json, err_console, progress_bar
+from weightspace.cli._common import JsonOpt, QuietOpt, app, emit_json, progress_bar, say
 
 
 @app.command()
@@ -15,7 +15,7 @@ def zoo(
     name: Annotated[
         str, typer.Argument(help="digits-mlp, digits-mlp-init, mnist1d-cnn, digits-vit or minilm-lora.")
     ],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Directory to build the zoo in.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Directory to build the zoo in.")],
     n: Annotated[int | None, typer.Option("--n", help="Number of models (default: the zoo's).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the whole build.")] = 0,
     quick: Annotated[
@@ -23,13 +23,14 @@ def zoo(
     ] = False,
     force: Annotated[bool, typer.Option("--force", help="Rebuild even if a matching zoo is there.")] = False,
     json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Train a zoo of real models on offline data; every checkpoint carries its task in its metadata."""
     from weightspace.zoo import build_zoo
 
-    with progress_bar(f"zoo {name}") as cb:
+    with progress_bar(f"zoo {name}", quiet=quiet) as cb:
         info = build_zoo(
-            name, output, n=n, seed=seed, quick=quick, force=force, progress=lambda d, t, m: cb("train", d, t)
+            name, out, n=n, seed=seed, quick=quick, force=force, progress=lambda d, t, m: cb("train", d, t)
         )
     rows = [{"name": m.name, "path": str(m.path), "task": m.task, "seed": m.seed} for m in info.models]
     if json_out:
@@ -41,7 +42,7 @@ def zoo(
                 "models": rows,
             }
         )
-    err_console.print(
+    say(
         f"zoo {info.zoo}: {len(rows)} models in {info.dir}"
         + (f" (base {info.base_path})" if info.base_path else "")
     )

@@ -6,10 +6,10 @@ archive is: ``compress`` = ``fit(..., out=)``, ``project`` = ``load(...).project
 """
 
 from weightspace._callable import make_callable
+from weightspace._words import ratio_words
 from weightspace.compress._compress import CompressResult, UnitSummary, compress
 from weightspace.compress._project import project
 from weightspace.compress._reconstruct import ReconstructedModel, reconstruct, reconstruct_tensors
-from weightspace.compress._words import ratio_words
 from weightspace.decompose import ProjectedModel, ProjectResult, UnitResidual
 
 __all__ = [

@@ -19,8 +19,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from weightspace._progress import Progress
+from weightspace._words import ratio_words
+from weightspace.align import AlignOptions, align_collection
 from weightspace.collection import Collection, as_collection
-from weightspace.compress._words import ratio_words
 from weightspace.decompose import DEFAULT_CHUNK_BYTES, AutoUnit, SharedSubspace
 from weightspace.errors import InputError
 
@@ -74,6 +75,8 @@ class CompressResult:
     wall_s : float
     duplicates : list of list of str
         Groups of models with identical content (they distort the spectrum).
+    alignment : dict or None
+        With ``align``: the alignment (:meth:`~weightspace.align.AlignResult.to_dict`) the archive stores.
     """
 
     archive: str
@@ -89,6 +92,7 @@ class CompressResult:
     ratio_words: str = ""
     estimated_bytes: int = 0
     duplicates: list[list[str]] = field(default_factory=list)
+    alignment: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able dict (the ``--json`` output)."""
@@ -110,6 +114,7 @@ def compress(
     allow_pickle: bool = False,
     private: Sequence[str] = (),
     exclude: Sequence[str] = (),
+    align: AlignOptions | bool | None = None,
     allow_larger: bool = False,
     progress: Progress | None = None,
 ) -> CompressResult:
@@ -124,6 +129,11 @@ def compress(
         Archive directory (conventionally ``*.wsz``); replaced atomically if it exists.
     method, n_components, center, svd_solver, modes, storage_dtype, chunk_bytes
         As in :class:`~weightspace.decompose.SharedSubspace` (default ``auto``: LoRA units factored, others PCA).
+    align : AlignOptions or bool, optional
+        Align the models first (``True``: default :class:`~weightspace.align.AlignOptions`). The archive
+        stores every model's permutations (``align.safetensors``) and the alignment (manifest
+        ``extras["alignment"]``), so :func:`~weightspace.compress.reconstruct` returns each model in its
+        original unit order (``aligned=True`` for the aligned one).
     allow_larger : bool, default False
         Write the archive of PEFT adapters even when, estimated from the shapes, it would be larger than the
         adapters (otherwise an :class:`~weightspace.errors.InputError` says both sizes, before anything is written).
@@ -150,6 +160,12 @@ def compress(
     """
     t0 = time.perf_counter()
     coll = as_collection(models, base=base, allow_pickle=allow_pickle, private=private, exclude=exclude)
+    alignment = None
+    if align:
+        coll, result = align_collection(
+            coll, align if isinstance(align, AlignOptions) else None, progress=progress
+        )
+        alignment = result.to_dict()
     ss = SharedSubspace(
         n_components=n_components,
         method=method,
@@ -192,6 +208,7 @@ def compress(
         units=units,
         n_private=len(coll.private),
         wall_s=time.perf_counter() - t0,
+        alignment=alignment,
         ratio_words=ratio_words(model_bytes, archive_bytes),
         estimated_bytes=estimate,
     )

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from weightspace._progress import Progress, report
+from weightspace.align import ALIGN_MEMBER, PermutationSpec, Transform, read_alignment, unalign_tensors
 from weightspace.decompose import Archive, ModelRecord, SharedSubspace, open_base
 from weightspace.errors import ArchiveError
 from weightspace.io import (
@@ -62,10 +63,23 @@ def _source_layout(model: ModelRecord) -> str:
     return fmt
 
 
+def _alignment(subspace: SharedSubspace, name: str) -> tuple[PermutationSpec, dict[str, Transform]] | None:
+    extras = subspace.manifest_.extras if subspace.manifest_ is not None else {}
+    if "alignment" not in extras:
+        return None
+    arc = subspace.archive_
+    if arc is None:
+        raise ArchiveError("the alignment of a fit lives in its saved archive; save() the subspace first")
+    return read_alignment(extras, lambda key: arc.read_member(ALIGN_MEMBER, key), path=arc.path, only=name)
+
+
 def reconstruct_tensors(
-    subspace: SharedSubspace, i: int, base: ModelSource | None
+    subspace: SharedSubspace, i: int, base: ModelSource | None, *, aligned: bool = False
 ) -> tuple[dict[str, torch.Tensor], float]:
     """File tensors of fitted model ``i`` and the largest LoRA truncation error (0 for full checkpoints).
+
+    For an archive of an aligned collection (``compress(..., align=...)``) the tensors are put back in the
+    model's own unit order (and scale) unless ``aligned=True``.
 
     Returns
     -------
@@ -119,6 +133,9 @@ def reconstruct_tensors(
             out[key] = w.to(_torch_dtype(model.dtypes.get(key, "F32"), name))
         elif key in private:
             out[key] = _private(arc, name, key)
+    alignment = None if aligned else _alignment(subspace, name)
+    if alignment is not None and name in alignment[1]:
+        out = unalign_tensors(out, alignment[0], alignment[1][name])
     return out, worst
 
 
@@ -135,6 +152,7 @@ def reconstruct(
     *,
     base: str | os.PathLike[str] | None = None,
     allow_pickle: bool = False,
+    aligned: bool = False,
     progress: Progress | None = None,
 ) -> list[ReconstructedModel]:
     """Write fitted models back as checkpoints under ``out_dir``.
@@ -149,6 +167,9 @@ def reconstruct(
     base : path, optional
         The base model for task-vector archives (default: the path recorded at compress time; its sha256
         must match).
+    aligned : bool, default False
+        For an archive of an aligned collection: write the aligned models instead of putting every model back
+        in its own unit order.
 
     Returns
     -------
@@ -162,7 +183,7 @@ def reconstruct(
     results = []
     for done, i in enumerate(indices, 1):
         model = ss.models_[i]
-        tensors, worst = reconstruct_tensors(ss, i, base_src)
+        tensors, worst = reconstruct_tensors(ss, i, base_src, aligned=aligned)
         fmt = _source_layout(model)
         dest = out_dir / output_name(model.name, "torch" if fmt == "torch" else fmt)
         write_model(dest, fmt, tensors, metadata=model.metadata or None, configs=model.configs)

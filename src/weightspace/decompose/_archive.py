@@ -51,6 +51,7 @@ from weightspace.io import DTYPES, ModelSource, PeftSource, SafetensorsFile, Saf
 from weightspace.units import UnitSpec
 
 __all__ = [
+    "EXTRA_MEMBERS",
     "FORMAT",
     "STORAGE_DTYPES",
     "VERSION",
@@ -78,6 +79,8 @@ STORAGE_DTYPES: dict[str, torch.dtype] = {
 _V1_BASIS = "basis.safetensors"
 COEFFICIENTS = "coefficients.safetensors"
 PRIVATE = "private.safetensors"
+# Optional members written by other packages (``align.safetensors``: the permutations of an aligned collection).
+EXTRA_MEMBERS = ("align.safetensors",)
 _UNIT_MEMBER = re.compile(r"units/[0-9]{5,9}\.safetensors")
 _V1_KEY_PREFIX = {"mean": "mean", "basis": "basis", "U": "U", "V": "V"}
 
@@ -202,7 +205,7 @@ class Manifest(_Record):
             if not m.name or "/" in m.name or m.name in (".", ".."):
                 raise ValueError(f"model name {m.name!r} is not a plain name")
         for name in self.members:
-            if not (name in (_V1_BASIS, COEFFICIENTS, PRIVATE) or _UNIT_MEMBER.fullmatch(name)):
+            if not (name in (_V1_BASIS, COEFFICIENTS, PRIVATE, *EXTRA_MEMBERS) or _UNIT_MEMBER.fullmatch(name)):
                 raise ValueError(f"member name {name!r} is not an archive member name")
         for u in self.units:
             if u.member is not None and u.member not in self.members:
@@ -560,6 +563,15 @@ class ArchiveWriter:
         with SafetensorsWriter(self._dir() / PRIVATE, specs) as w:
             for name in specs:
                 w.write(name, read(name))
+
+    def write_member(self, member: str, tensors: Mapping[str, torch.Tensor]) -> None:
+        """An optional member (one of ``EXTRA_MEMBERS``) holding ``tensors`` in their own dtypes."""
+        if member not in EXTRA_MEMBERS:
+            raise ValueError(f"{member!r} is not an optional archive member ({', '.join(EXTRA_MEMBERS)})")
+        specs = {k: (t.dtype, tuple(t.shape)) for k, t in tensors.items()}
+        with SafetensorsWriter(self._dir() / member, specs) as w:
+            for k, t in tensors.items():
+                w.write(k, t)
 
     def link_or_copy(self, source: Path, member: str) -> None:
         """Put an existing member file into the new archive (hard link when possible)."""

@@ -289,6 +289,15 @@ class UnitFit(abc.ABC):
         return True
 
     @classmethod
+    def max_components(cls, spec: UnitSpec, n_models: int, params: FitParams) -> int | None:
+        """The most components an int ``n_components`` can give this unit whatever the data (None: no fixed cap).
+
+        A request above it is silently capped by the fit; callers that take a rank from a user (``--rank``)
+        compare against it to refuse, or report, the cap.
+        """
+        return None
+
+    @classmethod
     @abc.abstractmethod
     def fit(cls, stack: UnitStack, params: FitParams, store: TensorStore, tick: Tick | None = None) -> UnitFit:
         """Fit one unit, streaming its stored tensors into ``store`` (the result reads them back from it)."""

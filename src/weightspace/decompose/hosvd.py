@@ -251,6 +251,12 @@ class TuckerUnit(UnitFit):
         return spec.kind == "matrix"
 
     @classmethod
+    def max_components(cls, spec: UnitSpec, n_models: int, params: FitParams) -> int | None:
+        # Each compressed mode keeps at most its own dimension.
+        dims = [d for mode, d in ((1, spec.rows), (2, spec.cols)) if mode in params.modes]
+        return max(dims) if dims else None
+
+    @classmethod
     def fit(cls, stack: UnitStack, params: FitParams, store: TensorStore, tick: Tick | None = None) -> TuckerUnit:
         fit = hosvd_factors(stack, params.n_components, center=params.center, modes=params.modes, tick=tick)
         cores = hosvd_cores(stack, fit, tick=tick)

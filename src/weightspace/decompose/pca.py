@@ -371,6 +371,11 @@ class PCAUnit(UnitFit):
     record_type = PCARecord
 
     @classmethod
+    def max_components(cls, spec: UnitSpec, n_models: int, params: FitParams) -> int | None:
+        # N centered models span at most N - 1 directions (N uncentered), and no more than the unit has entries.
+        return max(0, min(n_models - int(params.center), spec.numel))
+
+    @classmethod
     def fit(cls, stack: UnitStack, params: FitParams, store: TensorStore, tick: Tick | None = None) -> PCAUnit:
         spectrum = pca_spectrum(
             stack,

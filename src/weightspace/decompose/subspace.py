@@ -23,6 +23,7 @@ import torch
 from weightspace._validation import Interval, Kind, Options, PairOf, validate_params
 from weightspace.collection import Collection
 from weightspace.decompose._archive import (
+    EXTRA_MEMBERS,
     STORAGE_DTYPES,
     Archive,
     ArchiveWriter,
@@ -70,6 +71,8 @@ class _Provenance:
     collection: Collection | None = None
     archive: Archive | None = None
     extras: dict[str, Any] = field(default_factory=dict)
+    # Optional archive members (EXTRA_MEMBERS) by name: the tensors to write (an archive-backed fit copies its own).
+    members: dict[str, Mapping[str, torch.Tensor]] = field(default_factory=dict)
 
 
 class SharedSubspace:
@@ -455,6 +458,12 @@ class SharedSubspace:
         writer.write_coefficients(coefficients or {u.spec.name: u.coefficients for u in units})
         specs, read = private or _private_plan(prov, names)
         writer.write_private(specs, read)
+        for member, tensors in prov.members.items():
+            writer.write_member(member, tensors)
+        if prov.archive is not None:
+            for member in EXTRA_MEMBERS:
+                if member in prov.archive.manifest.members and member not in prov.members:
+                    writer.link_or_copy(prov.archive.member_file(member), member)
         if models is None:
             models = _model_records(prov, names, [u.spec for u in units])
         writer.finish(
@@ -730,6 +739,10 @@ def _inputs(
             ],
             excluded=list(X.excluded),
             collection=X,
+            # A collection may carry what an archive of it must also store (an aligned collection: its
+            # permutations, so that reconstruct can undo them).
+            extras=dict(getattr(X, "archive_extras", {})),
+            members=dict(getattr(X, "archive_members", {})),
         )
         return [X.stack(u.name) for u in X.units], list(X.names), prov
     models = list(X)

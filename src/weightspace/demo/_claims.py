@@ -12,9 +12,11 @@ from weightspace.compress import ratio_words
 
 __all__ = [
     "ACC_TOL",
+    "ALIGN_RULE",
     "MIN_RATIO",
     "RULES",
     "adapt_claim",
+    "alignment_claim",
     "compression_claim",
     "heldout_claim",
     "merge_claim",
@@ -23,6 +25,16 @@ __all__ = [
 
 ACC_TOL = 0.02  # two accuracy points: differences below this are treated as no difference
 MIN_RATIO = 2.0  # compression below 2× is not "compression" in the paper's sense
+
+ALIGN_RULE = (
+    f"after alignment (the aligned collection against a null aligned the same way): null-like when the originals are "
+    f"within {ACC_TOL * 100:g} pt of chance; holds if the aligned spectrum is shared-subspace and held-out "
+    f"mean+basis is within {ACC_TOL * 100:g} pt of the originals and beats mean-only by > {ACC_TOL * 100:g} pt; "
+    f"partial if the basis adds > {ACC_TOL * 100:g} pt otherwise; explained by the mean if the basis adds "
+    f"≤ {ACC_TOL * 100:g} pt while alignment raised held-out mean-only by > {ACC_TOL * 100:g} pt (what alignment "
+    f"uncovers is a shared mean, not a subspace); null-like if the basis adds ≤ {ACC_TOL * 100:g} pt and the aligned "
+    "spectrum is null-like; fails otherwise"
+)
 
 RULES = {
     "spectrum": "the analysis verdict covering most matrix parameters: shared-subspace → holds, mean-dominated → "
@@ -46,6 +58,7 @@ RULES = {
     f"the task head by ≤ {ACC_TOL * 100:g} pt; explained by the mean if it beats the mean-only control by "
     f"≤ {ACC_TOL * 100:g} pt; else holds if within {ACC_TOL * 100:g} pt of full fine-tuning, partial if within "
     f"{ACC_TOL * 100:g} pt of LoRA, fails otherwise",
+    "alignment": ALIGN_RULE,
 }
 
 
@@ -162,3 +175,47 @@ def adapt_claim(
         f"{mean_only:.3f}"
     )
     return {"claim": "training only the coefficients adapts to a new task", "verdict": verdict, "evidence": text}
+
+
+def alignment_claim(
+    unaligned: dict[str, Any], aligned: dict[str, Any], originals: float, chance: float
+) -> dict[str, Any]:
+    """Verdict of "after alignment, from-scratch nets share a subspace" (rule: :data:`ALIGN_RULE`).
+
+    Examples
+    --------
+    >>> row = lambda v, mo, mb: {"spectrum": {"verdict": v, "k": 4, "evr": 0.5, "null_evr_hi": 0.3},
+    ...                          "accuracy": {"heldout_mean_only": mo, "heldout_mean_plus_basis": mb,
+    ...                                       "merged_mean": mo}}
+    >>> alignment_claim(row("null-like", 0.1, 0.1), row("shared-subspace", 0.5, 0.9), 0.91, 0.1)["verdict"]
+    'holds'
+    >>> alignment_claim(row("null-like", 0.1, 0.1), row("null-like", 0.85, 0.84), 0.91, 0.1)["verdict"]
+    'explained by the mean'
+    >>> alignment_claim(row("null-like", 0.1, 0.1), row("null-like", 0.1, 0.1), 0.91, 0.1)["verdict"]
+    'null-like'
+    """
+    s, a = aligned["spectrum"], aligned["accuracy"]
+    mo, mb = a["heldout_mean_only"], a["heldout_mean_plus_basis"]
+    gain = mb - mo
+    mean_gain = mo - unaligned["accuracy"]["heldout_mean_only"]
+    if originals <= chance + ACC_TOL:
+        verdict = "null-like"
+    elif s["verdict"] == "shared-subspace" and mb >= originals - ACC_TOL and gain > ACC_TOL:
+        verdict = "holds"
+    elif gain > ACC_TOL:
+        verdict = "partial"
+    elif mean_gain > ACC_TOL:
+        verdict = "explained by the mean"
+    elif s["verdict"] == "null-like":
+        verdict = "null-like"
+    else:
+        verdict = "fails"
+    u = unaligned
+    text = (
+        f"aligned: EVR@{s['k']} {s['evr']:.3f} vs aligned null {s['null_evr_hi']:.3f} ({s['verdict']}); held-out "
+        f"mean+basis {mb:.3f}, mean-only {mo:.3f}, merged mean model {a['merged_mean']:.3f} (originals "
+        f"{originals:.3f}); unaligned: EVR {u['spectrum']['evr']:.3f} vs null {u['spectrum']['null_evr_hi']:.3f}, "
+        f"held-out mean+basis {u['accuracy']['heldout_mean_plus_basis']:.3f}, merged mean "
+        f"{u['accuracy']['merged_mean']:.3f}"
+    )
+    return {"claim": "after alignment, from-scratch nets share a subspace", "verdict": verdict, "evidence": text}

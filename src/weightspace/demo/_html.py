@@ -157,6 +157,8 @@ def _fig_bytes(fig: Any, canvas_cls: Any) -> bytes:
 
 def render_html(data: dict[str, Any], plots: dict[str, bytes]) -> str:
     """One self-contained page (plots embedded) from the demo.json dict."""
+    from weightspace.demo._align import alignment_html
+
     p: list[str] = []
     mode = "quick" if data["quick"] else "full"
     p.append(
@@ -226,6 +228,7 @@ def render_html(data: dict[str, Any], plots: dict[str, bytes]) -> str:
             + "</tr>"
         )
     p.append("</table></div>")
+    p.append(alignment_html(data))
     p.append(_png(plots, "demo-spectrum.png", "EVR at k vs the matched Gaussian null"))
     p.append(_png(plots, "demo-accuracy.png", "Task accuracy of originals, rebuilt and held-out models"))
 

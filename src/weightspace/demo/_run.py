@@ -23,6 +23,7 @@ from weightspace._version import __version__
 from weightspace.collection import Collection
 from weightspace.compress import compress
 from weightspace.decompose import SharedSubspace
+from weightspace.demo._align import ALIGN_KINDS, alignment_section
 from weightspace.demo._claims import (
     ACC_TOL,
     MIN_RATIO,
@@ -229,6 +230,14 @@ def run_zoo(
             means["base_own_head"],
         ),
     ]
+    alignment = None
+    if zoo.kind in ALIGN_KINDS:
+        t = time.perf_counter()
+        alignment = alignment_section(
+            zoo, info, coll, seed=seed, originals=means["original"], chance=chance, say=say, progress=progress
+        )
+        claims.append(alignment["claim"])
+        timing["align_s"] = time.perf_counter() - t
     timing["total_s"] = time.perf_counter() - t0
     return {
         "zoo": name,
@@ -244,6 +253,7 @@ def run_zoo(
         "archives": archives,
         "accuracy": {"k_heldout": k_loo, "chance": chance, "mean": means, "models": rows},
         "claims": claims,
+        "alignment": alignment,
         "timing": timing,
     }
 

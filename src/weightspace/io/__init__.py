@@ -1,5 +1,6 @@
 """Safe, lazy model I/O: safetensors (single, sharded), PEFT adapters, opt-in pickles, atomic layout writers."""
 
+from weightspace.io._hub import HubRef, hub_cache_dir, hub_name_parts, looks_like_hub_id, resolve_hub
 from weightspace.io._layout import (
     FILE_LAYOUTS,
     LAYOUTS,
@@ -9,7 +10,7 @@ from weightspace.io._layout import (
     TensorSpec,
     check_destination,
 )
-from weightspace.io._paths import expand_models, natural_key
+from weightspace.io._paths import adapter_base_model, expand_models, natural_key, resolve_model_path
 from weightspace.io._peft import (
     LoraConfig,
     LoraModule,
@@ -52,6 +53,7 @@ __all__ = [
     "MAX_HEADER_BYTES",
     "SHARD_INDEX",
     "Entry",
+    "HubRef",
     "Layout",
     "LayoutWriter",
     "LoraConfig",
@@ -64,12 +66,16 @@ __all__ = [
     "TensorInfo",
     "TensorSpec",
     "adapter_base_keys",
+    "adapter_base_model",
     "base_key_for",
     "check_destination",
     "dtype_from_tag",
     "expand_models",
     "file_sha256",
+    "hub_cache_dir",
+    "hub_name_parts",
     "is_model_dir",
+    "looks_like_hub_id",
     "lora_factors_from_delta",
     "lora_factors_from_svd",
     "lora_targets",
@@ -77,6 +83,8 @@ __all__ = [
     "open_source",
     "output_name",
     "read_adapter_config",
+    "resolve_hub",
+    "resolve_model_path",
     "save_safetensors",
     "torch_dtype_tag",
     "write_model",

@@ -1,4 +1,10 @@
-"""Turn the MODELS arguments of the CLI (files, directories, globs, ``@list.txt``) into checkpoint paths."""
+"""Turn the MODELS arguments of the CLI (files, directories, globs, ``@list.txt``, Hub ids) into checkpoint paths.
+
+Relative paths, including those inside an ``@list.txt``, are relative to the current directory (``cwd``), as
+they would be on the command line. A spec that names no local path but has the shape of a Hugging Face Hub id
+(``org/name``, ``org/name@rev``, ``hf://org/name[/subfolder]``) is resolved through the Hub cache
+(:mod:`weightspace.io._hub`); a repo's cache root ``models--org--name/`` stands for its current snapshot.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +16,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from weightspace.errors import InputError
+from weightspace.io._hub import HF_SCHEME, cache_root_snapshot, is_cache_root, parse_hub_spec, resolve_hub
 from weightspace.io._pickle import PICKLE_SUFFIXES
 from weightspace.io._sources import is_model_dir
 
-__all__ = ["expand_models", "natural_key"]
+__all__ = ["adapter_base_model", "expand_models", "natural_key", "resolve_model_path"]
 
 _GLOB_CHARS = re.compile(r"[*?\[]")
 _MAX_LIST_DEPTH = 4
@@ -48,10 +55,40 @@ def _children(directory: Path) -> list[Path]:
         is_checkpoint = not child.is_dir() and child.suffix.lower() in (".safetensors", *PICKLE_SUFFIXES)
         if is_checkpoint or (child.is_dir() and is_model_dir(child)):
             found.append(child)
+        elif is_cache_root(child):  # a Hugging Face cache folder: every repo in it is a model
+            found.append(cache_root_snapshot(child))
     return sorted(found, key=lambda p: natural_key(p.name))
 
 
-def _expand_one(spec: str, base_dir: Path, depth: int) -> list[Path]:
+def resolve_model_path(
+    spec: str | os.PathLike[str], *, cwd: Path | None = None, allow_pickle: bool = False
+) -> Path:
+    """The local path of one model: a path as is (relative to ``cwd``), a Hub id through the Hub cache.
+
+    A repo's cache root ``models--org--name/`` becomes its current snapshot folder. This is how ``--base`` is
+    resolved; MODELS go through :func:`expand_models`, which also expands folders, globs and lists.
+
+    Raises
+    ------
+    InputError
+        A Hub id that cannot be resolved (the message names it).
+    """
+    text = os.fspath(spec)
+    if text.startswith(HF_SCHEME):
+        return resolve_hub(text, allow_pickle=allow_pickle)
+    path = Path(text).expanduser()
+    if not path.is_absolute():
+        path = (cwd or Path.cwd()) / path
+    if not path.exists() and not path.is_symlink():
+        ref = parse_hub_spec(text)
+        if ref is not None:
+            return resolve_hub(ref, allow_pickle=allow_pickle, bare=True)
+    if is_cache_root(path):
+        return cache_root_snapshot(path)
+    return path
+
+
+def _expand_one(spec: str, base_dir: Path, depth: int, allow_pickle: bool) -> list[Path]:
     if spec.startswith("@"):
         list_path = (base_dir / spec[1:]).expanduser()
         if depth >= _MAX_LIST_DEPTH:
@@ -64,13 +101,20 @@ def _expand_one(spec: str, base_dir: Path, depth: int) -> list[Path]:
         for line in lines:
             line = line.strip()
             if line and not line.startswith("#"):
-                out.extend(_expand_one(line, list_path.parent, depth + 1))
+                # Relative to the current directory, as on the command line (not to the list's folder).
+                out.extend(_expand_one(line, base_dir, depth + 1, allow_pickle))
         if not out:
             raise InputError("model list names no models", path=list_path)
         return out
+    if spec.startswith(HF_SCHEME):
+        return [resolve_hub(spec, allow_pickle=allow_pickle)]
     path = Path(spec).expanduser()
     if not path.is_absolute():
         path = base_dir / path
+    if not path.exists() and not path.is_symlink() and not _GLOB_CHARS.search(spec):
+        ref = parse_hub_spec(spec)
+        if ref is not None:
+            return [resolve_hub(ref, allow_pickle=allow_pickle, bare=True)]
     if _GLOB_CHARS.search(spec) and not path.exists():
         matches = sorted(glob.glob(str(path)), key=natural_key)
         if not matches:
@@ -80,6 +124,8 @@ def _expand_one(spec: str, base_dir: Path, depth: int) -> list[Path]:
 
 
 def _expand_path(path: Path) -> list[Path]:
+    if is_cache_root(path):
+        return [cache_root_snapshot(path)]
     if path.is_dir() and not is_model_dir(path):
         kids = _children(path)
         if not kids:
@@ -92,16 +138,22 @@ def _expand_path(path: Path) -> list[Path]:
     return [path]
 
 
-def expand_models(specs: Sequence[str | os.PathLike[str]], *, cwd: Path | None = None) -> list[Path]:
+def expand_models(
+    specs: Sequence[str | os.PathLike[str]], *, cwd: Path | None = None, allow_pickle: bool = False
+) -> list[Path]:
     """Expand MODELS arguments into checkpoint paths, in the order given (globs and folders sorted naturally).
 
     Parameters
     ----------
     specs : sequence of str or Path
-        Files, model directories, folders of checkpoints (or a zoo folder with ``zoo.json``), glob patterns, and
-        ``@list.txt`` files (one entry per line, relative to the list's folder, ``#`` comments).
+        Files, model directories, folders of checkpoints (or a zoo folder with ``zoo.json``), glob patterns,
+        ``@list.txt`` files (one entry per line, ``#`` comments; relative entries are relative to ``cwd``, like
+        the command line's) and Hugging Face Hub ids (``org/name``, ``org/name@rev``, ``hf://org/name[/sub]``,
+        read from the local Hub cache; a repo's cache root ``models--org--name/`` is its current snapshot).
     cwd : Path, optional
         Base for relative paths (default: the current directory).
+    allow_pickle : bool, default False
+        Hub downloads also fetch pickled weights when a repo has no safetensors.
 
     Returns
     -------
@@ -110,16 +162,39 @@ def expand_models(specs: Sequence[str | os.PathLike[str]], *, cwd: Path | None =
     Raises
     ------
     InputError
-        If nothing matches, a path does not exist, or the same checkpoint is named twice.
+        If nothing matches, a path does not exist, a Hub id is not cached (offline) or cannot be downloaded, or
+        the same checkpoint is named twice.
     """
     base = cwd or Path.cwd()
     out: list[Path] = []
     seen: dict[Path, str] = {}
     for spec in specs:
-        for p in _expand_one(os.fspath(spec), base, 0):
+        for p in _expand_one(os.fspath(spec), base, 0, allow_pickle):
             key = p.resolve()
             if key in seen:
                 raise InputError(f"this checkpoint is named twice (also via {seen[key]!r})", path=p)
             seen[key] = os.fspath(spec)
             out.append(p)
     return out
+
+
+def adapter_base_model(paths: Sequence[Path]) -> str | None:
+    """The ``base_model_name_or_path`` that every PEFT adapter among ``paths`` names, or None.
+
+    None when ``paths`` are not all adapter directories, an adapter names no base, or they name different ones.
+    Nothing is resolved: pass the result to :func:`resolve_model_path`.
+    """
+    names = set()
+    for p in paths:
+        cfg = p / "adapter_config.json"
+        if not cfg.is_file():
+            return None
+        try:
+            raw = json.loads(cfg.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError):
+            return None
+        name = raw.get("base_model_name_or_path") if isinstance(raw, dict) else None
+        if not isinstance(name, str) or not name.strip():
+            return None
+        names.add(name.strip())
+    return names.pop() if len(names) == 1 else None

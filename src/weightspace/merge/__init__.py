@@ -13,15 +13,21 @@ On top of that core:
   is identically the mean (kept to measure that identity). The task-accuracy benchmark on built zoos lives in
   :mod:`weightspace.bench` (:func:`~weightspace.bench.merge_benchmark`).
 
+Per-model ``weights`` (``merge(..., weights=[...])``, ``--weights``, a recipe's per-model ``weight``) reach the
+methods marked *w*; ``linear`` and ``slerp`` also merge full checkpoints without a base (raw weights).
+
 =================== ==================================== ===================================================
 name                parameters                           1-D units (bias, norm)
 =================== ==================================== ===================================================
 ``mean``            —                                    same formula
-``task_arithmetic`` ``lam``                              same formula
-``ties``            ``density``, ``lam``                 same formula
-``dare``            ``p``, ``lam``, ``seed``             same formula
-``dare_ties``       ``p``, ``lam``, ``seed``,            same formula
-                    ``normalize``
+``linear``          *w*, ``normalize``                   same formula
+``slerp``           ``t`` (exactly 2 models)             same formula
+``task_arithmetic`` *w*, ``lam``                         same formula
+``ties``            *w*, ``density`` (per model), ``lam`` same formula
+``dare``            *w*, ``p`` (per model), ``lam``,     same formula
+                    ``seed``
+``dare_ties``       *w*, ``p`` (per model), ``lam``,     same formula
+                    ``seed``, ``normalize``
 ``knots``           ``inner``, ``density``, ``lam``,     the inner method on the vectors (exact KnOTS of a
                     ``s_on_v``                           1 × d matrix)
 ``tsv``             ``fraction``, ``lam``                ``lam`` × mean (as the reference code)
@@ -33,7 +39,7 @@ Examples
 >>> import torch
 >>> from weightspace.merge import MERGE_METHODS, merge_deltas
 >>> MERGE_METHODS.names()
-['dare', 'dare_ties', 'knots', 'mean', 'subspace', 'task_arithmetic', 'ties', 'tsv']
+['dare', 'dare_ties', 'knots', 'linear', 'mean', 'slerp', 'subspace', 'task_arithmetic', 'ties', 'tsv']
 >>> MERGE_METHODS.get("ties").resolve_params({"density": "0.3"})
 {'density': 0.3, 'lam': 1.0}
 >>> merge_deltas("ties", [torch.tensor([1.0, -2.0]), torch.tensor([3.0, 1.0])], density=1.0)
@@ -49,7 +55,9 @@ from weightspace.merge._methods import (
     dare,
     dare_ties,
     knots,
+    linear,
     mean,
+    slerp,
     subspace,
     subspace_fit,
     task_arithmetic,
@@ -70,11 +78,13 @@ __all__ = [
     "dare",
     "dare_ties",
     "knots",
+    "linear",
     "list_methods",
     "mean",
     "merge",
     "merge_deltas",
     "merge_method",
+    "slerp",
     "subspace",
     "subspace_fit",
     "task_arithmetic",

@@ -7,6 +7,8 @@ one unit (tensor key) at a time, so at most one unit's N task vectors are in mem
   ``W_base + merge(δ_1, …, δ_N)`` for every unit, in the base's layout (single ``.safetensors`` file, HF directory
   with its ``config.json``, or sharded directory following the base's shard map) and dtypes. Base tensors that are
   not units (buffers, excluded keys) are copied verbatim.
+* **Raw weights**: methods declared ``base_free`` (``linear``, ``slerp``) merge full checkpoints without a base,
+  as mergekit does; the output takes the first model's layout and its tensors where nothing is merged.
 * **PEFT LoRA adapters** are merged as their updates ``ΔW_i = s_i B_i A_i``, never factor-wise: ``B·A`` is not
   linear in the factors, and a gauge change ``(B R, Rᵀ A)`` leaves ``ΔW`` unchanged but changes factor averages.
   The merged ``ΔW`` is written either as a PEFT adapter of rank ``R`` (truncated SVD; the relative truncation error
@@ -115,7 +117,7 @@ def _merge_unit(plan: MergePlan, spec: UnitSpec, put: Callable[[str, Tensor], No
     deltas = [stack[i].reshape(view) for i in range(coll.n_models)]  # N × view
     kwargs = _unit_params(plan, spec)
     try:
-        merged = merge_deltas(plan.method, deltas, **kwargs)  # float64, view
+        merged = merge_deltas(plan.method, deltas, weights=plan.weights, **kwargs)  # float64, view
     except InputError as err:
         raise _wrap(err, spec.name, f"merging with {plan.method_name!r}") from err
     # The plain average, for the comparison column; accumulated in place rather than stacked, so that it costs one
@@ -133,15 +135,16 @@ def _merge_unit(plan: MergePlan, spec: UnitSpec, put: Callable[[str, Tensor], No
     if plan.archive is not None:
         extra["basis_k"] = int(kwargs["basis"].shape[0])
     if plan.format == "full":
-        base = plan.base
-        assert base is not None  # the full plan has a base
+        base = plan.template
+        assert base is not None  # the full plan has a template (the base, or model 0 for raw weights)
         bkey = plan.unit_out[spec.name]
         dtype, shape = plan.specs[bkey]
-        out = (base.read(bkey).to(torch.float64).reshape(view) + merged).reshape(shape).to(dtype)
+        full = base.read(bkey).to(torch.float64).reshape(view) + merged if plan.add_base else merged
+        out = full.reshape(shape).to(dtype)
         if not bool(torch.isfinite(out).all()):
             raise NonFiniteError(
-                f"base + merged update is not finite in {dtype} (overflow when casting back); scale the merge "
-                "down (lam) or write a wider dtype",
+                f"the merged weight is not finite in {dtype} (overflow when casting); scale the merge down "
+                "(--param lam=...) or write a wider dtype (--dtype float32)",
                 path=base.path,
                 tensor=bkey,
             )
@@ -182,9 +185,9 @@ def _run(
         mean_sq += stats.mean_delta_norm**2
         report(progress, "merge", done, len(plan.coll.units))
     if plan.format == "full":
-        assert plan.base is not None  # the full plan has a base
+        assert plan.template is not None  # the full plan has a template
         for key in plan.copies:
-            put(key, plan.base.read(key))
+            put(key, plan.template.read(key))
     return units, _rel(math.sqrt(diff_sq), math.sqrt(mean_sq))
 
 
@@ -198,6 +201,8 @@ def merge(
     format: FormatChoice = "auto",
     rank: int | None = None,
     subspace: SharedSubspace | PathLike | None = None,
+    weights: Sequence[float] | None = None,
+    dtype: str | None = None,
     allow_pickle: bool = False,
     private: Sequence[str] = (),
     exclude: Sequence[str] = (),
@@ -213,8 +218,9 @@ def merge(
         ``allow_pickle``; a ``Collection`` is used as is (build it with its base; ``base``, ``private`` and
         ``exclude`` must then be left unset).
     base : path, optional
-        The model the inputs were fine-tuned from. Required for full checkpoints (task vectors are
-        ``W_i − W_base``) and for ``format="full"`` with adapters (the update is added to it).
+        The model the inputs were fine-tuned from (a path or a Hugging Face Hub id). Required for full checkpoints
+        (task vectors are ``W_i − W_base``) unless the method is base-free (``linear``, ``slerp``: raw weights
+        are merged), and for ``format="full"`` with adapters (the update is added to it).
     method : str or callable
         A name in :data:`~weightspace.merge.MERGE_METHODS` (unknown names list the valid ones), or a callable
         ``fn(deltas, **params) -> Tensor`` applied to each unit's float64 deltas.
@@ -231,6 +237,12 @@ def merge(
     rank : int ≥ 1, optional
         Rank of a PEFT output (default: the largest source rank). The merged ``ΔW`` of N rank-r adapters
         generally has rank up to N·r, so the truncation error is reported per module.
+    weights : sequence of float, optional
+        One weight per model, in model order (``--weights``; a recipe's per-model ``weight``), for the methods
+        that take them (``linear``, ``task_arithmetic``, ``ties``, ``dare``, ``dare_ties``); other methods
+        refuse weights that are not all 1.
+    dtype : {"float32", "float16", "bfloat16", "float64"}, optional
+        Floating-point dtype of the written tensors (``--dtype``; default: the source's).
     subspace : SharedSubspace or path, optional
         A fitted subspace (or its ``.wsz`` archive, ``--basis-archive``) of (a superset of) these models' units,
         fitted with model-axis PCA. With ``method="subspace"``, each unit's task vectors are projected on its
@@ -291,6 +303,8 @@ def merge(
         allow_pickle=allow_pickle,
         private=private,
         exclude=exclude,
+        weights=weights,
+        dtype=dtype,
     )
     coll = plan.coll
     tensors: dict[str, Tensor] | None = None
@@ -329,4 +343,6 @@ def merge(
         worst_truncation_module=None if worst is None else worst.name,
         wall_s=time.perf_counter() - t0,
         tensors=tensors,
+        weights=plan.weights,
+        dtype=dtype,
     )

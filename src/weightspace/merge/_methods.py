@@ -8,6 +8,11 @@ parameters (see :func:`~weightspace.merge.merge_deltas`); the registered raw imp
 Matrix-only methods fall back on 1-D units: ``knots`` applies its inner method to the vectors directly (which is
 exactly what KnOTS computes on a 1 × d matrix), ``tsv`` returns ``lam`` times the mean, as the reference TSV code
 does for non-matrix parameters.
+
+Per-model weights (mergekit's ``weight``) reach ``linear``, ``task_arithmetic``, ``ties``, ``dare`` and
+``dare_ties`` with mergekit's formulas (the weighted task vectors ``w_i δ_i`` elect the signs, and normalised
+methods divide by the weights of the contributing models); ``ties`` takes a per-model ``density`` and the DARE
+methods a per-model ``p``. ``linear`` and ``slerp`` may merge raw weights (no base).
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from weightspace.errors import NonFiniteError, ParameterError, ShapeMismatchErro
 from weightspace.merge._registry import Param, merge_method
 from weightspace.units import UnitStack
 
-__all__ = ["dare", "dare_ties", "knots", "mean", "subspace", "task_arithmetic", "ties", "tsv"]
+__all__ = ["dare", "dare_ties", "knots", "linear", "mean", "slerp", "subspace", "task_arithmetic", "ties", "tsv"]
 
 _EPS = torch.finfo(torch.float64).eps
 # A Gram-matrix eigendecomposition resolves singular values only down to ~sqrt(eps) of the largest one; below
@@ -42,8 +47,13 @@ _LAM = Param(
     doc="scaling λ of the merged delta (task arithmetic is usually tuned to 0.3–0.5; negative subtracts tasks)",
 )
 _FRACTION = Interval(float, 0, 1, closed="right")  # (0, 1]
-_DENSITY = Param(_FRACTION, default=0.2, doc="fraction of entries kept per task, by magnitude")
-_P = Param(Interval(float, 0, 1, closed="left"), default=0.9, doc="probability of dropping each entry")
+_DENSITY = Param(_FRACTION, default=0.2, doc="fraction of entries kept per task, by magnitude", per_model=True)
+_P = Param(
+    Interval(float, 0, 1, closed="left"), default=0.9, doc="probability of dropping each entry", per_model=True
+)
+#: mergekit's threshold above which two directions count as colinear and slerp falls back to lerp.
+SLERP_DOT_THRESHOLD = 0.9995
+_SLERP_EPS = 1e-8
 _SEED = Param(
     Interval(int, 0, math.inf, closed="left"), default=0, doc="seed of the random drop masks (used modulo 2**64)"
 )
@@ -67,12 +77,20 @@ def _n_keep(fraction: float, total: int) -> int:
     return max(1, min(total, math.floor(fraction * total + 1e-9)))
 
 
-def _magnitude_trim(x: Tensor, density: float) -> Tensor:
+def _per_row(value: float | Sequence[float], n_rows: int) -> list[float]:
+    """A scalar parameter repeated per model, or the per-model values as given."""
+    return [float(v) for v in value] if isinstance(value, Sequence) else [float(value)] * n_rows
+
+
+def _magnitude_trim(x: Tensor, density: float | Sequence[float]) -> Tensor:
     """Keep the ``density`` fraction of largest-magnitude entries per row of ``x`` (n_models, n); zero the rest.
 
     Exactly ``max(1, floor(density · n))`` entries survive per row; magnitudes tied at the threshold are kept from
-    the lowest index up, so the result does not depend on the sort backend.
+    the lowest index up, so the result does not depend on the sort backend. A per-model ``density`` (one value
+    per row) trims each row at its own fraction.
     """
+    if isinstance(density, Sequence):
+        return torch.cat([_magnitude_trim(x[i : i + 1], d) for i, d in enumerate(_per_row(density, x.shape[0]))])
     n = x.shape[1]
     k = _n_keep(density, n)
     if k >= n:
@@ -88,32 +106,41 @@ def _magnitude_trim(x: Tensor, density: float) -> Tensor:
     return x * (above | tied)
 
 
-def _elect_disjoint(x: Tensor, normalize: bool = True) -> Tensor:
+def _elect_disjoint(x: Tensor, normalize: bool = True, weights: Tensor | None = None) -> Tensor:
     """TIES sign election and disjoint merge over the rows of ``x`` (n_models, n) → (n,).
 
-    The elected sign of an entry is the sign of its total mass ``Σ_i x_i``. Entries whose total is exactly zero
-    elect no sign and merge to zero. With ``normalize`` the agreeing nonzero entries are averaged (disjoint
-    mean), otherwise summed.
+    With per-model ``weights`` w the rows are weighted first, ``x_i ← w_i x_i`` (mergekit's generalized task
+    arithmetic). The elected sign of an entry is the sign of its total mass ``Σ_i x_i``. Entries whose total is
+    exactly zero elect no sign and merge to zero. With ``normalize`` the agreeing nonzero entries are averaged
+    (disjoint mean; with weights, divided by the sum of the agreeing models' weights), otherwise summed.
     """
+    if weights is not None:
+        x = x * weights[:, None]
     elected = torch.sign(x.sum(dim=0))  # (n,)
     agree = (torch.sign(x) == elected) & (x != 0)  # (n_models, n)
     total = (x * agree).sum(dim=0)
     if not normalize:
         return total
-    return total / agree.sum(dim=0).clamp(min=1)
+    if weights is None:
+        return total / agree.sum(dim=0).clamp(min=1)
+    divisor = (weights[:, None] * agree).sum(dim=0)  # (n,)
+    return total / torch.where(divisor == 0, torch.ones_like(divisor), divisor)
 
 
-def _dare_drop(x: Tensor, p: float, seed: int) -> Tensor:
-    """Drop each entry of ``x`` (n_models, n) with probability ``p`` and rescale the survivors by 1/(1 − p)."""
-    if p == 0.0:
+def _dare_drop(x: Tensor, p: float | Sequence[float], seed: int) -> Tensor:
+    """Drop each entry of ``x`` (n_models, n) with probability ``p`` (per model if given per model) and rescale
+    the survivors by 1/(1 − p)."""
+    ps = _per_row(p, x.shape[0])
+    if all(v == 0.0 for v in ps):
         return x
     # Masks are drawn on the CPU in float32 so a given seed gives the same masks on every device and whatever the
     # global default dtype; one row at a time keeps the extra memory to one row.
     generator = torch.Generator(device="cpu").manual_seed(seed % 2**64)
     keep = torch.empty(x.shape, dtype=torch.bool)
     for i in range(x.shape[0]):
-        keep[i] = torch.rand(x.shape[1], generator=generator, dtype=torch.float32) >= p
-    return x * keep.to(x.device) / (1.0 - p)
+        keep[i] = torch.rand(x.shape[1], generator=generator, dtype=torch.float32) >= ps[i]
+    scale = torch.tensor([1.0 / (1.0 - v) for v in ps], dtype=x.dtype, device=x.device)  # (n_models,)
+    return x * keep.to(x.device) * scale[:, None]
 
 
 def _thin_svd(m: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -210,16 +237,153 @@ def mean(deltas: Sequence[Tensor]) -> Tensor:
     return _stack(deltas).mean(dim=0).reshape(deltas[0].shape)
 
 
-@merge_method("task_arithmetic", reference_url="https://arxiv.org/abs/2212.04089", params={"lam": _LAM})
-def task_arithmetic(deltas: Sequence[Tensor], *, lam: float = 1.0) -> Tensor:
-    """Scaled sum of the task vectors (task arithmetic).
+@merge_method(
+    "linear",
+    reference_url="https://arxiv.org/abs/2203.05482",
+    params={
+        "normalize": Param(BOOL, default=True, doc="divide by the sum of the weights (mergekit's default)"),
+    },
+    weighted=True,
+    base_free=True,
+)
+def linear(deltas: Sequence[Tensor], *, weights: Tensor | None = None, normalize: bool = True) -> Tensor:
+    """Weighted average of the models (mergekit's linear): works on task vectors or on raw weights.
 
-    .. math:: \\delta = \\lambda \\sum_{i=1}^{N} \\delta_i
+    .. math:: \\delta = \\frac{\\sum_i w_i \\delta_i}{\\sum_i w_i} \\quad (\\text{normalize}),
+              \\qquad \\delta = \\sum_i w_i \\delta_i \\quad (\\text{otherwise})
+
+    With a base and ``normalize`` this equals mergekit's linear merge of the full weights,
+    :math:`\\sum_i w_i \\theta_i / \\sum_i w_i = \\theta_{base} + \\sum_i w_i \\delta_i / \\sum_i w_i`;
+    without a base the raw weights are averaged. Equal weights give :func:`mean`.
+
+    Parameters
+    ----------
+    deltas : sequence of Tensor
+        N task vectors (or raw weights) of one unit, each of shape ``(d,)`` or ``(d_out, d_in)``, any float dtype.
+    weights : Tensor of shape (N,), optional
+        Per-model weights (default: all 1).
+    normalize : bool, default True
+        Divide by ``Σ w_i`` (which must then be nonzero).
+
+    Returns
+    -------
+    Tensor
+        float64, same shape as one delta.
+
+    Raises
+    ------
+    ParameterError
+        ``normalize`` with weights that sum to zero.
+
+    References
+    ----------
+    .. [1] Wortsman et al., "Model soups", ICML 2022. https://arxiv.org/abs/2203.05482
+    .. [2] mergekit ``linear``: https://github.com/arcee-ai/mergekit
+
+    Examples
+    --------
+    >>> import torch
+    >>> a, b = torch.tensor([1.0, 2.0]), torch.tensor([3.0, -2.0])
+    >>> linear([a, b], weights=torch.tensor([1.0, 3.0], dtype=torch.float64))
+    tensor([ 2.5000, -1.0000], dtype=torch.float64)
+    >>> linear([a, b])  # equal weights: the mean
+    tensor([2., 0.], dtype=torch.float64)
+    """
+    x = _stack(deltas)  # (n_models, numel)
+    w = torch.ones(x.shape[0], dtype=torch.float64, device=x.device) if weights is None else weights
+    total = w @ x  # (numel,)
+    if normalize:
+        wsum = float(w.sum())
+        if wsum == 0.0:
+            raise ParameterError("linear merge with normalize=True needs weights whose sum is not 0.")
+        total = total / wsum
+    return total.reshape(deltas[0].shape)
+
+
+@merge_method(
+    "slerp",
+    reference_url="https://arxiv.org/abs/2403.13257",
+    params={
+        "t": Param(
+            Interval(float, 0, 1, closed="both"),
+            default=0.5,
+            doc="interpolation factor: 0 gives the first model, 1 the second",
+        ),
+    },
+    base_free=True,
+    n_models=2,
+)
+def slerp(deltas: Sequence[Tensor], *, t: float = 0.5) -> Tensor:
+    """Spherical linear interpolation between two models (mergekit's slerp), per tensor.
+
+    With :math:`v_0, v_1` the two flattened tensors, :math:`\\hat v = v / \\lVert v \\rVert` (left as is
+    when :math:`\\lVert v \\rVert \\le 10^{-8}`), :math:`d = \\hat v_0 \\cdot \\hat v_1` and
+    :math:`\\theta = \\arccos d`:
+
+    .. math:: \\operatorname{slerp}(t) = \\frac{\\sin((1 - t)\\theta)}{\\sin\\theta} v_0 +
+              \\frac{\\sin(t\\theta)}{\\sin\\theta} v_1
+
+    and the linear interpolation :math:`(1 - t) v_0 + t v_1` when :math:`|d| > 0.9995` (nearly colinear, where
+    the formula is ill-conditioned), exactly as mergekit. Merged without a base, the two models' raw weights are
+    interpolated (mergekit's slerp, whose ``base_model`` is the first model); with a base, their task vectors.
+
+    Parameters
+    ----------
+    deltas : sequence of 2 Tensor
+        The two models' tensors of one unit (raw weights or task vectors), same shape, any float dtype.
+    t : float in [0, 1], default 0.5
+        Interpolation factor.
+
+    Returns
+    -------
+    Tensor
+        float64, same shape as one delta.
+
+    References
+    ----------
+    .. [1] Shoemake, "Animating rotation with quaternion curves", SIGGRAPH 1985.
+    .. [2] Goddard et al., "Arcee's MergeKit: A Toolkit for Merging Large Language Models", 2024.
+       https://arxiv.org/abs/2403.13257
+
+    Examples
+    --------
+    >>> import torch
+    >>> slerp([torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])], t=0.5)  # a quarter turn, halfway
+    tensor([0.7071, 0.7071], dtype=torch.float64)
+    >>> slerp([torch.tensor([1.0, 2.0]), torch.tensor([2.0, 4.0])], t=0.5)  # colinear: linear interpolation
+    tensor([1.5000, 3.0000], dtype=torch.float64)
+    """
+    x = _stack(deltas)  # (2, numel)
+    v0, v1 = x[0], x[1]
+    n0, n1 = float(torch.linalg.vector_norm(v0)), float(torch.linalg.vector_norm(v1))
+    u0 = v0 / n0 if n0 > _SLERP_EPS else v0
+    u1 = v1 / n1 if n1 > _SLERP_EPS else v1
+    dot = float(u0 @ u1)
+    if abs(dot) > SLERP_DOT_THRESHOLD:
+        out = (1.0 - t) * v0 + t * v1
+    else:
+        theta = math.acos(dot)
+        sin_theta = math.sin(theta)
+        s0 = math.sin(theta - t * theta) / sin_theta
+        s1 = math.sin(t * theta) / sin_theta
+        out = s0 * v0 + s1 * v1
+    return out.reshape(deltas[0].shape)
+
+
+@merge_method(
+    "task_arithmetic", reference_url="https://arxiv.org/abs/2212.04089", params={"lam": _LAM}, weighted=True
+)
+def task_arithmetic(deltas: Sequence[Tensor], *, weights: Tensor | None = None, lam: float = 1.0) -> Tensor:
+    """Scaled sum of the task vectors (task arithmetic), weighted per model if weights are given.
+
+    .. math:: \\delta = \\lambda \\sum_{i=1}^{N} w_i \\delta_i \\qquad (w_i = 1 \\text{ by default})
 
     Parameters
     ----------
     deltas : sequence of Tensor
         N task vectors of one unit, each of shape ``(d,)`` or ``(d_out, d_in)``, any float dtype.
+    weights : Tensor of shape (N,), optional
+        Per-model weights ``w_i`` (mergekit's ``weight``; no normalisation, as mergekit's ``task_arithmetic``).
     lam : float, default 1.0
         Scaling λ. With λ = 1/N this is :func:`mean`; Ilharco et al. tune λ on held-out data and typically land
         around 0.3–0.5 for 4–8 tasks. A negative λ subtracts (negates) the tasks.
@@ -239,11 +403,24 @@ def task_arithmetic(deltas: Sequence[Tensor], *, lam: float = 1.0) -> Tensor:
     >>> task_arithmetic([torch.tensor([1.0, 2.0]), torch.tensor([3.0, -2.0])], lam=0.5)
     tensor([2., 0.], dtype=torch.float64)
     """
-    return lam * _stack(deltas).sum(dim=0).reshape(deltas[0].shape)
+    x = _stack(deltas)  # (n_models, numel)
+    total = x.sum(dim=0) if weights is None else weights @ x
+    return lam * total.reshape(deltas[0].shape)
 
 
-@merge_method("ties", reference_url="https://arxiv.org/abs/2306.01708", params={"density": _DENSITY, "lam": _LAM})
-def ties(deltas: Sequence[Tensor], *, density: float = 0.2, lam: float = 1.0) -> Tensor:
+@merge_method(
+    "ties",
+    reference_url="https://arxiv.org/abs/2306.01708",
+    params={"density": _DENSITY, "lam": _LAM},
+    weighted=True,
+)
+def ties(
+    deltas: Sequence[Tensor],
+    *,
+    weights: Tensor | None = None,
+    density: float | Sequence[float] = 0.2,
+    lam: float = 1.0,
+) -> Tensor:
     """TIES-Merging: trim each task vector, elect a sign per entry, average the agreeing entries.
 
     1. Trim: keep the ``k = max(1, ⌊density · n⌋)`` largest-magnitude entries of each flattened δ_i (n entries),
@@ -258,11 +435,17 @@ def ties(deltas: Sequence[Tensor], *, density: float = 0.2, lam: float = 1.0) ->
     An entry whose trimmed total is exactly zero elects no sign and merges to zero (the reference code breaks such
     ties by the majority sign of the whole tensor instead; this only differs on exact cancellations).
 
+    With per-model weights the trimmed vectors are weighted before the election and the disjoint mean divides by
+    the agreeing models' weights: :math:`\\delta = \\lambda \\sum_{i \\in A} w_i \\hat\\delta_i /
+    \\sum_{i \\in A} w_i` (mergekit's ``ties`` with ``normalize: true``).
+
     Parameters
     ----------
     deltas : sequence of Tensor
         N task vectors of one unit, each of shape ``(d,)`` or ``(d_out, d_in)``, any float dtype.
-    density : float in (0, 1], default 0.2
+    weights : Tensor of shape (N,), optional
+        Per-model weights (default: all 1).
+    density : float in (0, 1] or one per model, default 0.2
         Fraction of entries kept per task (the paper's top-k%, k = 20). ``density=1`` skips trimming.
     lam : float, default 1.0
         Scaling λ of the merged delta.
@@ -286,7 +469,7 @@ def ties(deltas: Sequence[Tensor], *, density: float = 0.2, lam: float = 1.0) ->
     >>> ties([a, b, c], density=0.5)  # trimmed: [4,0,2,0], [-3,2,0,0], [0,3,-5,0]
     tensor([ 4.0000,  2.5000, -5.0000,  0.0000], dtype=torch.float64)
     """
-    merged = _elect_disjoint(_magnitude_trim(_stack(deltas), density))
+    merged = _elect_disjoint(_magnitude_trim(_stack(deltas), density), weights=weights)
     return lam * merged.reshape(deltas[0].shape)
 
 
@@ -294,8 +477,16 @@ def ties(deltas: Sequence[Tensor], *, density: float = 0.2, lam: float = 1.0) ->
     "dare",
     reference_url="https://arxiv.org/abs/2311.03099",
     params={"p": _P, "lam": _LAM, "seed": _SEED},
+    weighted=True,
 )
-def dare(deltas: Sequence[Tensor], *, p: float = 0.9, lam: float = 1.0, seed: int = 0) -> Tensor:
+def dare(
+    deltas: Sequence[Tensor],
+    *,
+    weights: Tensor | None = None,
+    p: float | Sequence[float] = 0.9,
+    lam: float = 1.0,
+    seed: int = 0,
+) -> Tensor:
     """DARE: randomly drop entries of each task vector, rescale the survivors, then sum (task arithmetic).
 
     .. math:: \\delta = \\lambda \\sum_{i=1}^{N} \\frac{m_i \\odot \\delta_i}{1 - p}, \\qquad
@@ -310,7 +501,10 @@ def dare(deltas: Sequence[Tensor], *, p: float = 0.9, lam: float = 1.0, seed: in
     ----------
     deltas : sequence of Tensor
         N task vectors of one unit, each of shape ``(d,)`` or ``(d_out, d_in)``, any float dtype.
-    p : float in [0, 1), default 0.9
+    weights : Tensor of shape (N,), optional
+        Per-model weights ``w_i`` multiplying each rescaled task vector (mergekit's ``dare_linear``, not
+        normalised).
+    p : float in [0, 1) or one per model, default 0.9
         Drop probability (mergekit's ``density`` is 1 − p). ``p=0`` is exactly task arithmetic.
     lam : float, default 1.0
         Scaling λ of the merged delta.
@@ -336,13 +530,15 @@ def dare(deltas: Sequence[Tensor], *, p: float = 0.9, lam: float = 1.0, seed: in
     >>> bool((dare([a, b], p=0.5, seed=1) == dare([a, b], p=0.5, seed=1)).all())
     True
     """
-    merged = _dare_drop(_stack(deltas), p, seed).sum(dim=0)
+    dropped = _dare_drop(_stack(deltas), p, seed)  # (n_models, numel)
+    merged = dropped.sum(dim=0) if weights is None else weights @ dropped
     return lam * merged.reshape(deltas[0].shape)
 
 
 @merge_method(
     "dare_ties",
     reference_url="https://arxiv.org/abs/2311.03099",
+    weighted=True,
     params={
         "p": _P,
         "lam": _LAM,
@@ -355,7 +551,13 @@ def dare(deltas: Sequence[Tensor], *, p: float = 0.9, lam: float = 1.0, seed: in
     },
 )
 def dare_ties(
-    deltas: Sequence[Tensor], *, p: float = 0.9, lam: float = 1.0, seed: int = 0, normalize: bool = True
+    deltas: Sequence[Tensor],
+    *,
+    weights: Tensor | None = None,
+    p: float | Sequence[float] = 0.9,
+    lam: float = 1.0,
+    seed: int = 0,
+    normalize: bool = True,
 ) -> Tensor:
     """DARE-TIES: DARE's random drop and rescale in place of TIES' magnitude trim, then TIES sign election.
 
@@ -376,7 +578,10 @@ def dare_ties(
     ----------
     deltas : sequence of Tensor
         N task vectors of one unit, each of shape ``(d,)`` or ``(d_out, d_in)``, any float dtype.
-    p : float in [0, 1), default 0.9
+    weights : Tensor of shape (N,), optional
+        Per-model weights: the rescaled vectors are weighted before the election, and the disjoint mean divides
+        by the agreeing models' weights (mergekit).
+    p : float in [0, 1) or one per model, default 0.9
         Drop probability.
     lam : float, default 1.0
         Scaling λ of the merged delta.
@@ -405,7 +610,7 @@ def dare_ties(
     >>> dare_ties([a, b, c], p=0.0, normalize=False)
     tensor([3., 0., 3.], dtype=torch.float64)
     """
-    merged = _elect_disjoint(_dare_drop(_stack(deltas), p, seed), normalize=normalize)
+    merged = _elect_disjoint(_dare_drop(_stack(deltas), p, seed), normalize=normalize, weights=weights)
     return lam * merged.reshape(deltas[0].shape)
 
 

@@ -39,7 +39,7 @@ from weightspace.io import (
     dtype_from_tag,
     lora_targets,
 )
-from weightspace.merge._registry import MergeMethod, MethodFn, _lookup
+from weightspace.merge._registry import MERGE_METHODS, MergeMethod, MethodFn, _lookup
 from weightspace.merge._result import MergeFormat, NotMerged
 
 __all__ = ["MergePlan", "Models", "PathLike", "plan_merge"]
@@ -78,6 +78,13 @@ class MergePlan:
         Rank of a PEFT output.
     archive : object or None
         Where ``subspace`` takes each unit's basis from (``archive.basis(unit)``).
+    weights : tuple of float or None
+        Per-model weights, in model order.
+    template : ModelSource or None
+        The checkpoint a full output takes its layout and unmerged tensors from: the base, or, for a base-free
+        method merging raw weights, the first model.
+    add_base : bool
+        Whether the merged result is added to the template's tensor (task vectors) or written as is (raw weights).
     """
 
     coll: Collection
@@ -93,6 +100,9 @@ class MergePlan:
     not_merged: list[NotMerged] = field(default_factory=list)
     rank: int | None = None
     archive: Any = None
+    weights: tuple[float, ...] | None = None
+    template: ModelSource | None = None
+    add_base: bool = True
 
     @property
     def base(self) -> ModelSource | None:
@@ -200,13 +210,28 @@ def _check_base_shapes(coll: Collection, base: ModelSource) -> None:
             )
 
 
+def _adapter_base_hint(coll: Collection) -> str:
+    if not coll.is_peft:
+        return ""
+    names = {str((s.adapter_config or {}).get("base_model_name_or_path") or "") for s in coll.sources}
+    names.discard("")
+    if len(names) == 1:
+        return f" (adapter_config.json names {names.pop()!r} as base_model_name_or_path, which did not resolve)"
+    return ""
+
+
 def _plan_full(coll: Collection, plan_kw: dict[str, Any]) -> MergePlan:
     base = coll.base
+    method = plan_kw["method"]
+    if base is None and not coll.is_peft and isinstance(method, MergeMethod) and method.base_free:
+        return _plan_raw(coll, plan_kw)
     if base is None:
         what = "PEFT adapters" if coll.is_peft else "full checkpoints"
+        free = ", ".join(n for n in MERGE_METHODS.names() if MERGE_METHODS.get(n).base_free)
         raise InputError(
-            f"merging {what} into a full model needs the base model they were fine-tuned from; pass --base BASE "
-            "(base=...)",
+            f"merging {what} into a full model needs the base model they were fine-tuned from; pass --base BASE"
+            + _adapter_base_hint(coll)
+            + ("" if coll.is_peft else f" (methods that merge raw weights without a base: {free})"),
             path=coll.sources[0].path,
         )
     if base.format == "peft":
@@ -259,6 +284,42 @@ def _plan_full(coll: Collection, plan_kw: dict[str, Any]) -> MergePlan:
         unit_out=unit_out,
         copies=copies,
         not_merged=not_merged,
+        template=base,
+        **plan_kw,
+    )
+
+
+def _plan_raw(coll: Collection, plan_kw: dict[str, Any]) -> MergePlan:
+    """A base-free method on full checkpoints: merge the raw weights; layout and unmerged tensors of model 0."""
+    first = coll.sources[0]
+    units = {spec.name for spec in coll.units}
+    not_merged = []
+    for p in coll.private.values():
+        entry = first.entries.get(p.key)
+        action = (
+            f"kept the first model's tensor {entry.shape}"
+            if entry is not None and entry.kind == "dense"
+            else "left out"
+        )
+        not_merged.append(NotMerged(p.key, p.reason, dict(p.shapes), action, p.key if entry is not None else None))
+    specs: dict[str, TensorSpec] = {}
+    copies: list[str] = []
+    for key, entry in first.entries.items():
+        if entry.kind != "dense":
+            continue
+        specs[key] = (dtype_from_tag(entry.dtype, path=first.path, tensor=key), entry.shape)
+        if key not in units:
+            copies.append(key)
+    return MergePlan(
+        coll=coll,
+        format="full",
+        layout=Layout.of(first),
+        specs=specs,
+        unit_out={spec.name: spec.name for spec in coll.units},
+        copies=copies,
+        not_merged=not_merged,
+        template=first,
+        add_base=False,
         **plan_kw,
     )
 
@@ -310,23 +371,66 @@ def plan_merge(
     allow_pickle: bool,
     private: Sequence[str],
     exclude: Sequence[str],
+    weights: Sequence[float] | None = None,
+    dtype: str | None = None,
 ) -> MergePlan:
     """Check every argument of :func:`~weightspace.merge.merge` and lay out the output; nothing is written."""
     validate_params(
         "merge",
-        {"format": [Options(_FORMATS)], "rank": [Interval(int, 1, None), NONE]},
-        {"format": format, "rank": rank},
+        {
+            "format": [Options(_FORMATS)],
+            "rank": [Interval(int, 1, None), NONE],
+            "dtype": [Options(_OUT_DTYPES), NONE],
+        },
+        {"format": format, "rank": rank, "dtype": dtype},
     )
     fn, name = _resolve_method(method)
     resolved = _resolve_params(fn, dict(params or {}), subspace is not None)
     coll = open_models(models, base, allow_pickle, private, exclude)
     kind: MergeFormat = ("peft" if coll.is_peft else "full") if format == "auto" else format  # type: ignore[assignment]
     if rank is not None and kind != "peft":
-        raise ParameterError(
-            "rank (--rank) sets the rank of a PEFT adapter output; it does not apply to full output."
-        )
+        raise ParameterError("--rank sets the rank of a PEFT adapter output; it does not apply to full output.")
     archive = load_basis_archive(subspace, coll) if subspace is not None else None
-    plan_kw = {"method": fn, "method_name": name, "params": resolved, "archive": archive}
-    if kind == "peft":
-        return _plan_peft(coll, rank, plan_kw)
-    return _plan_full(coll, plan_kw)
+    w = _check_weights(weights, coll, fn)
+    plan_kw = {"method": fn, "method_name": name, "params": resolved, "archive": archive, "weights": w}
+    plan = _plan_peft(coll, rank, plan_kw) if kind == "peft" else _plan_full(coll, plan_kw)
+    if dtype is not None:
+        plan.specs = _cast_specs(plan.specs, dtype)
+    return plan
+
+
+def _check_weights(
+    weights: Sequence[float] | None, coll: Collection, method: MergeMethod | MethodFn
+) -> tuple[float, ...] | None:
+    if isinstance(method, MergeMethod) and method.n_models is not None and coll.n_models != method.n_models:
+        raise ParameterError(
+            f"merge method {method.name!r} merges exactly {method.n_models} models; got {coll.n_models}."
+        )
+    if weights is None:
+        return None
+    try:
+        w = tuple(float(x) for x in weights)
+    except (TypeError, ValueError):
+        raise ParameterError(f"--weights must be numbers, one per model; got {weights!r}.") from None
+    if len(w) != coll.n_models:
+        raise ParameterError(
+            f"--weights has {len(w)} value(s) for {coll.n_models} models ({', '.join(coll.names)}); give one per "
+            "model, in the order of MODELS."
+        )
+    if isinstance(method, MergeMethod) and not method.weighted and any(x != 1.0 for x in w):
+        takers = ", ".join(n for n in MERGE_METHODS.names() if MERGE_METHODS.get(n).weighted)
+        raise ParameterError(
+            f"merge method {method.name!r} takes no per-model weights (methods that do: {takers})."
+        )
+    return w
+
+
+_OUT_DTYPES = ("float32", "float16", "bfloat16", "float64")
+
+
+def _cast_specs(specs: dict[str, TensorSpec], dtype: str) -> dict[str, TensorSpec]:
+    """Every floating-point output tensor in ``dtype`` (integer buffers keep theirs)."""
+    import torch
+
+    target = getattr(torch, dtype)
+    return {k: ((target, shape) if dt.is_floating_point else (dt, shape)) for k, (dt, shape) in specs.items()}

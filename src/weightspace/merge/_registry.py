@@ -6,6 +6,17 @@ A merge method is a pure function ``fn(deltas, **params) -> Tensor`` that turns 
 files) can pass raw strings such as ``"0.3"`` and get scikit-learn-style errors for bad values. The rules and
 their coercion are those of :mod:`weightspace._validation`, shared with every other public entry point.
 
+Three declarations say how a method relates to the models (mergekit users rely on all three):
+
+* ``weighted=True``: the method takes per-model ``weights`` (a keyword-only ``weights`` argument, a float64
+  tensor of N entries or None for all ones); :func:`merge_deltas` passes them. Other methods refuse weights that
+  are not all 1.
+* ``Param(..., per_model=True)``: the parameter may also be given as one value per model (e.g. a per-model TIES
+  ``density``); the implementation then receives a tuple of N values.
+* ``base_free=True``: merging raw weights is meaningful (``linear``, ``slerp``), so full checkpoints may be merged
+  without a base (the weights themselves are the "deltas" from zero); ``n_models`` fixes the number of models
+  (``slerp``: 2).
+
 Examples
 --------
 >>> from weightspace._validation import Interval
@@ -64,6 +75,9 @@ class Param:
         One line for ``--help`` output and the docs.
     cli : bool, default True
         False for parameters that cannot be given as text (tensors such as an external basis).
+    per_model : bool, default False
+        The parameter may be one value per model (a list or tuple of N values, each checked against the rules);
+        the implementation then receives a tuple.
 
     Examples
     --------
@@ -72,20 +86,26 @@ class Param:
     'a float in (0, 1]'
     >>> Param(Interval(int, 1, None), NONE, doc="rank").validate("none", name="rank", method="x") is None
     True
+    >>> Param(Interval(float, 0, 1), default=0.5, per_model=True).validate(["0.2", 0.4], name="d", method="x")
+    (0.2, 0.4)
     """
 
     rules: tuple[Rule, ...]
     default: Any
     doc: str
     cli: bool
+    per_model: bool
 
-    def __init__(self, *rules: Rule, default: Any = None, doc: str = "", cli: bool = True):
+    def __init__(
+        self, *rules: Rule, default: Any = None, doc: str = "", cli: bool = True, per_model: bool = False
+    ):
         if not rules:
             raise ValueError("a Param needs at least one rule")
         object.__setattr__(self, "rules", tuple(rules))
         object.__setattr__(self, "default", default)
         object.__setattr__(self, "doc", doc)
         object.__setattr__(self, "cli", cli)
+        object.__setattr__(self, "per_model", per_model)
         if not any(rule.accepts(default) for rule in self.rules):
             raise ValueError(f"default {default!r} breaks its own constraint: {self.describe()}")
 
@@ -95,7 +115,12 @@ class Param:
 
     def validate(self, raw: Any, *, name: str, method: str) -> Any:
         """Coerce and check ``raw``; raise :class:`ParameterError` in scikit-learn wording when it is invalid."""
-        return coerce(raw, self.rules, name=name, owner=f"merge method {method!r}")
+        owner = f"merge method {method!r}"
+        if self.per_model and isinstance(raw, list | tuple):
+            if not raw:
+                raise ParameterError(f"The {name!r} parameter of {owner} got an empty list of per-model values.")
+            return tuple(coerce(v, self.rules, name=name, owner=owner) for v in raw)
+        return coerce(raw, self.rules, name=name, owner=owner)
 
 
 @dataclass(frozen=True)
@@ -115,6 +140,12 @@ class MergeMethod:
         The paper the method follows.
     doc : str
         First line of the implementation's docstring.
+    weighted : bool
+        Whether the method takes per-model ``weights``.
+    base_free : bool
+        Whether full checkpoints may be merged without a base (raw weights are merged).
+    n_models : int or None
+        The exact number of models the method merges (``slerp``: 2), or None for any number.
     """
 
     name: str
@@ -122,6 +153,9 @@ class MergeMethod:
     params: Mapping[str, Param] = field(default_factory=dict, hash=False)
     reference_url: str = ""
     doc: str = ""
+    weighted: bool = False
+    base_free: bool = False
+    n_models: int | None = None
 
     def resolve_params(self, raw: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Coerce raw values (CLI strings allowed), fill in defaults and reject unknown or invalid parameters.
@@ -163,7 +197,13 @@ MERGE_METHODS: Registry[MergeMethod] = Registry("merge method")
 
 
 def merge_method(
-    name: str, *, reference_url: str, params: Mapping[str, Param] | None = None
+    name: str,
+    *,
+    reference_url: str,
+    params: Mapping[str, Param] | None = None,
+    weighted: bool = False,
+    base_free: bool = False,
+    n_models: int | None = None,
 ) -> Callable[[MethodFn], MethodFn]:
     """Register a merge-method implementation under ``name`` (decorator).
 
@@ -180,6 +220,13 @@ def merge_method(
         The paper (arXiv abstract page) the implementation follows.
     params : mapping of str to Param, optional
         Declared keyword parameters.
+    weighted : bool, default False
+        The implementation takes per-model weights as its first keyword-only argument, ``weights=None`` (not
+        declared in ``params``).
+    base_free : bool, default False
+        Raw weights may be merged (full checkpoints without a base).
+    n_models : int, optional
+        The exact number of models the method merges.
 
     Returns
     -------
@@ -194,6 +241,10 @@ def merge_method(
         keywords = {
             p.name: p.default for p in signature.parameters.values() if p.kind is inspect.Parameter.KEYWORD_ONLY
         }
+        if weighted:
+            if next(iter(keywords), None) != "weights" or keywords["weights"] is not None:
+                raise TypeError(f"{fn.__name__}: a weighted method takes 'weights=None' as its first keyword")
+            del keywords["weights"]
         if list(keywords) != list(declared):
             raise TypeError(f"{fn.__name__}: keyword-only arguments {list(keywords)} != declared {list(declared)}")
         for key, param in declared.items():
@@ -208,6 +259,9 @@ def merge_method(
             params=MappingProxyType(declared),
             reference_url=reference_url,
             doc=doc.splitlines()[0],
+            weighted=weighted,
+            base_free=base_free,
+            n_models=n_models,
         )
         MERGE_METHODS.register(name, method)
 
@@ -227,8 +281,9 @@ def list_methods() -> list[dict[str, Any]]:
     Returns
     -------
     list of dict
-        One dict per method, sorted by name: ``name``, ``doc`` (one line), ``reference_url`` and ``params``, a list
-        of ``{"name", "constraint", "default", "doc", "cli"}``.
+        One dict per method, sorted by name: ``name``, ``doc`` (one line), ``reference_url``, ``weighted``
+        (takes per-model weights), ``base_free`` (merges raw weights without a base), ``n_models`` and ``params``,
+        a list of ``{"name", "constraint", "default", "doc", "cli", "per_model"}``.
 
     Examples
     --------
@@ -246,6 +301,9 @@ def list_methods() -> list[dict[str, Any]]:
                 "name": name,
                 "doc": method.doc,
                 "reference_url": method.reference_url,
+                "weighted": method.weighted,
+                "base_free": method.base_free,
+                "n_models": method.n_models,
                 "params": [
                     {
                         "name": pname,
@@ -253,6 +311,7 @@ def list_methods() -> list[dict[str, Any]]:
                         "default": param.default,
                         "doc": param.doc,
                         "cli": param.cli,
+                        "per_model": param.per_model,
                     }
                     for pname, param in method.params.items()
                 ],
@@ -309,7 +368,40 @@ def _checked_deltas(deltas: Sequence[Tensor]) -> list[Tensor]:
     return deltas
 
 
-def merge_deltas(method: str | MergeMethod | MethodFn, deltas: Sequence[Tensor], **params: Any) -> Tensor:
+def _checked_weights(weights: Any, n: int, device: torch.device) -> Tensor | None:
+    if weights is None:
+        return None
+    try:
+        w = torch.as_tensor(
+            [float(x) for x in (weights.tolist() if isinstance(weights, Tensor) else weights)], dtype=torch.float64
+        )
+    except (TypeError, ValueError):
+        raise ParameterError(
+            f"weights must be a sequence of {n} numbers, one per model; got {weights!r}."
+        ) from None
+    if w.numel() != n:
+        raise ParameterError(f"weights has {w.numel()} entries for {n} models; give one weight per model.")
+    if not bool(torch.isfinite(w).all()):
+        raise ParameterError("weights must be finite numbers.")
+    return w.to(device)
+
+
+def _check_per_model(method: MergeMethod, kwargs: Mapping[str, Any], n: int) -> None:
+    for name, value in kwargs.items():
+        if method.params[name].per_model and isinstance(value, tuple) and len(value) != n:
+            raise ParameterError(
+                f"The {name!r} parameter of merge method {method.name!r} has {len(value)} per-model values for "
+                f"{n} models; give one per model (or a single value)."
+            )
+
+
+def merge_deltas(
+    method: str | MergeMethod | MethodFn,
+    deltas: Sequence[Tensor],
+    *,
+    weights: Sequence[float] | Tensor | None = None,
+    **params: Any,
+) -> Tensor:
     """Merge the N task vectors of one unit with a registered method or a plain callable.
 
     Parameters
@@ -321,6 +413,9 @@ def merge_deltas(method: str | MergeMethod | MethodFn, deltas: Sequence[Tensor],
     deltas : sequence of Tensor
         N ≥ 1 task vectors (fine-tuned minus base) of one unit, each of the same shape and any floating dtype:
         1-D (bias, norm) or 2-D ``(d_out, d_in)`` (conv weights reshaped to 2-D by the caller).
+    weights : sequence of float, optional
+        One weight per model, for methods declared ``weighted`` (a plain callable receives them as ``weights=``
+        when given). Methods that take no weights accept only all-ones weights (which change nothing).
     **params
         Method parameters; for registered methods, raw CLI strings are coerced (``density="0.3"``) and missing
         ones take their defaults.
@@ -349,18 +444,33 @@ def merge_deltas(method: str | MergeMethod | MethodFn, deltas: Sequence[Tensor],
     tensor([2., 0.], dtype=torch.float64)
     >>> merge_deltas(lambda ds, scale: scale * torch.stack(ds).amax(0), [a, b], scale=2.0)
     tensor([6., 4.], dtype=torch.float64)
+    >>> merge_deltas("linear", [a, b], weights=[3.0, 1.0])  # (3a + b) / 4
+    tensor([ 1.5000, -1.0000], dtype=torch.float64)
     """
     registered = _lookup(method)
     deltas = _checked_deltas(deltas)
     first = deltas[0]
+    w = _checked_weights(weights, len(deltas), first.device)
     if registered is not None:
         kwargs = registered.resolve_params(params)
+        _check_per_model(registered, kwargs, len(deltas))
+        if registered.n_models is not None and len(deltas) != registered.n_models:
+            raise ParameterError(
+                f"merge method {registered.name!r} merges exactly {registered.n_models} models; got {len(deltas)}."
+            )
+        if registered.weighted:
+            kwargs = {"weights": w, **kwargs}
+        elif w is not None and not bool((w == 1).all()):
+            takers = ", ".join(n for n in MERGE_METHODS.names() if MERGE_METHODS.get(n).weighted)
+            raise ParameterError(
+                f"merge method {registered.name!r} takes no per-model weights (methods that do: {takers})."
+            )
         fn: MethodFn = registered.fn
         label = f"merge method {registered.name!r}"
         # Registered methods stack straight into float64, which saves one full copy of the inputs.
         inputs = deltas
     else:
-        kwargs = params
+        kwargs = dict(params) if w is None else {"weights": w, **params}
         fn = method  # type: ignore[assignment]
         label = f"merge function {getattr(method, '__name__', repr(method))!r}"
         inputs = [d.to(torch.float64) for d in deltas]

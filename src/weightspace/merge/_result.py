@@ -163,6 +163,10 @@ class MergeResult:
     tensors : dict of str to Tensor or None
         The merged model by file key, in the output's order and dtypes (full: the base's keys; PEFT: the
         ``lora_A``/``lora_B`` keys), for an in-memory merge; None when it was written to :attr:`out`.
+    weights : tuple of float or None
+        Per-model weights, in model order (None: unweighted).
+    dtype : str or None
+        The output dtype asked for (None: the source's dtypes).
 
     Examples
     --------
@@ -179,7 +183,7 @@ class MergeResult:
     >>> r.method, dict(r.params), r.format, r.units[0].name, r.units[0].rel_diff_from_mean
     ('task_arithmetic', {'lam': 0.5}, 'full', 'w', 0.0)
     >>> sorted(r.to_dict())[:4]
-    ['base', 'basis_archive', 'copied_from_base', 'excluded']
+    ['base', 'basis_archive', 'copied_from_base', 'dtype']
     """
 
     method: str
@@ -203,6 +207,8 @@ class MergeResult:
     worst_truncation_module: str | None
     wall_s: float
     tensors: dict[str, Tensor] | None = field(default=None, repr=False, compare=False)
+    weights: tuple[float, ...] | None = None
+    dtype: str | None = None
 
     @property
     def n_models(self) -> int:
@@ -222,7 +228,8 @@ class MergeResult:
 
         Keys: ``method``, ``params``, ``n_models``, ``models``, ``model_paths``, ``input``, ``format``,
         ``layout``, ``out``, ``base``, ``basis_archive``, ``n_units``, ``units``, ``rel_diff_from_mean``,
-        ``not_merged``, ``excluded``, ``copied_from_base``, ``wall_s``; for a PEFT output also ``rank``,
+        ``not_merged``, ``excluded``, ``copied_from_base``, ``wall_s``, ``weights``, ``dtype``; for a PEFT output
+        also ``rank``,
         ``adapter_config_from``, ``max_truncation_error`` and ``worst_truncation_module``.
         """
         out: dict[str, Any] = {
@@ -244,6 +251,8 @@ class MergeResult:
             "excluded": list(self.excluded),
             "copied_from_base": list(self.copied_from_base),
             "wall_s": self.wall_s,
+            "weights": None if self.weights is None else list(self.weights),
+            "dtype": self.dtype,
         }
         if self.format == "peft":
             out["rank"] = self.rank

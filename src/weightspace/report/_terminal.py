@@ -24,10 +24,24 @@ def _fs(x: Any) -> str:
     return f"{x:+.3f}"
 
 
-def _f1(x: Any) -> str:
+def _f0(x: Any) -> str:
     if x is None or (isinstance(x, float) and not math.isfinite(x)):
         return "n/a"
-    return f"{x:.1f}"
+    return f"{x:.0f}"
+
+
+#: What every column of the summary means (printed under the table).
+LEGEND = (
+    "verdicts: units per verdict, S shared-subspace, M mean-dominated, N null-like; (vec): biases and norms",
+    "k90/null: components holding 90 % of the centered variance (mean over units, rounded), and on the matched "
+    "Gaussian null",
+    "excess: largest cumulative EVR above the highest null draw for k ≤ k; k: components the verdict tests",
+    "held-out EVR/null: share of a held-out model's deviation from the others' mean that their top-k basis "
+    "captures, and on the null",
+    "mean E: mean energy fraction ‖μ‖² / (‖μ‖² + mean ‖x − μ‖²)",
+    "held-out err mean/m+b: relative error of a held-out model rebuilt from the others' mean only, and from "
+    "their mean+basis (lower is better)",
+)
 
 
 def print_summary(data: Mapping[str, Any], console: Any = None) -> None:
@@ -48,13 +62,18 @@ def print_summary(data: Mapping[str, Any], console: Any = None) -> None:
     s = data["summary"]
     verdict = s["headline"]["verdict"]
     console.print(
-        Text(s["headline"]["text"], style=_STYLE.get(verdict, "bold")), soft_wrap=True
+        Text(s["headline"]["text"], style=_STYLE.get(verdict, "bold"))
     )  # Text objects: unit names and shapes are never parsed as markup, whatever the console's setting
     t = Table(
-        title=f"{data['n_models']} models, {data['method']}, {data['folds']['scheme']}; means at k", box=None
+        title=f"{data['n_models']} models, {data['method']}, {data['folds']['scheme']}; means at k",
+        box=None,
+        title_justify="left",
     )
-    for col in ("unit type", "verdicts", "k90/null", "excess", "k", "held-out EVR/null", "mean E", "LOO mean/m+b"):
-        t.add_column(col, justify="left" if col in ("unit type", "verdicts") else "right")
+    # Numbers never wrap or get cut; the unit type folds onto more lines when the terminal is narrow.
+    t.add_column("unit type", overflow="fold", ratio=1, min_width=10)
+    t.add_column("verdicts", no_wrap=True)
+    for col in ("k90\n/null", "excess", "k", "held-out\nEVR/null", "mean E", "held-out err\nmean/m+b"):
+        t.add_column(col, justify="right", no_wrap=True)
     for g in s["groups"]:
         verdicts = Text(" ").join(
             Text(f"{n}{_ABBR[v]}", style=_STYLE[v]) for v, n in g["verdict_counts"].items() if n
@@ -62,7 +81,7 @@ def print_summary(data: Mapping[str, Any], console: Any = None) -> None:
         t.add_row(
             Text(g["type"] + (" (vec)" if g["kind"] == "vector" else "")),
             verdicts,
-            f"{_f1(g.get('k90'))}/{_f1(g.get('null_k90'))}",
+            f"{_f0(g.get('k90'))}/{_f0(g.get('null_k90'))}",
             _fs(g.get("spectrum_excess_max")),
             ",".join(str(k) for k in g["k_ref"]),
             f"{_f(g['heldout_evr_at_k_ref'])}/{_f(g['null_heldout_evr_at_k_ref'])}",
@@ -70,10 +89,5 @@ def print_summary(data: Mapping[str, Any], console: Any = None) -> None:
             f"{_f(g['loo_mean_only'])}/{_f(g['loo_mean_plus_basis_at_k_ref'])}",
         )
     console.print(t)
-    console.print(
-        Text(
-            "S shared-subspace, M mean-dominated, N null-like; excess = largest cumulative EVR above the null band"
-            " (k ≤ k_ref); held-out EVR and LOO errors at k; mean E = mean energy fraction",
-            style="dim",
-        )
-    )
+    for line in LEGEND:
+        console.print(Text(line, style="dim"))

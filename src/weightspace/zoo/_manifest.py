@@ -129,7 +129,9 @@ def load_zoo_info(dir: str | os.PathLike[str]) -> ZooInfo:
     root = Path(dir).absolute()
     path = root / ZOO_JSON
     if not path.is_file():
-        raise InputError(f"not a zoo directory: {ZOO_JSON} is missing (build one with build_zoo)", path=path)
+        raise InputError(
+            f"not a zoo directory: {ZOO_JSON} is missing (build one with: weightspace zoo NAME -o DIR)", path=path
+        )
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:

@@ -211,23 +211,24 @@ def ours_compress(python: str, paths: Sequence[Path], out: Path, *extra: str) ->
 
 
 def ours_in_sample(archive: Path, paths: Sequence[Path]) -> float:
-    """Pooled in-sample error of the stored reconstructions (factored units: U (M + C_i) Vᵀ; others: spectrum)."""
+    """Pooled in-sample error of the stored reconstructions (factored units: U (M + C_i) Vᵀ; others: spectrum).
+
+    Adapters are read one at a time (the archive's shared factors stay in memory).
+    """
     from weightspace.decompose import SharedSubspace
 
     ss = SharedSubspace.load(archive)
+    shared = {key: unit.shared_factors() for key, unit in ss.units_.items()}
     err = norm = 0.0
-    originals = [_factors(p) for p in paths]
     for key, unit in ss.units_.items():
-        shared = unit.shared_factors()
-        xs = [o[key] for o in originals]
-        norm += sum(_sq(left, right) for left, right in xs)
-        if shared is not None:
-            u, cores, v = shared
-            for i, (left, right) in enumerate(xs):
+        if shared[key] is None:  # model-axis PCA: Σ_i ‖x_i − x̂_i‖² = Σ_{j > k} σ_j² (centered)
+            err += float((unit.singular_values[int(unit.k) :] ** 2).sum())  # type: ignore[call-overload]
+    for i, p in enumerate(paths):
+        for key, (left, right) in _factors(p).items():
+            norm += _sq(left, right)
+            if shared[key] is not None:
+                u, cores, v = shared[key]  # type: ignore[misc]
                 err += _sq(torch.cat([left, -(u @ cores[i])], 1), torch.cat([right, v.T], 0))
-        else:  # model-axis PCA: Σ_i ‖x_i − x̂_i‖² = Σ_{j > k} σ_j² (plus the mean's own term, 0 when centered)
-            sv = unit.singular_values
-            err += float((sv[int(unit.k) :] ** 2).sum())  # type: ignore[arg-type]
     return (err / norm) ** 0.5
 
 

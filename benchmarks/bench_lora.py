@@ -204,9 +204,13 @@ def _factors(path: Path) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
 def ours_compress(python: str, paths: Sequence[Path], out: Path, *extra: str) -> dict[str, Any]:
     argv = ["compress", *map(str, paths), "-o", str(out), "--json", *extra]
     res = _child(python, _OURS_COMPRESS, {"argv": argv})
-    if res.get("json") is None:
-        lines = [ln for ln in res["stderr"].splitlines() if ln.strip() and not ln.startswith("RUSAGE")]
-        res["refused"] = " ".join(" ".join(lines[-6:]).split())
+    if res["returncode"] != 0 or "archive_bytes" not in (res.get("json") or {}):
+        err = (res.get("json") or {}).get("error")  # the CLI's --json error object
+        if not err:
+            lines = [ln for ln in res["stderr"].splitlines() if ln.strip() and not ln.startswith("RUSAGE")]
+            err = " ".join(" ".join(lines[-6:]).split())
+        res["refused"] = err
+        res["json"] = None
     return res
 
 
@@ -800,17 +804,23 @@ def main() -> None:
     print(f"workdir {work}; threads per measured process: {threads}; python {sys.version.split()[0]}", flush=True)
     out: dict[str, Any] = {"args": {k: str(v) for k, v in vars(args).items()}}
     sections = set(args.sections.split(","))
+
+    def save() -> None:
+        if args.json:
+            args.json.write_text(json.dumps(out, indent=1, default=str))
+
     if "planted" in sections:
         out["planted"] = []
         for d in sizes:
             out["planted"].append(run_planted(args, d, work, peers))
             shutil.rmtree(work / f"planted-d{d}", ignore_errors=True)
+            save()
     if "zoo" in sections:
         out["zoo"] = run_zoo(args, work, peers)
+        save()
     if "serving" in sections:
         out["serving"] = run_serving(args, work)
-    if args.json:
-        args.json.write_text(json.dumps(out, indent=1, default=str))
+        save()
 
 
 if __name__ == "__main__":

@@ -279,7 +279,10 @@ def _words(models: float, archive: float) -> str:
 
 
 def _table(title: str, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    cells = [[str(c) for c in header]] + [[("—" if c is None else str(c)) for c in row] for row in rows]
+    cells = [[str(c) for c in header]]
+    for row in rows:
+        strs = ["—" if c is None else str(c) for c in row]
+        cells.append(strs + [""] * (len(header) - len(strs)))
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
     lines = [title, "  ".join(h.ljust(w) for h, w in zip(cells[0], widths, strict=True))]
     lines.append("  ".join("-" * w for w in widths))
@@ -384,15 +387,17 @@ def run_planted(args: argparse.Namespace, d: int, work: Path, peers: dict[str, s
                 rows.append({"method": "weightspace auto", "setting": f"no k fits in {label}'s bytes"})
     pca_extra = ("--method", "pca") + (("--allow-larger",) if d <= args.pca_max_d else ())
     rows.append(ours("weightspace pca", args.k, *pca_extra))
+    (work / f"planted-d{d}-rows.json").write_text(json.dumps(rows, indent=1, default=str))  # before printing
     _print_planted(d, rows, adapter_bytes, data["noise_level"])
     return {"d": d, "noise_level": data["noise_level"], "adapter_bytes": adapter_bytes, "rows": rows}
 
 
 def _print_planted(d: int, rows: list[dict[str, Any]], adapter_bytes: int, noise: float) -> None:
-    table = []
+    table, notes = [], []
     for row in rows:
         if "refused" in row:
-            table.append([row["method"], row["setting"], "refused before writing: " + row["refused"][:160]])
+            table.append([row["method"], row["setting"], "refused"])
+            notes.append(f"  {row['method']} {row['setting']}: refused before writing — {row['refused']}")
             continue
         ab = row.get("archive_bytes")
         table.append(
@@ -426,6 +431,8 @@ def _print_planted(d: int, rows: list[dict[str, Any]], adapter_bytes: int, noise
     print(
         _table(f"\nplanted d={d}: relative ΔW error, pooled (rot = factors rotated by B R, Rᵀ A)", header, table)
     )
+    for note in notes:
+        print(note)
     ours = next(r for r in rows if r["method"] == "weightspace auto")
     vl = next((r for r in rows if r["method"].startswith("vlora") and "wall_s" in r), None)
     ratio = adapter_bytes / ours["archive_bytes"]
@@ -576,7 +583,7 @@ def run_zoo(args: argparse.Namespace, work: Path, peers: dict[str, str | None]) 
     table = []
     for row in rows:
         if "archive_bytes" not in row:
-            table.append([row["method"], row["setting"], row.get("refused")])
+            table.append([row["method"], row["setting"], "refused: " + str(row.get("refused"))[:200]])
             continue
         ab = row["archive_bytes"]
         table.append(

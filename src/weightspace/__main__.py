@@ -2,4 +2,5 @@
 
 from weightspace.cli import main
 
-main()
+if __name__ == "__main__":  # Dask's spawned workers import this module again: they must not run the CLI
+    main()

@@ -27,7 +27,13 @@ from typing import Any
 
 import torch
 
-from weightspace.errors import InputError, ShapeMismatchError, TensorKeyError, UnsupportedFormatError
+from weightspace.errors import (
+    InputError,
+    NonFiniteError,
+    ShapeMismatchError,
+    TensorKeyError,
+    UnsupportedFormatError,
+)
 from weightspace.io import ModelSource, expand_models, hub_name_parts, natural_key, open_source, resolve_model_path
 from weightspace.units import UnitMember, UnitSpec, UnitStack
 
@@ -358,8 +364,16 @@ class Collection:
         return UnitStack(self.unit(unit), [self.member(i, unit) for i in idx])
 
     def read_private(self, model: int, key: str) -> torch.Tensor:
-        """A private tensor of one model, verbatim."""
-        return self.sources[model].read(key)
+        """A private tensor of one model, verbatim; NaN or infinity in a float tensor is a NonFiniteError."""
+        t = self.sources[model].read(key)
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            bad = int((~torch.isfinite(t)).sum())
+            raise NonFiniteError(
+                f"{bad} non-finite value(s) (NaN or inf) in a per-model tensor; weights must be finite",
+                path=self.sources[model].path,
+                tensor=key,
+            )
+        return t
 
     def duplicates(self) -> list[list[str]]:
         """Groups of model names whose checkpoints have identical content (sha256)."""

@@ -6,7 +6,9 @@ Subclasses also inherit the matching built-in (``KeyError``, ``ValueError`` ...)
 those keep working.
 
 Errors raised near tensor code carry the file (``path``) and the tensor key (``tensor``) and put both at the
-start of the message, so the first line of any failure says *where* before it says *what*.
+start of the message, so the first line of any failure says *where* before it says *what*. Names that come from
+files (tensor keys, model names) are untrusted: control characters in the formatted message are shown escaped
+(``\\x1b``), so a crafted name cannot drive the terminal.
 
 Examples
 --------
@@ -20,14 +22,17 @@ Examples
 from __future__ import annotations
 
 import os
+import re
 
 __all__ = [
     "ArchiveError",
+    "BackendError",
     "CorruptFileError",
     "DependencyError",
     "InputError",
     "NonFiniteError",
     "NotFittedError",
+    "OutputError",
     "ParameterError",
     "ShapeMismatchError",
     "TensorKeyError",
@@ -64,10 +69,25 @@ class WeightspaceError(Exception):
             where.append(self.path)
         if self.tensor is not None:
             where.append(f"tensor '{self.tensor}'")
-        return ": ".join([*where, self.message])
+        return printable(": ".join([*where, self.message]))
 
     def __str__(self) -> str:  # KeyError would otherwise repr() the message
         return self._format()
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+
+
+def printable(text: str) -> str:
+    """``text`` with control, bidi-override and lone-surrogate characters escaped (``\\x1b``); newlines and tabs
+    kept.
+
+    Examples
+    --------
+    >>> print(printable("fc1\x1b[31m.weight"))
+    fc1\\x1b[31m.weight
+    """
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
 
 
 class InputError(WeightspaceError):
@@ -108,9 +128,35 @@ class ArchiveError(InputError, ValueError):
     """A ``.wsz`` archive is missing a member, has a hash mismatch or an unknown version."""
 
 
+class OutputError(InputError):
+    """The output cannot be written where asked: it would replace something weightspace did not write, or the
+    file system refuses (read-only, no permission, no space). Nothing was replaced.
+
+    Attributes
+    ----------
+    errno : int or None
+        The operating-system error number, when the file system refused.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        path: str | os.PathLike[str] | None = None,
+        tensor: str | None = None,
+        errno: int | None = None,
+    ):
+        self.errno = errno
+        super().__init__(message, path=path, tensor=tensor)
+
+
 class NotFittedError(WeightspaceError, ValueError, AttributeError):
     """An estimator was used before ``fit``; the wording follows scikit-learn."""
 
 
 class DependencyError(WeightspaceError, ImportError):
     """An optional dependency is missing; the message names the extra to install."""
+
+
+class BackendError(WeightspaceError, RuntimeError):
+    """A run could not finish on its backend (a Dask worker died, the cluster went away); nothing was written."""

@@ -68,6 +68,7 @@ __all__ = [
 ]
 
 _MAX_RECIPE_BYTES = 1 << 20
+_MAX_RECIPE_NODES = 100_000  # YAML nodes after alias expansion (a "billion laughs" recipe is refused)
 _METHOD_ALIASES = {"dare_linear": "dare"}
 _PARAM_ALIASES = {"lambda": "lam"}
 #: mergekit options that change nothing here (memory layout) and are accepted and ignored.
@@ -282,12 +283,20 @@ def parse_recipe(text: str, source: str | os.PathLike[str] = "<recipe>") -> Reci
     src = os.fspath(source)
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
+        from weightspace._json import yaml_nodes
+
+        if yaml_nodes(root) > _MAX_RECIPE_NODES:
+            raise _fail(src, None, "(yaml)", f"expands to more than {_MAX_RECIPE_NODES} values (aliases)")
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None
         problem = getattr(err, "problem", None) or str(err)
         raise _fail(src, line, "(yaml)", f"not valid YAML: {problem}") from None
+    except RecursionError:
+        raise _fail(src, None, "(yaml)", "not valid YAML: nested too deeply") from None
+    except ValueError as err:  # e.g. an integer longer than Python converts
+        raise _fail(src, None, "(yaml)", f"not valid YAML: {str(err)[:120]}") from None
     if not isinstance(data, dict):
         raise _fail(src, 1, "(recipe)", "a recipe is a YAML mapping (merge_method:, models: ... or job: ...)")
     job = data.get("job", "merge" if "merge_method" in data else None)
@@ -318,13 +327,14 @@ def parse_recipe(text: str, source: str | os.PathLike[str] = "<recipe>") -> Reci
 
 
 def load_recipe(path: str | os.PathLike[str]) -> Recipe:
-    """Read and validate the recipe file at ``path`` (see :func:`parse_recipe`)."""
+    """Read and validate the recipe file at ``path`` (see :func:`parse_recipe`); a regular file of at most 1 MiB."""
+    from weightspace.io import read_regular
+
     p = Path(path)
+    raw = read_regular(p, limit=_MAX_RECIPE_BYTES, what="recipe", missing=InputError, error=InputError)
     try:
-        if p.stat().st_size > _MAX_RECIPE_BYTES:
-            raise InputError(f"recipe is larger than {_MAX_RECIPE_BYTES} bytes", path=p)
-        text = p.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
         raise InputError(f"cannot read the recipe ({err})", path=p) from None
     return parse_recipe(text, p)
 

@@ -101,7 +101,7 @@ def test_one_member_per_unit_and_typed_manifest(tmp_path: Path, gen: torch.Gener
             "not an archive member name",
         ),
         (lambda m: m["units"][0].update(member="units/99999.safetensors"), "which 'members' does not list"),
-        (lambda m: m["models"][0].update(name="../../escape"), "is not a plain name"),
+        (lambda m: m["models"][0].update(name="../../escape"), "must be one plain file name"),
         (lambda m: m.update(version=True), "version True is not supported"),
     ],
 )

@@ -256,14 +256,16 @@ def test_existing_directory_is_replaced_whole(tmp_path: Path) -> None:
 def test_unknown_layout_and_unsafe_names_are_refused(tmp_path: Path) -> None:
     with pytest.raises(UnsupportedFormatError, match="cannot write layout 'onnx'"):
         Layout("onnx")
-    with pytest.raises(CorruptFileError, match="must be a plain file name"):
+    with pytest.raises(CorruptFileError, match="must be one plain file name"):
         Layout("hf-dir", configs={"../config.json": "{}"})
     index = json.dumps({"weight_map": {"w": "../../evil.safetensors"}})
-    with pytest.raises(CorruptFileError, match=r"tensor 'w': shard name '../../evil.safetensors' must be a plain"):
+    with pytest.raises(
+        CorruptFileError, match=r"tensor 'w': shard name '../../evil.safetensors' must be one plain"
+    ):
         LayoutWriter(
             tmp_path / "m", Layout("hf-sharded", configs={SHARD_INDEX: index}), {"w": (torch.float32, (1,))}
         )
-    with pytest.raises(CorruptFileError, match="cannot parse the template's shard index"):
+    with pytest.raises(CorruptFileError, match="the template's shard index is not valid JSON"):
         Layout("hf-sharded", configs={SHARD_INDEX: "{"}).shard_index()
 
 
@@ -278,8 +280,13 @@ def test_check_destination(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="output exists and is a file"):
         check_destination(model, "hf-dir")
     (tmp_path / "d" / "notes.txt").write_text("keep me")
-    with pytest.raises(InputError, match="refusing to replace a non-empty directory"):
+    with pytest.raises(InputError, match=r"did not write it as .*refusing to replace it"):
         check_destination(tmp_path / "d", "hf-dir")
     write_model(tmp_path / "m", "hf-dir", {"w": torch.ones(1)})
-    assert check_destination(tmp_path / "m", "hf-dir") == tmp_path / "m"  # a model directory may be replaced
+    with pytest.raises(InputError, match="did not write it as a merged model"):  # a user's model folder is kept
+        check_destination(tmp_path / "m", "hf-dir", what="merged model")
+    assert check_destination(tmp_path / "m", "hf-dir", overwrite=True) == tmp_path / "m"
+    with LayoutWriter(tmp_path / "w", Layout("hf-dir"), {"w": (torch.float32, (1,))}, marker="model") as w:
+        w.write("w", torch.ones(1))
+    assert check_destination(tmp_path / "w", "hf-dir") == tmp_path / "w"  # weightspace's own output is replaced
     assert check_destination(str(tmp_path / "new"), "peft") == tmp_path / "new"

@@ -88,13 +88,13 @@ def test_duplicate_header_key_names_the_key(tmp_path: Path) -> None:
         b' "w": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}}'
     )
     p = _raw_file(tmp_path / "dup.safetensors", raw, b"\0" * 8)
-    with pytest.raises(CorruptFileError, match=r"tensor 'w': safetensors header lists this key twice"):
+    with pytest.raises(CorruptFileError, match=r"safetensors header: JSON object names the key 'w' twice"):
         SafetensorsFile(p)
 
 
 def test_deeply_nested_header(tmp_path: Path) -> None:
     p = _raw_file(tmp_path / "deep.safetensors", b'{"a": ' + b"[" * 200_000 + b"]" * 200_000 + b"}")
-    with pytest.raises(CorruptFileError, match="nests too deeply"):
+    with pytest.raises(CorruptFileError, match="nests deeper than"):
         SafetensorsFile(p)
 
 

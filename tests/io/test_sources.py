@@ -106,9 +106,9 @@ def test_unsupported_adapter_features_are_refused(
 @pytest.mark.parametrize(
     ("config", "match"),
     [
-        ({"rank_pattern": {"q": "two"}}, "rank_pattern values must be ints"),
+        ({"rank_pattern": {"q": "two"}}, r"'rank_pattern\['q'\]' must be an int"),
         ({"alpha_pattern": {"(": 2}}, "not a valid regular expression"),
-        ({"r": "x"}, "needs an integer 'r'"),
+        ({"r": "x"}, "field 'r' must be an int"),
     ],
 )
 def test_malformed_adapter_config_is_an_input_error(tmp_path: Path, config: dict, match: str) -> None:

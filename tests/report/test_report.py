@@ -148,8 +148,8 @@ def test_rewrite_replaces_whole_directory_and_failures_leave_it(
     report_data: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     out = tmp_path / "rep"
-    out.mkdir()
-    (out / "stale.txt").write_text("old")
+    write_report(load_report_from(report_data), out, plots=False)
+    (out / "stale.txt").write_text("old")  # inside a report weightspace wrote: replaced with the rest
     write_report(load_report_from(report_data), out, plots=False)
     assert not (out / "stale.txt").exists()
     assert (out / "report.json").exists()

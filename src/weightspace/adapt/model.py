@@ -34,7 +34,6 @@ from weightspace.adapt.layer import SubspaceLayer, supports, wrap_layer
 from weightspace.decompose import UNIT_FITS, Parametrisation, SharedSubspace, unit_fit_for
 from weightspace.errors import (
     ArchiveError,
-    CorruptFileError,
     InputError,
     ParameterError,
     ShapeMismatchError,
@@ -447,10 +446,10 @@ def _read_adapter(directory: Path) -> tuple[dict[str, Any], dict[str, torch.Tens
     wpath = directory / ADAPTER_WEIGHTS
     if not cpath.is_file():
         raise InputError(f"not a subspace adapter: {ADAPTER_CONFIG} is missing", path=directory)
-    try:
-        doc = json.loads(cpath.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise CorruptFileError(f"cannot parse ({err})", path=cpath) from None
+    from weightspace._json import parse_json
+    from weightspace.io import read_regular
+
+    doc = parse_json(read_regular(cpath, limit=64 << 20, root=directory, what=ADAPTER_CONFIG), path=cpath)
     if not isinstance(doc, dict) or doc.get("peft_type") != ADAPTER_TYPE or "layers" not in doc:
         raise InputError(f"not a weightspace subspace adapter config (peft_type {ADAPTER_TYPE})", path=cpath)
     if doc.get("format_version") != _FORMAT_VERSION:
@@ -460,7 +459,7 @@ def _read_adapter(directory: Path) -> tuple[dict[str, Any], dict[str, torch.Tens
         )
     if not wpath.is_file():
         raise InputError(f"{ADAPTER_WEIGHTS} is missing", path=directory)
-    f = SafetensorsFile(wpath)
+    f = SafetensorsFile(wpath, root=directory)
     return doc, {k: f.read(k) for k in f.tensors}
 
 

@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from weightspace._atomic import atomic_dir, atomic_write_text
+from weightspace._atomic import atomic_dir, atomic_write_text, check_output
 from weightspace._progress import Progress, report
 from weightspace._validation import Interval, Kind, Options, validate_params
 from weightspace.align._file import resolve_spec
@@ -452,34 +452,21 @@ def align_collection(
     return aligned, result
 
 
-def _check_out(out: Path, coll: Collection) -> None:
-    inputs = [Path(s.path).resolve() for s in coll.sources] + (
-        [Path(coll.base.path).resolve()] if coll.base else []
-    )
-    r = out.resolve()
-    if any(r == p or r in p.parents for p in inputs):
-        raise InputError(
-            "refusing to write the aligned models over (or inside) one of the inputs; choose another -o", path=out
-        )
-    if out.exists() and not out.is_dir():
-        raise InputError("output exists and is a file; -o names a directory", path=out)
-    if out.is_dir() and any(out.iterdir()) and not (out / ALIGNMENT_JSON).is_file():
-        raise InputError(
-            f"refusing to replace a non-empty directory that weightspace did not write (no {ALIGNMENT_JSON}); "
-            "choose another -o",
-            path=out,
-        )
+def _check_out(out: Path, coll: Collection, *, overwrite: bool = False) -> None:
+    """The output policy of every command (:func:`weightspace._atomic.check_output`), before any matching."""
+    inputs = [s.path for s in coll.sources] + ([coll.base.path] if coll.base else [])
+    check_output(out, "aligned", overwrite=overwrite, inputs=inputs, what="aligned models")
 
 
 def _write(out: Path, aligned: AlignedCollection, result: AlignResult) -> AlignResult:
     rows = []
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out) as tmp:  # recognised as an align output by its alignment.json
         for name, src, row in zip(aligned.names, aligned.sources, result.models, strict=True):
             layout = Layout.of(src)
             fmt = layout.format
             dest = tmp / output_name(name, "torch" if fmt == "torch" else fmt)
             specs = {k: (_torch_dtype(e.dtype, src), e.shape) for k, e in src.entries.items()}
-            with LayoutWriter(dest, layout, specs) as w:
+            with LayoutWriter(dest, layout, specs, label=out / dest.name) as w:
                 for key in src.entries:
                     w.write(key, src.read(key))
             rows.append(replace(row, output=str(out / dest.name)))
@@ -511,6 +498,7 @@ def align(
     private: Sequence[str] = (),
     exclude: Sequence[str] = (),
     progress: Progress | None = None,
+    overwrite: bool = False,
 ) -> AlignResult:
     """Align a collection's hidden units (and, opt-in, their scales) to a reference or to their mean.
 
@@ -541,6 +529,8 @@ def align(
     allow_pickle, private, exclude
         As for :class:`~weightspace.collection.Collection`.
     progress : callable, optional
+    overwrite : bool, default False
+        Let ``out`` replace a path that is not an earlier ``align`` output (refused otherwise, before any work).
 
     Returns
     -------
@@ -567,7 +557,7 @@ def align(
     )
     coll = as_collection(models, base=base, allow_pickle=allow_pickle, private=private, exclude=exclude)
     if out is not None:
-        _check_out(Path(out), coll)
+        _check_out(Path(out), coll, overwrite=overwrite)
     aligned, result = align_collection(coll, opts, progress=progress)
     if out is not None:
         result = _write(Path(out), aligned, result)

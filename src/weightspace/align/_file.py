@@ -17,7 +17,6 @@ positive scale symmetry of ReLU-like units and needs a role (``in``/``out``) on 
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -35,31 +34,25 @@ PathLike = str | os.PathLike[str]
 
 
 def _read(path: Path) -> Any:
-    if not path.is_file():
-        raise InputError("spec file does not exist (or is not a regular file)", path=path)
-    size = path.stat().st_size
-    if size > MAX_SPEC_BYTES:
-        raise InputError(f"spec file is {size} bytes, more than the {MAX_SPEC_BYTES}-byte limit", path=path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        raise CorruptFileError(f"cannot read spec file ({err})", path=path) from None
+    """A spec file: a regular file of at most MAX_SPEC_BYTES, parsed by the bounded JSON / YAML parsers."""
+    from weightspace._json import parse_json, parse_yaml
+    from weightspace.io import read_regular
+
+    raw = read_regular(path, limit=MAX_SPEC_BYTES, what="spec file", missing=InputError)
     if path.suffix.lower() == ".json":
-        try:
-            return json.loads(text)
-        except (json.JSONDecodeError, RecursionError) as err:
-            raise CorruptFileError(f"spec file is not valid JSON ({err})", path=path) from None
+        return parse_json(raw, path=path, what="spec file")
     try:
-        import yaml
+        import yaml  # noqa: F401 - parse_yaml needs it
     except ImportError as err:
         raise DependencyError(
             f"reading a YAML spec needs pyyaml, a dependency of weightspace ({err}); reinstall weightspace, or "
             "write the spec as .json"
         ) from err
     try:
-        return yaml.safe_load(text)
-    except (yaml.YAMLError, RecursionError) as err:
-        raise CorruptFileError(f"spec file is not valid YAML ({str(err).splitlines()[0]})", path=path) from None
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise CorruptFileError(f"cannot read spec file ({err})", path=path) from None
+    return parse_yaml(text, path=path, what="spec file")
 
 
 def _axis(raw: Any, where: str, path: PathLike | None) -> AxisRef:

@@ -34,6 +34,7 @@ from weightspace.analyze._methods import HOSVD_LOO_MAX_MODELS, LOO_MAX_MODELS, U
 from weightspace.analyze._pca_unit import Plan
 from weightspace.analyze._stability import split_halves
 from weightspace.analyze._verdict import VERDICTS, Thresholds
+from weightspace.backends import RunOptions, Task, open_executor, resolve_device
 from weightspace.collection import Collection, as_collection
 from weightspace.decompose import DEFAULT_CHUNK_BYTES, PCAUnit
 from weightspace.errors import ParameterError
@@ -199,6 +200,15 @@ def analyze_unit(
     return rec
 
 
+def _unit_record(
+    collection: Collection, name: str, method: str, plan: Plan, seed: int, chunk_bytes: int
+) -> dict[str, Any]:
+    """One unit's evidence (a task: it reads the unit from paths its worker sees; the nulls use the unit's seed)."""
+    spec = collection.unit(name)
+    gen = torch.Generator().manual_seed(_unit_seed(seed, name))
+    return analyzer_for(method, spec).run(collection.stack(name), plan, gen, chunk_bytes)
+
+
 def _counts(units: Sequence[dict[str, Any]]) -> dict[str, int]:
     out = dict.fromkeys(VERDICTS, 0)
     for u in units:
@@ -355,7 +365,7 @@ class AnalysisReport:
         """Unit name → verdict."""
         return {u["name"]: u["verdict"] for u in self.units}
 
-    def save(self, report_dir: str | os.PathLike[str], *, plots: bool = True) -> Path:
+    def save(self, report_dir: str | os.PathLike[str], *, plots: bool = True, overwrite: bool = False) -> Path:
         """Write ``report.json``, the PNGs and ``report.html`` into ``report_dir`` atomically.
 
         Parameters
@@ -365,6 +375,8 @@ class AnalysisReport:
         plots : bool, default True
             Without plots no matplotlib is needed; with plots a missing matplotlib raises
             :class:`~weightspace.errors.DependencyError` before anything is written.
+        overwrite : bool, default False
+            Replace an existing ``report_dir`` that is not a weightspace report (refused otherwise).
 
         Returns
         -------
@@ -372,7 +384,7 @@ class AnalysisReport:
         """
         from weightspace.report import write_report
 
-        return write_report(self.data, report_dir, plots=plots)
+        return write_report(self.data, report_dir, plots=plots, overwrite=overwrite)
 
     def print_summary(self, console: Any = None) -> None:
         """A short rich summary on ``console`` (default: stderr)."""
@@ -393,6 +405,10 @@ def analyze(
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
     align: AlignOptions | bool | None = None,
     progress: Progress | None = None,
+    threads: int | None = None,
+    scheduler: str | None = None,
+    client: Any = None,
+    device: str | None = None,
 ) -> AnalysisReport:
     """Spectra vs matched nulls, mean energy, held-out reconstruction and stability for every unit.
 
@@ -422,6 +438,10 @@ def analyze(
         Model-axis PCA only.
     progress : callable, optional
         ``progress(stage, done, total)``.
+    threads, scheduler, client, device
+        Where the units run (see :class:`~weightspace.backends.RunOptions`): ``threads`` units at once here
+        (default every core) or on Dask workers; ``device`` for the linear algebra. The report does not depend
+        on them (every unit draws its nulls from its own seed).
 
     Returns
     -------
@@ -447,7 +467,9 @@ def analyze(
     n = collection.n_models
     if n < 2:
         raise ParameterError(f"analyze needs at least 2 models. Got {n}.")
+    run = RunOptions.of(threads=threads, scheduler=scheduler, client=client, device=device)
     plan = _plan(n, method, seed, n_null, ks_t, folds, t)
+    plan.device = str(resolve_device(run.device))
     alignment = None
     if align:
         if method != PCAUnit.method:
@@ -464,11 +486,19 @@ def analyze(
     units: list[dict[str, Any]] = []
     n_units = len(collection.units)
     report(progress, "units", 0, n_units)
+    records: dict[int, dict[str, Any]] = {}
+    with open_executor(run) as ex:
+        plan.cache_bytes = ex.task_bytes(run.cache_bytes)
+        shared, shared_plan = ex.share(collection), ex.share(plan)
+        tasks = [
+            Task(_unit_record, (shared, spec.name, method, shared_plan, seed, chunk_bytes), f"unit '{spec.name}'")
+            for spec in collection.units
+        ]
+        for i, rec in ex.run(tasks):
+            records[i] = rec
+            report(progress, "units", len(records), n_units)
     for i, spec in enumerate(collection.units):
-        stack = collection.stack(spec.name)
-        gen = torch.Generator().manual_seed(_unit_seed(seed, spec.name))
-        rec = analyzer_for(method, spec).run(stack, plan, gen, chunk_bytes)
-        del stack
+        rec = records[i]
         typ, depth = groups[spec.name]
         units.append(
             {
@@ -482,7 +512,6 @@ def analyze(
                 "at_k_ref": _at(rec),
             }
         )
-        report(progress, "units", i + 1, n_units)
     a, b = plan.split
     data = {
         "version": REPORT_VERSION,

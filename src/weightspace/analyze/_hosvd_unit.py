@@ -1,18 +1,19 @@
 """Evidence for one matrix unit under zero-centered HOSVD (Tucker on the weight axes, ``μ + U C_i Vᵀ``).
 
-Data passes (one model in memory at a time; accumulators ``O(rows² + cols² + rows·cols)``):
+Data passes (accumulators ``O(rows² + cols² + rows·cols)``, on the plan's device):
 
 1. **Halves.** The mode scatters ``Σ y yᵀ``, ``Σ yᵀ y`` and ``Σ y`` (``y = x − x_0``, a shift that keeps a
    dominant mean from cancelling) are accumulated separately over the two stability halves; each half's top
    mode-1/mode-2 subspaces give the split-half overlap, and their sum gives the full scatters, hence the
    mode spectra and the mean.
-2. **Folds (two reads per fold).** Each fold's own scatters are accumulated and subtracted from the totals: the
-   training scatters of that fold, without keeping any per-fold state beyond one set of accumulators. Its
-   ``U``, ``V`` come from two eigendecompositions; the held-out models are read again and reconstructed as
-   mean-only, basis-only (``U Uᵀ x V Vᵀ``) and mean + basis (``μ_S + U Uᵀ (x − μ_S) V Vᵀ``) with
-   ``k1 = k2 = k``.
+2. **Folds.** Each fold's own scatters are subtracted from the totals: the training scatters of that fold. Its
+   ``U``, ``V`` come from two eigendecompositions; the held-out models are reconstructed as mean-only,
+   basis-only (``U Uᵀ x V Vᵀ``) and mean + basis (``μ_S + U Uᵀ (x − μ_S) V Vᵀ``) with ``k1 = k2 = k``.
 
-So every model is read 3 times. Default folds: leave-one-out up to 10 models, else 10-fold.
+How often a model is read depends on ``plan.cache_bytes``: when the unit's members fit, once (they are kept);
+when every fold's scatters fit, pass 1 adds each model's products to its fold as well, so the fold pass reads
+only the held-out models (2 reads) and multiplies nothing for the fold scatters; otherwise each fold's scatters
+are accumulated again (3 reads). Default folds: leave-one-out up to 10 models, else 10-fold.
 
 Nulls. For N iid Gaussian rows × cols matrices the centered mode-1 scatter is Wishart((N − 1)·cols, I_rows)
 (mode 2 likewise); the per-model norms are matched through Kish's effective count
@@ -33,7 +34,8 @@ import torch
 from weightspace.analyze._nulls import mp_edge, wishart_gram
 from weightspace.analyze._pca_unit import FRACTIONS, Plan, _band, _cum_at, _ref_k, capped, mean_energy, nanmean
 from weightspace.analyze._verdict import decide_verdict
-from weightspace.decompose import Tick, TuckerUnit
+from weightspace.backends import resolve_device, to_device
+from weightspace.decompose import MemberReader, Tick, TuckerUnit
 from weightspace.decompose.rank import explained_variance_ratio, k_for_fraction, zero_tolerance
 from weightspace.units import UnitStack
 
@@ -41,12 +43,12 @@ __all__ = ["analyze_hosvd_unit"]
 
 
 class _Scatter:
-    """Running ``Σ y``, ``Σ y yᵀ``, ``Σ yᵀ y`` and count of shifted members ``y`` (rows × cols)."""
+    """Running ``Σ y``, ``Σ y yᵀ``, ``Σ yᵀ y`` and count of shifted members ``y`` (rows × cols), on a device."""
 
-    def __init__(self, rows: int, cols: int) -> None:
-        self.sum = torch.zeros(rows, cols, dtype=torch.float64)
-        self.s1 = torch.zeros(rows, rows, dtype=torch.float64)
-        self.s2 = torch.zeros(cols, cols, dtype=torch.float64)
+    def __init__(self, rows: int, cols: int, device: torch.device) -> None:
+        self.sum = torch.zeros(rows, cols, dtype=torch.float64, device=device)
+        self.s1 = torch.zeros(rows, rows, dtype=torch.float64, device=device)
+        self.s2 = torch.zeros(cols, cols, dtype=torch.float64, device=device)
         self.n = 0
 
     def add(self, y: torch.Tensor) -> None:
@@ -54,6 +56,15 @@ class _Scatter:
         self.s1.addmm_(y, y.T)
         self.s2.addmm_(y.T, y)
         self.n += 1
+
+    def add_to(self, y: torch.Tensor, *others: _Scatter) -> None:
+        """Add ``y`` here and to every scatter of ``others``, computing its two products once."""
+        s1, s2 = y @ y.T, y.T @ y
+        for o in (self, *others):
+            o.sum += y
+            o.s1 += s1
+            o.s2 += s2
+            o.n += 1
 
     def merge(self, other: _Scatter) -> None:
         self.sum += other.sum
@@ -78,8 +89,13 @@ def _eig_desc(s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return evals[order].clamp_min(0), evecs[:, order]
 
 
+def _eigvals_desc(s: torch.Tensor) -> torch.Tensor:
+    """Eigenvalues only (about half the cost of vectors too), decreasing, clamped at 0, on the host."""
+    return torch.linalg.eigvalsh(s).cpu().flip(0).clamp_min(0)
+
+
 def _basis(s: torch.Tensor, k: int, tol_sq: float) -> torch.Tensor:
-    """Top-k eigenvectors of a scatter whose eigenvalue exceeds ``tol_sq``: shape (dim, ≤ k)."""
+    """Top-k eigenvectors of a scatter whose eigenvalue exceeds ``tol_sq``: shape (dim, ≤ k), on its device."""
     evals, evecs = _eig_desc(s)
     r = min(k, int((evals > tol_sq).sum()))
     return evecs[:, :r].contiguous()
@@ -162,34 +178,46 @@ def analyze_hosvd_unit(
     t = plan.thresholds
     ks = capped(plan.ks, min(rows, cols))
     kmax = max(ks)
-    shift = stack.members[0].full()  # (rows, cols)
+    dev = resolve_device(plan.device)
+    # Members shifted by model 0 (y = x − x_0), each read once when the unit fits plan.cache_bytes (else 3 reads).
+    reader = MemberReader(stack, cache_bytes=plan.cache_bytes, tick=tick)
+    shift = reader[0].clone()  # (rows, cols)
+    reader.set_shift(shift)
+    shift_d = to_device(shift, dev)
 
     def read(i: int) -> torch.Tensor:
-        x = stack.members[i].full()  # (rows, cols), float64
-        if tick is not None:
-            tick()
-        return x
+        return to_device(reader[i], dev)  # (rows, cols), float64, shifted
 
-    # Pass 1: the two halves, then their sum.
-    raw_sq = 0.0
+    # Pass 1: the two halves, then their sum. When every fold's scatter fits plan.cache_bytes too, each model's
+    # products are computed once here and added to its half and to its fold (the fold pass then reads nothing
+    # but the held-out models, and multiplies nothing for the fold scatters).
+    per_scatter = (rows * rows + cols * cols + rows * cols) * 8
+    fold_of = {i: f for f, held in enumerate(plan.folds) for i in held.tolist()}
+    left = plan.cache_bytes - (n * rows * cols * 8 if reader.kept else 0)  # the kept members come first
+    folds_kept = (len(plan.folds) + 2) * per_scatter <= left
+    fold_acc: list[_Scatter | None] | None = (
+        [_Scatter(rows, cols, dev) for _ in plan.folds] if folds_kept else None
+    )
     halves = []
     for idx in plan.split:
-        acc = _Scatter(rows, cols)
+        acc = _Scatter(rows, cols, dev)
         for i in idx.tolist():
-            x = read(i)
-            raw_sq += float((x * x).sum())
-            acc.add(x - shift)
+            if fold_acc is None:
+                acc.add(read(i))
+            else:
+                acc.add_to(read(i), fold_acc[fold_of[i]])  # type: ignore[arg-type]
         halves.append(acc)
+    raw_sq = float(reader.sq_norms.sum())
     total = halves[0]
     half_scatters = [h.centered() if h.n else None for h in halves]
     total.merge(halves[1])
     del halves
     c1, c2, ybar, _ = total.centered()
-    ev1, _ = _eig_desc(c1)
-    ev2, _ = _eig_desc(c2)
+    ev1 = _eigvals_desc(c1)
+    ev2 = _eigvals_desc(c2)
     energy = float(c1.trace().clamp_min(0))
     del c1, c2
-    mean = shift + ybar  # (rows, cols)
+    mean = shift + ybar.cpu()  # (rows, cols)
     q = float((mean * mean).sum())
     data_norm = raw_sq**0.5
     tol1 = zero_tolerance(ev1.sqrt(), n, rows * cols, data_norm) ** 2
@@ -210,24 +238,34 @@ def analyze_hosvd_unit(
     bo_sq = torch.zeros(n, len(ks), dtype=torch.float64)
     x_sq = torch.zeros(n, dtype=torch.float64)
     spread_i = torch.zeros(n, dtype=torch.float64)
-    for held in plan.folds:
-        fold = _Scatter(rows, cols)
-        for i in held.tolist():
-            fold.add(read(i) - shift)
+    ybar_d = to_device(ybar, dev)
+    for f, held in enumerate(plan.folds):
+        kept_fold = fold_acc[f] if fold_acc is not None else None
+        if kept_fold is not None:
+            fold = kept_fold
+        else:
+            fold = _Scatter(rows, cols, dev)
+            for i in held.tolist():
+                fold.add(read(i))
         s1, s2, ybar_s, n_s = total.centered(minus=fold)
         del fold
-        u = _basis(s1, kmax, tol1) if n_s > 1 else torch.zeros(rows, 0, dtype=torch.float64)
-        v = _basis(s2, kmax, tol2) if n_s > 1 else torch.zeros(cols, 0, dtype=torch.float64)
+        if fold_acc is not None:
+            fold_acc[f] = None
+        u = _basis(s1, kmax, tol1) if n_s > 1 else torch.zeros(rows, 0, dtype=torch.float64, device=dev)
+        v = _basis(s2, kmax, tol2) if n_s > 1 else torch.zeros(cols, 0, dtype=torch.float64, device=dev)
         del s1, s2
+        shift_core = u.T @ shift_d @ v  # Uᵀ x_0 V: x = y + x_0
         for i in held.tolist():
-            x = read(i)
-            z = x - shift - ybar_s  # x − μ_S
+            y = read(i)
+            z = y - ybar_s  # x − μ_S
             mo_sq[i] = float((z * z).sum())
             mb_sq[i] = (mo_sq[i] - torch.tensor(_captured(u.T @ z @ v, ks), dtype=torch.float64)).clamp_min(0)
-            x_sq[i] = float((x * x).sum())
-            bo_sq[i] = (x_sq[i] - torch.tensor(_captured(u.T @ x @ v, ks), dtype=torch.float64)).clamp_min(0)
-            dev = x - mean
-            spread_i[i] = float((dev * dev).sum())
+            x_sq[i] = float(reader.sq_norms[i])
+            core_x = u.T @ y @ v + shift_core  # Uᵀ x V
+            bo_sq[i] = (x_sq[i] - torch.tensor(_captured(core_x, ks), dtype=torch.float64)).clamp_min(0)
+            dev_i = y - ybar_d  # x − μ
+            spread_i[i] = float((dev_i * dev_i).sum())
+    reader.close()
     norm = x_sq.sqrt()
     safe = torch.where(norm > 0, norm, torch.full_like(norm, float("nan")))
     mean_only_i = mo_sq.sqrt() / safe

@@ -50,6 +50,10 @@ class Plan:
     null_grams : mapping of str to sequence of Tensor, optional
         Per unit, centered null Grams drawn elsewhere (``analyze(align=...)``: the aligned null), used instead
         of the Wishart draws.
+    device : str
+        Where the data pass's products run (a run option; the record does not depend on it).
+    cache_bytes : int
+        A unit whose float64 members fit in this many bytes is read once and kept for every later pass.
     """
 
     ks: tuple[int, ...]
@@ -59,6 +63,8 @@ class Plan:
     n_null: int
     thresholds: Thresholds
     null_grams: Mapping[str, Sequence[torch.Tensor]] | None = None
+    device: str = "cpu"
+    cache_bytes: int = 0
 
     @property
     def n_train_min(self) -> int:
@@ -195,7 +201,7 @@ def analyze_pca_unit(
         The unit's record (see :mod:`weightspace.report` for the keys), floats possibly NaN.
     """
     # n_components=1 keeps k at 1, so the Gram route never needs its ill-conditioning fallback (a second pass).
-    sp = pca_spectrum(stack, 1, center=True, chunk_bytes=chunk_bytes, tick=tick)
+    sp = pca_spectrum(stack, 1, center=True, chunk_bytes=chunk_bytes, tick=tick, device=plan.device)
     with single_thread():
         return _from_spectrum(stack, sp, plan, generator)
 

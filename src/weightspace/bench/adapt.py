@@ -294,7 +294,7 @@ def adaptation_benchmark(
             }
         )
         if out is not None:
-            with atomic_dir(out) as tmp_out:
+            with atomic_dir(out, kind="adapt") as tmp_out:
                 save(adapter_model, tmp_out / "adapter")
                 (tmp_out / "results.json").write_text(json.dumps(_jsonable(results), indent=1) + "\n")
             results["out"] = str(out)

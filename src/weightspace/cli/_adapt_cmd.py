@@ -8,7 +8,17 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from weightspace.cli._common import JsonOpt, QuietOpt, app, emit_json, err_console, print_table, progress_bar, say
+from weightspace.cli._common import (
+    JsonOpt,
+    OverwriteOpt,
+    QuietOpt,
+    app,
+    emit_json,
+    err_console,
+    print_table,
+    progress_bar,
+    say,
+)
 from weightspace.errors import InputError
 
 
@@ -48,8 +58,10 @@ def adapt(
     ] = False,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """Coefficient-only adapters (mean- and zero-init, k sweep) vs LoRA r=8, full FT, head-only, mean-only."""
+    from weightspace._atomic import check_output
     from weightspace.decompose import UNIT_FITS
 
     if variant is not None and variant not in UNIT_FITS:
@@ -60,6 +72,7 @@ def adapt(
         raise InputError(f"--steps must be an int >= 1, got {steps}")
     if archive is not None:
         _check_archive(archive, zoo, task, out)
+    check_output(out, "adapt", overwrite=overwrite, inputs=[p for p in (archive, zoo) if p is not None])
     from weightspace.bench import adaptation_benchmark
 
     with progress_bar("adapt", quiet=quiet) as cb:

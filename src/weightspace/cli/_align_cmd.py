@@ -19,13 +19,16 @@ from weightspace.cli._common import (
     AllowPickle,
     BaseOpt,
     ExcludeOpt,
+    FollowSymlinksOpt,
     JsonOpt,
     ModelsArg,
+    OverwriteOpt,
     PrivateOpt,
     QuietOpt,
     app,
     emit_json,
     progress_bar,
+    read_policy,
     say,
 )
 
@@ -48,6 +51,8 @@ def align(
     allow_pickle: AllowPickle = False,
     private: PrivateOpt = None,
     exclude: ExcludeOpt = None,
+    overwrite: OverwriteOpt = False,
+    follow_symlinks: FollowSymlinksOpt = False,
 ) -> None:
     """Remove permutation (and scale) symmetries: write every model aligned, function and layout unchanged.
 
@@ -55,6 +60,7 @@ def align(
     """
     from weightspace.align import align as run
 
+    read_policy(follow_symlinks)
     opts = align_options(True, reference=reference, to=to, spec=spec, symmetries=symmetries, seed=seed)
     with progress_bar("align", quiet=quiet) as cb:
         result = run(
@@ -70,6 +76,7 @@ def align(
             private=private or (),
             exclude=exclude or (),
             progress=cb,
+            overwrite=overwrite,
         )
     data = result.to_dict()
     if json_out:

@@ -18,15 +18,22 @@ from weightspace.cli._align_opts import (
 from weightspace.cli._common import (
     AllowPickle,
     BaseOpt,
+    DeviceOpt,
     ExcludeOpt,
+    FollowSymlinksOpt,
     JsonOpt,
     ModelsArg,
+    OverwriteOpt,
     PrivateOpt,
     QuietOpt,
+    SchedulerOpt,
+    ThreadsOpt,
     app,
     emit_json,
     err_console,
     progress_bar,
+    read_policy,
+    run_options,
     say,
 )
 
@@ -56,22 +63,32 @@ def analyze(
     to: ToOpt = None,
     spec: SpecOpt = None,
     symmetries: SymmetriesOpt = None,
+    overwrite: OverwriteOpt = False,
+    follow_symlinks: FollowSymlinksOpt = False,
+    threads: ThreadsOpt = None,
+    scheduler: SchedulerOpt = None,
+    device: DeviceOpt = "cpu",
 ) -> None:
     """Is there a shared subspace, or only a mean? Evidence per unit beside a matched Gaussian null."""
+    from weightspace._atomic import check_output
     from weightspace.analyze import analyze as run
     from weightspace.collection import Collection
     from weightspace.report import require_matplotlib
 
+    where = run_options(threads, scheduler, device)
     opts = align_options(align, reference=reference, to=to, spec=spec, symmetries=symmetries, seed=seed)
+    read_policy(follow_symlinks)
     if not no_plots:
         require_matplotlib()  # fail before the (long) analysis, not after it
     coll = Collection.from_paths(
         models, base=base, allow_pickle=allow_pickle, private=private or (), exclude=exclude or ()
     )
+    inputs = [s.path for s in coll.sources] + ([coll.base.path] if coll.base is not None else [])
+    check_output(out, "report", overwrite=overwrite, inputs=inputs)  # before the analysis, not after it
     with progress_bar("analyze", quiet=quiet) as cb:
-        rep = run(coll, method=method, seed=seed, n_null=null_draws, folds=folds, align=opts, progress=cb)
+        rep = run(coll, method=method, seed=seed, n_null=null_draws, folds=folds, align=opts, progress=cb, **where)
         cb("report", 0, 1)
-        rep.save(out, plots=not no_plots)
+        rep.save(out, plots=not no_plots, overwrite=overwrite)
         cb("report", 1, 1)
     if json_out:
         emit_json(rep.to_dict())

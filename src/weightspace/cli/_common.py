@@ -22,17 +22,23 @@ from rich.markup import escape
 
 from weightspace._progress import ProgressLines
 from weightspace._validation import Interval, validate_params
+from weightspace.backends import RUN_OPTIONS_HELP  # torch-free: the CLI's --help imports no torch
 from weightspace.errors import InputError
 
 __all__ = [
     "MODELS_HELP",
     "AllowPickle",
     "BaseOpt",
+    "DeviceOpt",
     "ExcludeOpt",
+    "FollowSymlinksOpt",
     "JsonOpt",
     "ModelsArg",
+    "OverwriteOpt",
     "PrivateOpt",
     "QuietOpt",
+    "SchedulerOpt",
+    "ThreadsOpt",
     "app",
     "default_base",
     "emit_json",
@@ -40,6 +46,8 @@ __all__ = [
     "print_table",
     "progress_bar",
     "rank_choice",
+    "read_policy",
+    "run_options",
     "say",
 ]
 
@@ -94,6 +102,47 @@ ExcludeOpt = Annotated[
     list[str] | None,
     typer.Option("--exclude", help="Glob of tensor keys to leave out entirely (repeatable).", show_default=False),
 ]
+OverwriteOpt = Annotated[
+    bool,
+    typer.Option(
+        "--overwrite",
+        help="Replace an existing -o path even if weightspace did not write it (refused by default).",
+    ),
+]
+FollowSymlinksOpt = Annotated[
+    bool,
+    typer.Option(
+        "--follow-symlinks",
+        help="Read files that are symbolic links out of their model or archive folder (refused by default).",
+    ),
+]
+
+
+def read_policy(follow_symlinks: bool) -> None:
+    """Apply ``--follow-symlinks`` for the rest of the command (``main`` runs each command in its own context)."""
+    from weightspace.io import set_follow_symlinks
+
+    set_follow_symlinks(follow_symlinks)
+
+
+ThreadsOpt = Annotated[
+    int | None, typer.Option("--threads", help=RUN_OPTIONS_HELP["threads"], show_default=False, min=1)
+]
+SchedulerOpt = Annotated[
+    str | None,
+    typer.Option("--scheduler", help=RUN_OPTIONS_HELP["scheduler"], metavar="local[:N]|tcp://HOST:PORT"),
+]
+DeviceOpt = Annotated[str, typer.Option("--device", help=RUN_OPTIONS_HELP["device"], metavar="cpu|cuda|auto")]
+
+
+def run_options(threads: int | None, scheduler: str | None, device: str = "cpu") -> dict[str, Any]:
+    """The run options of a command (``--threads``, ``--scheduler``, ``--device``) as library keyword arguments,
+    checked once by :class:`~weightspace.backends.RunOptions`."""
+    from weightspace.backends import RunOptions, resolve_device
+
+    opts = RunOptions(threads=threads, scheduler=scheduler, device=device)
+    resolve_device(opts.device)  # a missing CUDA device fails before any work
+    return {"threads": opts.threads, "scheduler": opts.scheduler, "device": opts.device}
 
 
 def _clean(obj: Any) -> Any:

@@ -19,17 +19,24 @@ from weightspace.cli._align_opts import (
 from weightspace.cli._common import (
     AllowPickle,
     BaseOpt,
+    DeviceOpt,
     ExcludeOpt,
+    FollowSymlinksOpt,
     JsonOpt,
     ModelsArg,
+    OverwriteOpt,
     PrivateOpt,
     QuietOpt,
+    SchedulerOpt,
+    ThreadsOpt,
     app,
     emit_json,
     err_console,
     print_table,
     progress_bar,
     rank_choice,
+    read_policy,
+    run_options,
     say,
 )
 from weightspace.errors import InputError
@@ -47,10 +54,12 @@ def inspect(
     allow_pickle: AllowPickle = False,
     private: PrivateOpt = None,
     exclude: ExcludeOpt = None,
+    follow_symlinks: FollowSymlinksOpt = False,
 ) -> None:
     """Index a collection: formats, dtypes, shared units, private tensors, duplicates. Reads no weights."""
     from weightspace.collection import Collection
 
+    read_policy(follow_symlinks)
     coll = Collection.from_paths(
         models, base=base, allow_pickle=allow_pickle, private=private or (), exclude=exclude or (), min_models=1
     )
@@ -142,7 +151,12 @@ def compress(
         bool,
         typer.Option("--clip-rank", help="Cap --rank at what the data allows instead of failing (k reported)."),
     ] = False,
-    dtype: Annotated[str, typer.Option(help="Storage dtype of basis and coefficients.")] = "float32",
+    dtype: Annotated[
+        str,
+        typer.Option(
+            help="Storage dtype of basis and coefficients (auto: float64 for F64 sources, else float32)."
+        ),
+    ] = "auto",
     no_center: Annotated[bool, typer.Option("--no-center", help="Do not subtract the mean model.")] = False,
     solver: Annotated[str, typer.Option(help="auto, gram or tsqr.")] = "auto",
     allow_larger: Annotated[
@@ -166,14 +180,21 @@ def compress(
     spec: SpecOpt = None,
     symmetries: SymmetriesOpt = None,
     seed: Annotated[int, typer.Option(help="Seeds the alignment's matching order (with --align).")] = 0,
+    overwrite: OverwriteOpt = False,
+    follow_symlinks: FollowSymlinksOpt = False,
+    threads: ThreadsOpt = None,
+    scheduler: SchedulerOpt = None,
+    device: DeviceOpt = "cpu",
 ) -> None:
     """Fit the shared subspace and write a compressed archive (basis + coefficients + private tensors)."""
     from weightspace.cli._rank import check_rank
     from weightspace.collection import Collection
     from weightspace.compress import compress as run
 
+    read_policy(follow_symlinks)
     opts = align_options(align, reference=reference, to=to, spec=spec, symmetries=symmetries, seed=seed)
     n_components = rank_choice(rank, variance)
+    where = run_options(threads, scheduler, device)
     coll = Collection.from_paths(
         models, base=base, allow_pickle=allow_pickle, private=private or (), exclude=exclude or ()
     )
@@ -190,6 +211,8 @@ def compress(
             align=opts,
             allow_larger=allow_larger,
             progress=cb,
+            overwrite=overwrite,
+            **where,
         )
     if result.alignment is not None:
         print_alignment(result.alignment)
@@ -217,10 +240,13 @@ def reconstruct(
         bool,
         typer.Option("--aligned", help="For a compress --align archive: keep the aligned unit order."),
     ] = False,
+    overwrite: OverwriteOpt = False,
+    follow_symlinks: FollowSymlinksOpt = False,
 ) -> None:
     """Rebuild models from an archive in their source format (dtypes, keys, configs restored)."""
     from weightspace.compress import reconstruct as run
 
+    read_policy(follow_symlinks)
     if names and all_models:
         raise InputError("pass model names or --all, not both")
     if not names and not all_models:
@@ -228,7 +254,14 @@ def reconstruct(
     base_path = _local_base(base, allow_pickle)
     with progress_bar("reconstruct", quiet=quiet) as cb:
         results = run(
-            archive, out, names or None, base=base_path, allow_pickle=allow_pickle, aligned=aligned, progress=cb
+            archive,
+            out,
+            names or None,
+            base=base_path,
+            allow_pickle=allow_pickle,
+            aligned=aligned,
+            progress=cb,
+            overwrite=overwrite,
         )
     if json_out:
         emit_json({"archive": str(archive), "out": str(out), "models": [r.to_dict() for r in results]})
@@ -255,13 +288,25 @@ def project(
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
     allow_pickle: AllowPickle = False,
+    follow_symlinks: FollowSymlinksOpt = False,
+    threads: ThreadsOpt = None,
+    scheduler: SchedulerOpt = None,
 ) -> None:
     """Project unseen models onto an archive's subspace; residuals beside the mean-only baseline."""
     from weightspace.compress import project as run
 
+    read_policy(follow_symlinks)
+    where = run_options(threads, scheduler)
+    where.pop("device")
     with progress_bar("project", quiet=quiet) as cb:
         result = run(
-            archive, models, add=add, base=_local_base(base, allow_pickle), allow_pickle=allow_pickle, progress=cb
+            archive,
+            models,
+            add=add,
+            base=_local_base(base, allow_pickle),
+            allow_pickle=allow_pickle,
+            progress=cb,
+            **where,
         )
     if json_out:
         emit_json(result.to_dict())

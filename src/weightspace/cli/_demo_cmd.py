@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from weightspace.cli._common import JsonOpt, QuietOpt, app, emit_json, progress_bar, say
+from weightspace.cli._common import JsonOpt, OverwriteOpt, QuietOpt, app, emit_json, progress_bar, say
 
 
 @app.command()
@@ -25,10 +25,17 @@ def demo(
     no_adapt: Annotated[bool, typer.Option("--no-adapt", help="Skip the adaptation benchmark.")] = False,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """Run the whole pipeline on real model zoos and write demo.html + demo.json (offline, CPU only)."""
+    from weightspace._atomic import check_output, mark_dir
     from weightspace.demo import run_demo
 
+    # The demo writes into the folder (zoos are cached there): only a demo folder, an empty or a new one is used,
+    # unless --overwrite; it is marked first, so an interrupted demo is recognised on the next run.
+    check_output(out, "demo", overwrite=overwrite)
+    out.mkdir(parents=True, exist_ok=True)
+    mark_dir(out, "demo")
     t0 = time.perf_counter()
     with progress_bar("demo", quiet=quiet) as cb:
         result = run_demo(

@@ -11,16 +11,23 @@ from rich.markup import escape
 from weightspace.cli._common import (
     AllowPickle,
     BaseOpt,
+    DeviceOpt,
     ExcludeOpt,
+    FollowSymlinksOpt,
     JsonOpt,
+    OverwriteOpt,
     PrivateOpt,
     QuietOpt,
+    SchedulerOpt,
+    ThreadsOpt,
     app,
     default_base,
     emit_json,
     err_console,
     print_table,
     progress_bar,
+    read_policy,
+    run_options,
     say,
 )
 from weightspace.errors import InputError
@@ -201,7 +208,13 @@ def merge(
     allow_pickle: AllowPickle = False,
     private: PrivateOpt = None,
     exclude: ExcludeOpt = None,
+    overwrite: OverwriteOpt = False,
+    follow_symlinks: FollowSymlinksOpt = False,
+    threads: ThreadsOpt = None,
+    scheduler: SchedulerOpt = None,
+    device: DeviceOpt = "cpu",
 ) -> None:
+    read_policy(follow_symlinks)
     if list_all:
         if json_out:
             from weightspace.merge import list_methods
@@ -249,6 +262,8 @@ def merge(
         allow_pickle=allow_pickle,
         private=private or (),
         exclude=exclude or (),
+        overwrite=overwrite,
+        run=run_options(threads, scheduler, device),
     )
 
 
@@ -270,8 +285,13 @@ def run_merge(
     allow_pickle: bool = False,
     private: tuple[str, ...] | list[str] = (),
     exclude: tuple[str, ...] | list[str] = (),
+    overwrite: bool = False,
+    run: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Open the models, merge and write, print the summary (shared by ``merge`` and ``run``); the JSON summary."""
+    """Open the models, merge and write, print the summary (shared by ``merge`` and ``run``); the JSON summary.
+
+    ``run`` holds the run options (``threads``, ``scheduler``, ``device``) from :func:`run_options`.
+    """
     from weightspace.collection import Collection
     from weightspace.merge import merge as merge_fn
 
@@ -301,6 +321,8 @@ def run_merge(
             rank=rank,
             subspace=basis_archive,
             progress=cb,
+            overwrite=overwrite,
+            **(run or {}),
         )
     summary = result.to_dict()
     if eval_zoo is not None:

@@ -7,7 +7,18 @@ from typing import Annotated
 
 import typer
 
-from weightspace.cli._common import JsonOpt, QuietOpt, app, emit_json, err_console, progress_bar, say
+from weightspace.cli._common import (
+    FollowSymlinksOpt,
+    JsonOpt,
+    OverwriteOpt,
+    QuietOpt,
+    app,
+    emit_json,
+    err_console,
+    progress_bar,
+    read_policy,
+    say,
+)
 from weightspace.errors import InputError
 
 _HELP = """Run a YAML recipe: a mergekit-style merge, or a compress / analyze job.
@@ -38,9 +49,12 @@ def run(
     ] = None,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
+    overwrite: OverwriteOpt = False,
+    follow_symlinks: FollowSymlinksOpt = False,
 ) -> None:
     from weightspace.recipes import AnalyzeRecipe, CompressRecipe, MergeRecipe, load_recipe, merge_params
 
+    read_policy(follow_symlinks)
     r = load_recipe(recipe)
     dest = out if out is not None else (Path(r.out) if r.out is not None else None)
     if dest is None:
@@ -63,6 +77,7 @@ def run(
             allow_pickle=r.allow_pickle,
             private=r.private,
             exclude=r.exclude,
+            overwrite=overwrite,
         )
         return
     from weightspace.collection import Collection
@@ -88,6 +103,7 @@ def run(
                 storage_dtype=r.dtype,
                 allow_larger=r.allow_larger,
                 progress=cb,
+                overwrite=overwrite,
             )
         summary = {**compress_summary(result, n_components), "duplicates": coll.duplicates()}
         if json_out:
@@ -95,15 +111,18 @@ def run(
         print_compress_summary(summary, dest)
         return
     assert isinstance(r, AnalyzeRecipe)  # the three recipe kinds are exhaustive
+    from weightspace._atomic import check_output
     from weightspace.analyze import analyze
 
     if r.plots:
         from weightspace.report import require_matplotlib
 
         require_matplotlib()
+    inputs = [s.path for s in coll.sources] + ([coll.base.path] if coll.base is not None else [])
+    check_output(dest, "report", overwrite=overwrite, inputs=inputs)  # before the analysis
     with progress_bar("analyze", quiet=quiet) as cb:
         rep = analyze(coll, method=r.method, seed=r.seed, n_null=r.null_draws, folds=r.folds, progress=cb)
-        rep.save(dest, plots=r.plots)
+        rep.save(dest, plots=r.plots, overwrite=overwrite)
     if json_out:
         emit_json(rep.to_dict())
     rep.print_summary(err_console)

@@ -26,8 +26,10 @@ def zoo(
     quiet: QuietOpt = False,
 ) -> None:
     """Train a zoo of real models on offline data; every checkpoint carries its task in its metadata."""
+    from weightspace._atomic import check_output
     from weightspace.zoo import build_zoo
 
+    check_output(out, "zoo")  # a folder or file that is not a zoo is never replaced (before any training)
     with progress_bar(f"zoo {name}", quiet=quiet) as cb:
         info = build_zoo(
             name, out, n=n, seed=seed, quick=quick, force=force, progress=lambda d, t, m: cb("train", d, t)

@@ -8,6 +8,12 @@ For PEFT adapters the default method (``auto``) stores every LoRA unit factored 
 per-adapter cores, no dense update). Before anything is written, the archive's size is estimated from the shapes at
 the requested ranks; for LoRA inputs an archive estimated larger than the adapters is refused unless
 ``allow_larger=True``.
+
+Before any work, the output is checked (:func:`weightspace._atomic.check_output`): an existing path that is not a
+weightspace archive is refused unless ``overwrite``, an output that is or holds an input is always refused, the
+file system must accept writes and have room for at least the archive's unavoidable part (each dense unit's mean,
+and the private tensors, in the storage dtype) — so a collection whose headers declare terabytes fails in a second, not
+after hours.
 """
 
 from __future__ import annotations
@@ -18,14 +24,15 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from weightspace._atomic import check_output
 from weightspace._progress import Progress
 from weightspace._words import ratio_words
 from weightspace.align import AlignOptions, align_collection
 from weightspace.collection import Collection, as_collection
-from weightspace.decompose import DEFAULT_CHUNK_BYTES, AutoUnit, SharedSubspace
-from weightspace.errors import InputError
+from weightspace.decompose import DEFAULT_CHUNK_BYTES, STORAGE_DTYPES, AutoUnit, SharedSubspace
+from weightspace.errors import InputError, ParameterError
 
-__all__ = ["CompressResult", "UnitSummary", "compress"]
+__all__ = ["CompressResult", "UnitSummary", "compress", "storage_dtype_for"]
 
 PathLike = str | os.PathLike[str]
 
@@ -99,6 +106,20 @@ class CompressResult:
         return asdict(self)
 
 
+def storage_dtype_for(coll: Collection, choice: str = "auto") -> str:
+    """``choice``, or for ``"auto"`` the storage dtype that keeps the sources' precision.
+
+    ``float64`` when any decomposed tensor is stored as F64 (float32 storage would erase differences below
+    ~1e-7 relative while the float64 spectrum reports them as explained), else ``float32``.
+    """
+    if choice != "auto":
+        return choice
+    wide = any(
+        src.entries[u.name].dtype == "F64" for src in coll.sources for u in coll.units if u.name in src.entries
+    )
+    return "float64" if wide else "float32"
+
+
 def compress(
     models: Collection | Sequence[PathLike],
     out: PathLike,
@@ -109,7 +130,7 @@ def compress(
     center: bool = True,
     svd_solver: str = "auto",
     modes: tuple[int, ...] = (1, 2),
-    storage_dtype: str = "float32",
+    storage_dtype: str = "auto",
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
     allow_pickle: bool = False,
     private: Sequence[str] = (),
@@ -117,6 +138,11 @@ def compress(
     align: AlignOptions | bool | None = None,
     allow_larger: bool = False,
     progress: Progress | None = None,
+    overwrite: bool = False,
+    threads: int | None = None,
+    scheduler: str | None = None,
+    client: Any = None,
+    device: str | None = None,
 ) -> CompressResult:
     """Fit the shared subspace of ``models`` and write it as an archive at ``out``.
 
@@ -126,9 +152,12 @@ def compress(
         A :class:`~weightspace.collection.Collection`, or MODELS as on the command line (files, directories,
         globs, ``@list.txt``); ``base``, ``allow_pickle``, ``private`` and ``exclude`` apply to paths only.
     out : path
-        Archive directory (conventionally ``*.wsz``); replaced atomically if it exists.
-    method, n_components, center, svd_solver, modes, storage_dtype, chunk_bytes
+        Archive directory (conventionally ``*.wsz``); a previous archive there is replaced atomically.
+    method, n_components, center, svd_solver, modes, chunk_bytes
         As in :class:`~weightspace.decompose.SharedSubspace` (default ``auto``: LoRA units factored, others PCA).
+    storage_dtype : str, default "auto"
+        One of :data:`~weightspace.decompose.STORAGE_DTYPES`, or ``auto``: ``float64`` when a source tensor is
+        F64, else ``float32`` (see :func:`storage_dtype_for`).
     align : AlignOptions or bool, optional
         Align the models first (``True``: default :class:`~weightspace.align.AlignOptions`). The archive
         stores every model's permutations (``align.safetensors``) and the alignment (manifest
@@ -139,6 +168,12 @@ def compress(
         adapters (otherwise an :class:`~weightspace.errors.InputError` says both sizes, before anything is written).
     progress : callable, optional
         ``progress(stage, done, total)``.
+    overwrite : bool, default False
+        Replace an existing ``out`` that is not a weightspace archive (refused otherwise, before any work).
+    threads, scheduler, client, device
+        Where the units run (see :class:`~weightspace.backends.RunOptions`): ``threads`` units at once here
+        (default every core), or Dask workers (``scheduler="local:N"``, ``"tcp://HOST:PORT"``, or ``client=``)
+        that write their own archive members; ``device`` for the linear algebra. Results do not depend on them.
 
     Returns
     -------
@@ -160,12 +195,12 @@ def compress(
     """
     t0 = time.perf_counter()
     coll = as_collection(models, base=base, allow_pickle=allow_pickle, private=private, exclude=exclude)
-    alignment = None
-    if align:
-        coll, result = align_collection(
-            coll, align if isinstance(align, AlignOptions) else None, progress=progress
+    storage_dtype = storage_dtype_for(coll, storage_dtype)
+    if storage_dtype not in STORAGE_DTYPES:
+        raise ParameterError(
+            f"The 'storage_dtype' parameter of compress must be one of 'auto', "
+            f"{', '.join(repr(d) for d in STORAGE_DTYPES)}. Got {storage_dtype!r} instead."
         )
-        alignment = result.to_dict()
     ss = SharedSubspace(
         n_components=n_components,
         method=method,
@@ -184,7 +219,32 @@ def compress(
             f"nothing written). Fewer components, or the default method {AutoUnit.method!r} (LoRA units stored "
             "factored), keep it smaller; pass allow_larger=True (--allow-larger) to write it anyway"
         )
-    ss.fit(coll, out=out, progress=progress)
+    inputs = [s.path for s in coll.sources] + ([coll.base.path] if coll.base is not None else [])
+    largest = max(coll.units, key=lambda u: u.numel)
+    check_output(
+        out,
+        "archive",
+        overwrite=overwrite,
+        inputs=inputs,
+        required_bytes=ss.size_estimate(coll, floor=True),
+        detail=f"the largest unit is '{largest.name}' of shape {tuple(largest.shape)} ({largest.numel:,} values)",
+    )
+    alignment = None
+    if align:
+        coll, result = align_collection(
+            coll, align if isinstance(align, AlignOptions) else None, progress=progress
+        )
+        alignment = result.to_dict()
+    ss.fit(
+        coll,
+        out=out,
+        progress=progress,
+        threads=threads,
+        scheduler=scheduler,
+        client=client,
+        device=device,
+        overwrite=overwrite,
+    )
     archive_bytes = sum(p.stat().st_size for p in ss.path_.rglob("*") if p.is_file())  # type: ignore[union-attr]
     model_bytes = sum(m.source_bytes for m in ss.models_)
     units = [

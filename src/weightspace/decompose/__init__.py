@@ -14,7 +14,7 @@ from weightspace.decompose._archive import (
     PrivateRecord,
     model_record,
 )
-from weightspace.decompose._gram import GramResult, Tick, center_gram
+from weightspace.decompose._gram import ChunkStream, GramResult, MemberReader, Tick, center_gram
 from weightspace.decompose._project import ProjectedModel, ProjectResult, UnitResidual, open_base
 from weightspace.decompose._unitfit import (
     DEFAULT_CHUNK_BYTES,
@@ -25,6 +25,7 @@ from weightspace.decompose._unitfit import (
     Residuals,
     UnitFit,
     UnitRecord,
+    member_groups,
     unit_fit_for,
 )
 from weightspace.decompose.hosvd import HOSVDUnitFit, TuckerRecord, TuckerUnit, hosvd, hosvd_cores, hosvd_factors
@@ -51,6 +52,7 @@ __all__ = [
     "ArchiveWriter",
     "AutoUnit",
     "BaseRecord",
+    "ChunkStream",
     "FitParams",
     "GramResult",
     "HOSVDUnitFit",
@@ -59,6 +61,7 @@ __all__ = [
     "LoraTuckerRecord",
     "LoraTuckerUnit",
     "Manifest",
+    "MemberReader",
     "MemoryStore",
     "ModelRecord",
     "PCARecord",
@@ -85,6 +88,7 @@ __all__ = [
     "hosvd_factors",
     "k_for_fraction",
     "lora_hosvd",
+    "member_groups",
     "model_record",
     "open_base",
     "pca_basis",

@@ -17,15 +17,25 @@ place atomically, so an interrupted write leaves the previous archive (or nothin
 without a manifest, with an unknown format version, with a member name that is not one of the forms above, or
 whose members' sha256 differ from the manifest. The manifest is validated into typed records
 (:class:`Manifest`); callers get those records, never the raw JSON.
+
+An archive may come from a stranger, so nothing in its manifest is trusted: the manifest is parsed by the bounded
+JSON parser; model names are single plain file names (they become output paths); config names are the known
+config files only and a stored shard index names plain ``*.safetensors`` shards; dtype tags, source formats and
+numbers are typed and range-checked (``k >= 0``, LoRA ranks >= 1 and finite positive scalings, unit rows and cols
+consistent with the shape); every member is a regular file inside the archive (no links out, no FIFOs), every
+stored tensor is finite, every unit's stored tensors have exactly the shapes its record implies, and every
+private key a model record names is stored.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import re
 import stat
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -37,17 +47,30 @@ from pydantic import (
     SerializeAsAny,
     StrictBool,
     StrictInt,
+    StrictStr,
     ValidationError,
     field_validator,
     model_validator,
 )
 
-from weightspace._atomic import atomic_dir
+from weightspace._atomic import atomic_dir, check_output
+from weightspace._json import parse_json
 from weightspace._version import __version__
 from weightspace.decompose._unitfit import UNIT_FITS, UnitRecord
 from weightspace.decompose.pca import PCAUnit
 from weightspace.errors import ArchiveError, CorruptFileError, WeightspaceError
-from weightspace.io import DTYPES, ModelSource, PeftSource, SafetensorsFile, SafetensorsWriter, file_sha256
+from weightspace.io import (
+    CONFIG_FILES,
+    DTYPES,
+    SHARD_INDEX,
+    ModelSource,
+    PeftSource,
+    SafetensorsFile,
+    SafetensorsWriter,
+    check_name,
+    check_shard_name,
+    file_sha256,
+)
 from weightspace.units import UnitSpec
 
 __all__ = [
@@ -63,6 +86,7 @@ __all__ = [
     "MemberDigest",
     "ModelRecord",
     "PrivateRecord",
+    "UnitFileStore",
     "model_record",
 ]
 
@@ -82,6 +106,12 @@ PRIVATE = "private.safetensors"
 # Optional members written by other packages (``align.safetensors``: the permutations of an aligned collection).
 EXTRA_MEMBERS = ("align.safetensors",)
 _UNIT_MEMBER = re.compile(r"units/[0-9]{5,9}\.safetensors")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+MAX_METADATA_BYTES = 64 * 1024
+"""``__metadata__`` of a source copied into the manifest, per model, at most (larger blocks are cut, with a warning)."""
+CONFIG_NAMES = frozenset({*CONFIG_FILES, SHARD_INDEX, "adapter_config.json"})
+"""The only file names a model record's ``configs`` may hold (they are written next to rebuilt weights)."""
+SOURCE_FORMATS = ("safetensors", "hf-dir", "hf-sharded", "peft", "torch", "memory")
 _V1_KEY_PREFIX = {"mean": "mean", "basis": "basis", "U": "U", "V": "V"}
 
 
@@ -101,37 +131,116 @@ class MemberDigest(_Record):
     sha256: str
     bytes: StrictInt
 
+    @model_validator(mode="after")
+    def _valid(self) -> MemberDigest:
+        if self.bytes < 0 or not _SHA256.fullmatch(self.sha256):
+            raise ValueError("a member digest needs 'bytes' >= 0 and a 64-hex-digit 'sha256'")
+        return self
+
+
+def _dims(shape: list[int], what: str) -> None:
+    if any(d < 0 for d in shape):
+        raise ValueError(f"{what} {shape} has a negative dimension")
+
 
 class LoraRecord(_Record):
     """How one LoRA module of a PEFT adapter maps to its unit."""
 
-    a_key: str
-    b_key: str
+    a_key: StrictStr
+    b_key: StrictStr
     rank: StrictInt
     scaling: float
     fan_in_fan_out: StrictBool
     a_shape: list[StrictInt]
     b_shape: list[StrictInt]
 
+    @model_validator(mode="after")
+    def _valid(self) -> LoraRecord:
+        if not self.a_key or not self.b_key:
+            raise ValueError("a_key and b_key must be non-empty tensor names")
+        if self.rank < 1:
+            raise ValueError(f"rank must be >= 1, got {self.rank}")
+        if not (math.isfinite(self.scaling) and self.scaling > 0):
+            raise ValueError(f"scaling must be a finite number > 0, got {self.scaling}")
+        _dims(self.a_shape, "a_shape")
+        _dims(self.b_shape, "b_shape")
+        if (
+            len(self.a_shape) < 2
+            or len(self.b_shape) < 2
+            or self.a_shape[0] != self.rank
+            or self.b_shape[1] != self.rank
+        ):
+            raise ValueError(
+                f"a_shape {self.a_shape} and b_shape {self.b_shape} must be (rank, ...) and (..., rank, ...) "
+                f"with rank {self.rank}"
+            )
+        return self
+
 
 class ModelRecord(_Record):
     """Everything ``reconstruct`` needs to write one model back in its own layout."""
 
-    name: str
+    name: StrictStr
     source_path: str = ""
-    source_format: str
+    source_format: Literal["safetensors", "hf-dir", "hf-sharded", "peft", "torch", "memory"]
     source_sha256: str = ""
     source_bytes: StrictInt = 0
-    metadata: dict[str, str] | None = None
-    configs: dict[str, str] | None = None
-    dtypes: dict[str, str]
-    private: list[str]
-    key_order: list[str] = []
-    lora: dict[str, LoraRecord] | None = None
-    extra_keys: dict[str, str] = {}
-    file_key_order: list[str] | None = None
+    metadata: dict[StrictStr, StrictStr] | None = None
+    configs: dict[StrictStr, StrictStr] | None = None
+    dtypes: dict[StrictStr, StrictStr]
+    private: list[StrictStr]
+    key_order: list[StrictStr] = []
+    lora: dict[StrictStr, LoraRecord] | None = None
+    extra_keys: dict[StrictStr, StrictStr] = {}
+    file_key_order: list[StrictStr] | None = None
     added: StrictBool = False
     projection: dict[str, float] | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, value: str) -> str:
+        try:
+            return check_name(value, what="model name")
+        except WeightspaceError as err:
+            raise ValueError(err.message) from None
+
+    @field_validator("dtypes")
+    @classmethod
+    def _known_dtypes(cls, value: dict[str, str]) -> dict[str, str]:
+        for key, tag in value.items():
+            if tag not in DTYPES:
+                raise ValueError(f"dtype {tag[:20]!r} of {key[:80]!r} is not a known dtype tag")
+        return value
+
+    @field_validator("configs")
+    @classmethod
+    def _known_configs(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        for name, text in (value or {}).items():
+            if name not in CONFIG_NAMES:
+                raise ValueError(
+                    f"config file name {name[:300]!r} is not one of {', '.join(sorted(CONFIG_NAMES))}"
+                )
+            try:
+                doc = parse_json(text, what=name, path=name)
+            except WeightspaceError as err:
+                raise ValueError(err.message) from None
+            if name == SHARD_INDEX:
+                weight_map = doc.get("weight_map") if isinstance(doc, dict) else None
+                if not isinstance(weight_map, dict):
+                    raise ValueError("the stored shard index has no 'weight_map' object")
+                for key, shard in weight_map.items():
+                    try:
+                        check_shard_name(shard, path=SHARD_INDEX, tensor=key)
+                    except WeightspaceError as err:
+                        raise ValueError(str(err)) from None
+        return value
+
+    @field_validator("source_bytes")
+    @classmethod
+    def _size(cls, value: int) -> int:
+        if value < 0:
+            raise ValueError("source_bytes must be >= 0")
+        return value
 
 
 class BaseRecord(_Record):
@@ -201,15 +310,51 @@ class Manifest(_Record):
         for what, names in (("model", [m.name for m in self.models]), ("unit", [u.name for u in self.units])):
             if len(set(names)) != len(names):
                 raise ValueError(f"{what} names must be unique")
-        for m in self.models:
-            if not m.name or "/" in m.name or m.name in (".", ".."):
-                raise ValueError(f"model name {m.name!r} is not a plain name")
         for name in self.members:
             if not (name in (_V1_BASIS, COEFFICIENTS, PRIVATE, *EXTRA_MEMBERS) or _UNIT_MEMBER.fullmatch(name)):
-                raise ValueError(f"member name {name!r} is not an archive member name")
+                raise ValueError(f"member name {name[:80]!r} is not an archive member name")
         for u in self.units:
             if u.member is not None and u.member not in self.members:
-                raise ValueError(f"unit {u.name!r} names member {u.member!r}, which 'members' does not list")
+                raise ValueError(f"unit {u.name!r} names member {u.member[:80]!r}, which 'members' does not list")
+            _dims(u.shape, f"unit {u.name!r} shape")
+            rows = u.shape[0] if u.shape else 1
+            cols = math.prod(u.shape[1:]) if len(u.shape) > 1 else 1
+            if (u.rows, u.cols) != (rows, cols):
+                raise ValueError(
+                    f"unit {u.name!r} records rows={u.rows}, cols={u.cols}, but its shape {u.shape} means "
+                    f"rows={rows}, cols={cols}"
+                )
+        units = {u.name for u in self.units}
+        shapes = {u.name: u for u in self.units}
+        for m in self.models:
+            if self.kind == "peft":
+                if not m.lora:
+                    raise ValueError(f"model {m.name!r} of a PEFT archive has no LoRA records")
+                stray = sorted(set(m.lora) - units)
+                if stray:
+                    raise ValueError(
+                        f"model {m.name!r} has a LoRA record for {stray[0][:80]!r}, which is not a unit"
+                    )
+                for key, rec in m.lora.items():
+                    u = shapes[key]
+                    d_out, d_in = (u.cols, u.rows) if rec.fan_in_fan_out else (u.rows, u.cols)
+                    if (
+                        rec.b_shape[0] != d_out
+                        or math.prod(rec.a_shape[1:]) != d_in
+                        or any(d != 1 for d in rec.b_shape[2:])
+                    ):
+                        raise ValueError(
+                            f"model {m.name!r}: the LoRA record of {key!r} has a_shape {rec.a_shape} and b_shape "
+                            f"{rec.b_shape}, which do not fit the unit's shape {u.shape}"
+                        )
+            elif m.lora:
+                raise ValueError(f"model {m.name!r} has LoRA records but the archive kind is {self.kind!r}")
+            known = units | set(m.private) | set(self.excluded)
+            odd = [k for k in m.key_order if k not in known]
+            if odd:
+                raise ValueError(
+                    f"model {m.name!r} lists key {odd[0][:80]!r}, which is neither a unit nor private"
+                )
         return self
 
     def to_json(self) -> str:
@@ -223,15 +368,12 @@ class Manifest(_Record):
 
 def _parse_manifest(path: Path) -> Manifest:
     raw = _read_regular(path, MAX_MANIFEST_BYTES, "manifest")
-    try:
-        data = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError, ValueError) as err:
-        raise ArchiveError(f"cannot parse manifest ({type(err).__name__}: {str(err)[:200]})", path=path) from None
+    data = parse_json(raw, path=path, what="manifest", error=ArchiveError)
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise ArchiveError(f"manifest is not a {FORMAT} manifest", path=path)
     if type(data.get("version")) is not int or data["version"] not in READABLE_VERSIONS:
         raise ArchiveError(
-            f"archive format version {data.get('version')!r} is not supported (this weightspace reads "
+            f"archive format version {repr(data.get('version'))[:40]} is not supported (this weightspace reads "
             f"{', '.join(map(str, READABLE_VERSIONS))})",
             path=path,
         )
@@ -239,9 +381,9 @@ def _parse_manifest(path: Path) -> Manifest:
         return Manifest.model_validate(data)
     except ValidationError as err:
         first = err.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+        where = ".".join(str(p)[:80] for p in first["loc"]) or "(top level)"
         raise ArchiveError(
-            f"manifest is malformed at {where}: {first['msg']} ({err.error_count()} problem(s))", path=path
+            f"manifest is malformed at {where}: {first['msg'][:300]} ({err.error_count()} problem(s))", path=path
         ) from None
 
 
@@ -278,7 +420,7 @@ def model_record(
         "source_format": src.format,
         "source_sha256": src.sha256(),
         "source_bytes": src.nbytes_on_disk(),
-        "metadata": src.metadata,
+        "metadata": capped_metadata(src.metadata, src.path),
         "configs": src.configs,
         "dtypes": {u.name: src.entries[u.name].dtype for u in units},
         "private": list(private_keys),
@@ -302,6 +444,38 @@ def model_record(
         rec["extra_keys"] = dict(src.extra_keys)
         rec["file_key_order"] = src.file_keys()
     return ModelRecord.model_validate(rec)
+
+
+def capped_metadata(metadata: Mapping[str, str], path: str | os.PathLike[str]) -> dict[str, str]:
+    """``metadata`` within :data:`MAX_METADATA_BYTES`: entries are kept smallest first while they fit, the rest
+    dropped with a warning naming them (so ``format: pt`` survives a megabyte-sized blob beside it).
+
+    Examples
+    --------
+    >>> capped_metadata({"format": "pt"}, "m.safetensors")
+    {'format': 'pt'}
+    """
+
+    def size(item: tuple[str, str]) -> int:
+        return len(item[0].encode("utf-8", "replace")) + len(item[1].encode("utf-8", "replace"))
+
+    keep: set[str] = set()
+    used = 0
+    for k, v in sorted(metadata.items(), key=size):
+        if used + size((k, v)) > MAX_METADATA_BYTES:
+            break
+        keep.add(k)
+        used += size((k, v))
+    dropped = [k for k in metadata if k not in keep]
+    if dropped:
+        listing = ", ".join(repr(k[:40]) for k in dropped[:5])
+        warnings.warn(
+            f"{path}: __metadata__ holds more than {MAX_METADATA_BYTES} bytes; not kept: {listing}"
+            + (f" and {len(dropped) - 5} more" if len(dropped) > 5 else ""),
+            UserWarning,
+            stacklevel=3,
+        )
+    return {k: v for k, v in metadata.items() if k in keep}
 
 
 # ------------------------------------------------------------------------------------------------ reading
@@ -361,6 +535,49 @@ class Archive:
         self._files: dict[str, SafetensorsFile] = {}
         self.model_names: list[str] = [m.name for m in self.manifest.models]
         self.units: dict[str, UnitRecord] = self.manifest.unit_index
+        self._check_private()
+
+    def _check_private(self) -> None:
+        """Every private key a model record names is stored, in a dtype torch can read."""
+        f = self._file(PRIVATE)
+        for m in self.manifest.models:
+            for key in m.private:
+                name = f"{m.name}/{key}"
+                if name not in f.tensors:
+                    raise ArchiveError(
+                        f"model {m.name!r} lists private tensor {key!r}, which the archive does not hold",
+                        path=f.path,
+                        tensor=name,
+                    )
+                if f.info(name).torch_dtype is None:
+                    raise ArchiveError(
+                        f"private tensor has dtype {f.info(name).dtype}, which cannot be read",
+                        path=f.path,
+                        tensor=name,
+                    )
+
+    def check_unit_layout(self, unit: str, layout: Mapping[str, tuple[int, ...]]) -> None:
+        """Raise :class:`ArchiveError` unless ``unit``'s stored tensors have exactly the shapes of ``layout``."""
+        for name, shape in layout.items():
+            if any(d < 0 for d in shape):
+                raise ArchiveError(
+                    f"the manifest implies a negative size {shape} for stored '{name}'",
+                    path=self.path,
+                    tensor=unit,
+                )
+        src = self.unit_source(unit)
+        f = self._file(src.member)
+        for name, shape in layout.items():
+            key = name if src.prefix is None else f"{_V1_KEY_PREFIX.get(name, name)}/{src.prefix}"
+            info = f.tensors.get(key)
+            if info is None:
+                raise ArchiveError("member lacks a tensor the manifest implies", path=f.path, tensor=key)
+            if math.prod(info.shape) != math.prod(shape):
+                raise ArchiveError(
+                    f"stored tensor has shape {info.shape}, but the manifest implies {shape} for unit '{unit}'",
+                    path=f.path,
+                    tensor=key,
+                )
 
     def _member_path(self, name: str) -> Path:
         p = self.path / name
@@ -372,7 +589,7 @@ class Archive:
         if self._root not in real.parents:
             raise ArchiveError("archive member resolves outside the archive", path=p)
         if not p.is_file():
-            raise ArchiveError("archive member is not a regular file", path=p)
+            raise ArchiveError("archive member is not a regular file (a FIFO, device or directory)", path=p)
         return p
 
     def verify(self) -> None:
@@ -384,7 +601,7 @@ class Archive:
                 raise ArchiveError(
                     f"member is corrupted: {size} bytes; the manifest records {want.bytes} bytes", path=p
                 )
-            got = file_sha256(p)
+            got = file_sha256(p, root=self._root)
             if got != want.sha256:
                 raise ArchiveError(
                     f"member is corrupted: sha256 {got[:12]}…; the manifest records {want.sha256[:12]}…", path=p
@@ -395,7 +612,7 @@ class Archive:
             if member not in self.manifest.members:
                 raise ArchiveError("the manifest does not list this member", path=self.path / member)
             try:
-                self._files[member] = SafetensorsFile(self._member_path(member))
+                self._files[member] = SafetensorsFile(self._member_path(member), root=self._root)
             except CorruptFileError as err:
                 raise ArchiveError(f"member is unreadable: {err.message}", path=self.path / member) from None
         return self._files[member]
@@ -406,9 +623,11 @@ class Archive:
         if key not in f.tensors:
             raise ArchiveError("member lacks a tensor the manifest implies", path=f.path, tensor=key)
         try:
-            return f.read(key).to(torch.float64)
+            t = f.read(key).to(torch.float64)
         except WeightspaceError as err:
             raise ArchiveError(f"member is unreadable: {err.message}", path=f.path, tensor=key) from None
+        _finite(t, f.path, key)
+        return t
 
     # -- fitted pieces -------------------------------------------------------------------------------------
     @property
@@ -440,7 +659,10 @@ class Archive:
         name = f"{model}/{key}"
         if name not in f.tensors:
             raise ArchiveError("archive holds no such private tensor", path=f.path, tensor=name)
-        return f.read(name)
+        t = f.read(name)
+        if t.is_floating_point():
+            _finite(t, f.path, name)
+        return t
 
     def private_specs(self) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
         """``<model>/<key>`` → (dtype, shape) of every stored private tensor."""
@@ -461,19 +683,30 @@ class Archive:
         return self._member_path(member)
 
 
-# ------------------------------------------------------------------------------------------------ writing
-class _UnitFileStore:
-    """One unit's member file: declare the layout, stream tensors in, read them back once closed."""
+def _finite(t: torch.Tensor, path: Path, key: str) -> None:
+    if not bool(torch.isfinite(t).all()):
+        bad = int((~torch.isfinite(t)).sum())
+        raise ArchiveError(f"stored tensor holds {bad} NaN or infinite value(s)", path=path, tensor=key)
 
-    def __init__(self, path: Path, dtype: torch.dtype):
-        self.path, self.dtype = path, dtype
+
+# ------------------------------------------------------------------------------------------------ writing
+class UnitFileStore:
+    """One unit's member file: declare the layout, stream tensors in, read them back once closed.
+
+    The member's folder must exist already (:meth:`ArchiveWriter.member_path` makes it): a store whose archive
+    was removed underneath it (a failed run) fails instead of re-creating the folder.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], dtype: torch.dtype, label: Path | None = None):
+        self.path, self.dtype, self.label = Path(path), dtype, label
         self._writer: SafetensorsWriter | None = None
         self._layout: dict[str, tuple[int, ...]] = {}
 
     def declare(self, layout: Mapping[str, tuple[int, ...]]) -> None:
         self._layout = dict(layout)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._writer = SafetensorsWriter(self.path, {k: (self.dtype, s) for k, s in layout.items()})
+        self._writer = SafetensorsWriter(
+            self.path, {k: (self.dtype, s) for k, s in layout.items()}, label=self.label
+        )
 
     def write(self, name: str, tensor: torch.Tensor) -> None:
         self._w().write(name, tensor.reshape(self._layout[name]))
@@ -498,6 +731,11 @@ class _UnitFileStore:
         self.close()
         return SafetensorsFile(self.path).read(name).to(torch.float64)
 
+    def digest(self) -> MemberDigest:
+        """Close the member and return its sha256 and size (computed where it was written)."""
+        self.close()
+        return MemberDigest(sha256=file_sha256(self.path), bytes=self.path.stat().st_size)
+
 
 class ArchiveWriter:
     """Builds an archive in a temporary sibling of ``dest`` and swaps it into place when done.
@@ -511,20 +749,25 @@ class ArchiveWriter:
         The archive directory.
     storage_dtype : str
         One of :data:`STORAGE_DTYPES`: dtype of stored means, bases and coefficients.
+    overwrite : bool, default False
+        Replace ``dest`` even if it is not a weightspace archive (see :func:`weightspace._atomic.check_output`);
+        without it such a path is refused with an :class:`~weightspace.errors.OutputError`.
     """
 
-    def __init__(self, dest: str | os.PathLike[str], storage_dtype: str = "float32"):
+    def __init__(self, dest: str | os.PathLike[str], storage_dtype: str = "float32", *, overwrite: bool = False):
         if storage_dtype not in STORAGE_DTYPES:
             raise ValueError(f"unknown storage dtype {storage_dtype!r}")
         self.dest = Path(dest)
+        self.overwrite = overwrite
         self.dtype = STORAGE_DTYPES[storage_dtype]
         self.storage_dtype = storage_dtype
         self.tmp: Path | None = None
-        self._stores: list[_UnitFileStore] = []
+        self._stores: list[UnitFileStore] = []
         self._ctx: contextlib.AbstractContextManager[Path] | None = None
         self.archive_bytes = 0
 
     def __enter__(self) -> ArchiveWriter:
+        check_output(self.dest, "archive", overwrite=self.overwrite)
         self._ctx = atomic_dir(self.dest)
         self.tmp = self._ctx.__enter__()
         return self
@@ -541,16 +784,22 @@ class ArchiveWriter:
             raise RuntimeError("ArchiveWriter must be used as a context manager")
         return self.tmp
 
-    def unit_store(self, index: int) -> _UnitFileStore:
+    def unit_store(self, index: int) -> UnitFileStore:
         """The member store of unit ``index``."""
-        store = _UnitFileStore(self._dir() / unit_member_name(index), self.dtype)
+        store = UnitFileStore(self.member_path(index), self.dtype, label=self.dest / unit_member_name(index))
         self._stores.append(store)
         return store
+
+    def member_path(self, index: int) -> Path:
+        """Where unit ``index``'s member is written (its folder is created); a worker may write it there."""
+        path = self._dir() / unit_member_name(index)
+        path.parent.mkdir(exist_ok=True)
+        return path
 
     def write_coefficients(self, coefficients: Mapping[str, torch.Tensor]) -> None:
         """``coef/<unit>`` tensors, stored in the storage dtype."""
         specs = {f"coef/{u}": (self.dtype, tuple(c.shape)) for u, c in coefficients.items()}
-        with SafetensorsWriter(self._dir() / COEFFICIENTS, specs) as w:
+        with SafetensorsWriter(self._dir() / COEFFICIENTS, specs, label=self.dest / COEFFICIENTS) as w:
             for u, c in coefficients.items():
                 w.write(f"coef/{u}", c)
 
@@ -560,7 +809,7 @@ class ArchiveWriter:
         read: Callable[[str], torch.Tensor],
     ) -> None:
         """Private tensors ``<model>/<key>`` verbatim, each read by ``read(name)`` when written."""
-        with SafetensorsWriter(self._dir() / PRIVATE, specs) as w:
+        with SafetensorsWriter(self._dir() / PRIVATE, specs, label=self.dest / PRIVATE) as w:
             for name in specs:
                 w.write(name, read(name))
 
@@ -584,19 +833,27 @@ class ArchiveWriter:
 
             shutil.copyfile(source, dst)
 
-    def finish(self, manifest: dict[str, Any]) -> Manifest:
+    def finish(self, manifest: dict[str, Any], digests: Mapping[str, MemberDigest] | None = None) -> Manifest:
         """Close every member, hash them, validate and write ``manifest.json`` last.
 
-        ``manifest`` holds every field but ``format``, ``version``, ``created_by`` and ``members``.
+        ``manifest`` holds every field but ``format``, ``version``, ``created_by`` and ``members``. ``digests``
+        are members hashed where they were written (by workers); one whose size differs on disk is hashed again.
         """
         root = self._dir()
         for s in self._stores:
             s.close()
+        known = dict(digests or {})
         members = {}
         for p in sorted(root.rglob("*")):
             if p.is_file():
                 name = p.relative_to(root).as_posix()
-                members[name] = {"sha256": file_sha256(p), "bytes": p.stat().st_size}
+                size = p.stat().st_size
+                d = known.get(name)
+                members[name] = (
+                    {"sha256": d.sha256, "bytes": size}
+                    if d is not None and d.bytes == size
+                    else {"sha256": file_sha256(p), "bytes": size}
+                )
         full = {
             "format": FORMAT,
             "version": VERSION,

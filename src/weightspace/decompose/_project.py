@@ -22,11 +22,13 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from weightspace.backends import RunOptions, Task, open_executor
 from weightspace.collection import model_names
 from weightspace.decompose._archive import iter_private_specs, model_record
+from weightspace.decompose._unitfit import DEFAULT_CHUNK_BYTES
 from weightspace.errors import ArchiveError, InputError, ParameterError, ShapeMismatchError, TensorKeyError
 from weightspace.io import ModelSource, expand_models, open_source
-from weightspace.units import UnitMember, UnitSpec
+from weightspace.units import UnitMember, UnitSpec, UnitStack
 
 if TYPE_CHECKING:
     from weightspace.decompose.subspace import SharedSubspace
@@ -162,6 +164,14 @@ def _pooled(
     )
 
 
+def _project_unit(shared: tuple[Any, list[ModelSource], ModelSource | None], name: str, budget: int) -> list[Any]:
+    """Residuals of every projected model in unit ``name`` (a task: the unit's stored tensors are read once)."""
+    subspace, sources, base_src = shared
+    unit = subspace.units_[name]
+    stack = UnitStack(unit.spec, [UnitMember(src, unit.spec, base=base_src) for src in sources])
+    return unit.residuals_many(stack, budget_bytes=budget)
+
+
 def project_models(
     subspace: SharedSubspace,
     models: Sequence[PathLike] | Sequence[Mapping[str, torch.Tensor]],
@@ -170,6 +180,7 @@ def project_models(
     base: PathLike | None = None,
     allow_pickle: bool = False,
     progress: Progress | None = None,
+    run: RunOptions | None = None,
 ) -> ProjectResult:
     """See :meth:`SharedSubspace.project`."""
     units = subspace.units_
@@ -180,16 +191,19 @@ def project_models(
     if isinstance(items[0], Mapping):
         if add:
             raise ParameterError("add=True needs model files (their source records go into the archive)")
-        results = []
         for i, sd in enumerate(items):
-            parts, coefs = [], {}
-            for name, unit in units.items():
+            for name in units:
                 if name not in sd:  # type: ignore[operator]
                     raise TensorKeyError(f"model {i} lacks this unit", tensor=name)
-                r = unit.residuals(sd[name])  # type: ignore[index]
-                parts.append((name, r))
-                coefs[name] = r.coefficients
-            results.append(_pooled(f"model-{i}", None, parts, coefs))
+        parts_of: list[list[tuple[str, Any]]] = [[] for _ in items]
+        for name, unit in units.items():
+            with unit.pinned():  # the unit's stored tensors are read once for all models
+                for i, sd in enumerate(items):
+                    parts_of[i].append((name, unit.residuals(sd[name])))  # type: ignore[index]
+        results = [
+            _pooled(f"model-{i}", None, parts, {name: r.coefficients for name, r in parts})
+            for i, parts in enumerate(parts_of)
+        ]
         return ProjectResult(None, results, False)
     paths = expand_models(items)  # type: ignore[arg-type]
     if not paths:
@@ -201,13 +215,21 @@ def project_models(
     names = _fresh_names(model_names(paths), set(subspace.model_names_))
     per_model: list[list[tuple[str, Any]]] = [[] for _ in sources]
     coefs: list[dict[str, torch.Tensor]] = [{} for _ in sources]
-    for done, (name, unit) in enumerate(units.items(), 1):
-        for j, src in enumerate(sources):
-            r = unit.residuals(UnitMember(src, unit.spec, base=base_src))
+    opts = run if run is not None else RunOptions()
+    unit_names = list(units)
+    results_by_unit: dict[int, list[Any]] = {}
+    with open_executor(opts) as ex:
+        shared = ex.share((subspace, sources, base_src))
+        budget = max(ex.task_bytes(opts.cache_bytes), DEFAULT_CHUNK_BYTES)
+        tasks = [Task(_project_unit, (shared, name, budget), f"unit '{name}'") for name in unit_names]
+        for u, res in ex.run(tasks):
+            results_by_unit[u] = res
+            if progress is not None:
+                progress("project", len(results_by_unit), len(units))
+    for u, name in enumerate(unit_names):
+        for j, r in enumerate(results_by_unit[u]):
             per_model[j].append((name, r))
             coefs[j][name] = r.coefficients
-        if progress is not None:
-            progress("project", done, len(units))
     results = [
         _pooled(n, str(src.path), parts, c)
         for n, src, parts, c in zip(names, sources, per_model, coefs, strict=True)

@@ -20,7 +20,8 @@ lets a class that :attr:`UnitFit.specialises` a method take the units it support
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Mapping
+import contextlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Protocol
 
@@ -28,6 +29,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, StrictBool, StrictInt
 
 from weightspace._registry import Registry
+from weightspace.backends import DEFAULT_CACHE_BYTES
 from weightspace.errors import ParameterError, ShapeMismatchError
 from weightspace.units import UnitMember, UnitSpec, UnitStack
 
@@ -43,6 +45,7 @@ __all__ = [
     "TensorStore",
     "UnitFit",
     "UnitRecord",
+    "member_groups",
     "unit_fit_for",
 ]
 
@@ -66,6 +69,11 @@ class FitParams:
         Compressed weight modes (Tucker only).
     chunk_bytes : int
         Budget of one streamed float64 chunk across all models.
+    device : str
+        Where the linear algebra runs (``cpu``, ``cuda``, ``cuda:N``); a run option, never a result change.
+    cache_bytes : int
+        A unit whose float64 rows across all models fit in this many bytes is read once and kept between passes
+        (memory per unit in flight); larger units are streamed again. A run option, never a result change.
     """
 
     n_components: Rank = 16
@@ -73,6 +81,8 @@ class FitParams:
     svd_solver: str = "auto"
     modes: tuple[int, ...] = (1, 2)
     chunk_bytes: int = DEFAULT_CHUNK_BYTES
+    device: str = "cpu"
+    cache_bytes: int = DEFAULT_CACHE_BYTES
 
     @property
     def scalar_rank(self) -> int | float:
@@ -440,6 +450,33 @@ class UnitFit(abc.ABC):
         """Fitted model ``i``'s reconstructed member, float64 of shape (rows, cols)."""
         return self.inverse_transform(self.coefficients[i])
 
+    @contextlib.contextmanager
+    def pinned(self) -> Iterator[UnitFit]:
+        """Inside the block every stored tensor is read once and reused (reconstructing or projecting many models
+        then reads a basis once, not once per model); released when the block ends."""
+        source = self.source
+        self.source = _PinnedSource(source)
+        try:
+            yield self
+        finally:
+            self.source = source
+
+    def members(self, indices: Sequence[int]) -> torch.Tensor:
+        """Reconstructed members of fitted models ``indices``, float64 of shape (len(indices), rows, cols).
+
+        Methods override this with one batched product; call it inside :meth:`pinned` for many batches.
+        """
+        with self.pinned():
+            if not indices:
+                return torch.zeros(0, self.spec.rows, self.spec.cols, dtype=torch.float64)
+            return torch.stack([self.member(i).reshape(self.spec.rows, self.spec.cols) for i in indices])
+
+    def residuals_many(self, stack: UnitStack, *, budget_bytes: int = DEFAULT_CHUNK_BYTES) -> list[Residuals]:
+        """:meth:`residuals` of every member of ``stack`` (unseen models of this unit), the stored tensors read
+        once; methods override it with batched products over groups of members that fit ``budget_bytes``."""
+        with self.pinned():
+            return [self.residuals(m) for m in stack.members]
+
     def residuals(self, member: UnitMember | torch.Tensor) -> Residuals:
         """Errors of one (unseen) member: mean+basis, mean-only and basis-only, with its coefficients."""
         x = member.full() if isinstance(member, UnitMember) else member.to(torch.float64)
@@ -483,6 +520,31 @@ class UnitFit(abc.ABC):
     ) -> torch.Tensor | None:
         """``x @ synthesize(...)ᵀ`` computed without forming the dense tensor, or None if not cheaper here."""
         return None
+
+
+class _PinnedSource:
+    """A :class:`TensorSource` that reads each tensor from ``source`` once and keeps it."""
+
+    def __init__(self, source: TensorSource):
+        self.source = source
+        self.tensors: dict[str, torch.Tensor] = {}
+
+    def read(self, name: str) -> torch.Tensor:
+        if name not in self.tensors:
+            self.tensors[name] = self.source.read(name)
+        return self.tensors[name]
+
+
+def member_groups(n: int, numel: int, budget_bytes: int) -> list[tuple[int, int]]:
+    """``[g0, g1)`` ranges of ``n`` members whose float64 values (``numel`` each) fit ``budget_bytes`` together.
+
+    Examples
+    --------
+    >>> member_groups(5, 100, 1600)
+    [(0, 2), (2, 4), (4, 5)]
+    """
+    step = max(1, budget_bytes // max(1, numel * 8))
+    return [(g, min(g + step, n)) for g in range(0, n, step)]
 
 
 UNIT_FITS: Registry[type[UnitFit]] = Registry("decomposition method")

@@ -26,14 +26,18 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, StrictInt
 
-from weightspace.decompose._gram import Tick
+from weightspace.backends import resolve_device, to_device
+from weightspace.decompose._gram import MemberReader, Tick
 from weightspace.decompose._unitfit import (
+    DEFAULT_CHUNK_BYTES,
     UNIT_FITS,
     FitParams,
     Parametrisation,
+    Residuals,
     TensorStore,
     UnitFit,
     UnitRecord,
+    member_groups,
 )
 from weightspace.decompose.pca import PCAUnit
 from weightspace.decompose.rank import choose_rank, sign_fix, zero_tolerance
@@ -112,43 +116,58 @@ def _ranks(ranks: Ranks) -> tuple[int | float, int | float]:
 
 def _eig_desc(s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     evals, evecs = torch.linalg.eigh((s + s.T) / 2)
+    evals, evecs = evals.cpu(), evecs.cpu()
     order = torch.argsort(evals, descending=True, stable=True)
     return evals[order].clamp_min(0).sqrt(), evecs[:, order]
 
 
 def hosvd_factors(
-    stack: UnitStack, ranks: Ranks, *, center: bool = True, modes: Sequence[int] = (1, 2), tick: Tick | None = None
+    stack: UnitStack,
+    ranks: Ranks,
+    *,
+    center: bool = True,
+    modes: Sequence[int] = (1, 2),
+    tick: Tick | None = None,
+    device: str | torch.device | None = None,
+    reader: MemberReader | None = None,
 ) -> HOSVDUnitFit:
-    """Pass 1: mean, mode scatters, and the mode factors ``U``, ``V`` (cores not yet computed)."""
+    """Pass 1: mean, mode scatters, and the mode factors ``U``, ``V`` (cores not yet computed).
+
+    ``device`` runs the scatters and eigendecompositions there; ``reader`` (shared with :func:`hosvd_cores`) keeps
+    the members of a unit that fits its cache, so the cores pass does not read them again.
+    """
     modes = tuple(sorted(set(modes)))
     if not modes or any(m not in (1, 2) for m in modes):
         raise ParameterError(f"The 'modes' parameter of hosvd must be a subset of (1, 2). Got {modes!r} instead.")
     spec, n = stack.spec, stack.n
     rows, cols = spec.rows, spec.cols
-    shift = stack.members[0].full() if center else torch.zeros(rows, cols, dtype=torch.float64)
-    acc = torch.zeros(rows, cols, dtype=torch.float64)
-    s1 = torch.zeros(rows, rows, dtype=torch.float64)
-    s2 = torch.zeros(cols, cols, dtype=torch.float64)
-    raw_sq = 0.0
-    for m in stack.members:
-        x = m.full()  # (rows, cols)
-        raw_sq += float((x * x).sum())
-        y = x - shift
+    dev = resolve_device(device)
+    rd = reader if reader is not None else MemberReader(stack, tick=tick)
+    if center:
+        shift = rd[0].clone()  # (rows, cols): y = x − x_0 keeps a dominant mean from cancelling
+        rd.set_shift(shift)
+    else:
+        shift = torch.zeros(rows, cols, dtype=torch.float64)
+    acc = torch.zeros(rows, cols, dtype=torch.float64, device=dev)
+    s1 = torch.zeros(rows, rows, dtype=torch.float64, device=dev)
+    s2 = torch.zeros(cols, cols, dtype=torch.float64, device=dev)
+    for i in range(n):
+        y = to_device(rd[i], dev)  # (rows, cols)
         acc += y
         s1.addmm_(y, y.T)
         s2.addmm_(y.T, y)
-        if tick is not None:
-            tick()
+    raw_sq = float(rd.sq_norms.sum())
     ybar = acc / n
     if center:
         s1 -= n * (ybar @ ybar.T)
         s2 -= n * (ybar.T @ ybar)
-        mean = shift + ybar
+        mean = shift + ybar.cpu()
     else:
         mean = torch.zeros(rows, cols, dtype=torch.float64)
     total = float(s1.trace().clamp_min(0))
     sv1, e1 = _eig_desc(s1)
     sv2, e2 = _eig_desc(s2)
+    del s1, s2
     r1, r2 = _ranks(ranks)
     data_norm = raw_sq**0.5
     k1 = choose_rank(sv1, r1, zero_tolerance(sv1, n, rows * cols, data_norm)) if 1 in modes else rows
@@ -159,13 +178,22 @@ def hosvd_factors(
     return HOSVDUnitFit(n, center, mean, u, v, sv1, sv2, total, raw_sq, mean_sq, modes)
 
 
-def hosvd_cores(stack: UnitStack, fit: HOSVDUnitFit, *, tick: Tick | None = None) -> torch.Tensor:
+def hosvd_cores(
+    stack: UnitStack,
+    fit: HOSVDUnitFit,
+    *,
+    tick: Tick | None = None,
+    device: str | torch.device | None = None,
+    reader: MemberReader | None = None,
+) -> torch.Tensor:
     """Pass 2: per-model cores ``C_i = Uᵀ (X_i − μ) V``, shape (n_models, k1, k2); also stored on ``fit``."""
+    dev = resolve_device(device)
+    rd = reader if reader is not None else MemberReader(stack, tick=tick)
+    offset = fit.mean if rd.shift is None else fit.mean - rd.shift  # what to take off a (shifted) member
+    offset_d, u_t, v = to_device(offset, dev), to_device(fit.u.T.contiguous(), dev), to_device(fit.v, dev)
     cores = torch.empty(stack.n, fit.k1, fit.k2, dtype=torch.float64)
-    for i, m in enumerate(stack.members):
-        cores[i] = fit.u.T @ (m.full() - fit.mean) @ fit.v  # (k1, k2)
-        if tick is not None:
-            tick()
+    for i in range(stack.n):
+        cores[i] = (u_t @ (to_device(rd[i], dev) - offset_d) @ v).cpu()  # (k1, k2)
     fit.cores = cores
     return cores
 
@@ -258,8 +286,18 @@ class TuckerUnit(UnitFit):
 
     @classmethod
     def fit(cls, stack: UnitStack, params: FitParams, store: TensorStore, tick: Tick | None = None) -> TuckerUnit:
-        fit = hosvd_factors(stack, params.n_components, center=params.center, modes=params.modes, tick=tick)
-        cores = hosvd_cores(stack, fit, tick=tick)
+        # One reader for both passes: a unit that fits params.cache_bytes is read once.
+        reader = MemberReader(stack, cache_bytes=params.cache_bytes, tick=tick)
+        fit = hosvd_factors(
+            stack,
+            params.n_components,
+            center=params.center,
+            modes=params.modes,
+            device=params.device,
+            reader=reader,
+        )
+        cores = hosvd_cores(stack, fit, device=params.device, reader=reader)
+        reader.close()
         spec = stack.spec
         store.declare(cls.layout(spec, (fit.k1, fit.k2)))
         store.write("mean", fit.mean.reshape(spec.shape))
@@ -326,6 +364,34 @@ class TuckerUnit(UnitFit):
     def inverse_transform(self, coefficients: torch.Tensor) -> torch.Tensor:
         u, v = self.factors()
         return self.mean() + u @ coefficients.to(torch.float64) @ v.T
+
+    def members(self, indices: Sequence[int]) -> torch.Tensor:
+        """``μ + U C_i Vᵀ`` for each index, batched: shape (len(indices), rows, cols)."""
+        idx = torch.as_tensor(list(indices), dtype=torch.long)
+        with self.pinned():
+            u, v = self.factors()
+            return self.mean()[None] + (u[None] @ self.coefficients[idx]) @ v.T[None]  # (b, rows, cols)
+
+    def residuals_many(self, stack: UnitStack, *, budget_bytes: int = DEFAULT_CHUNK_BYTES) -> list[Residuals]:
+        """Residuals of unseen members in groups (batched products; factors read once, a shared base once per
+        group)."""
+        rows, cols = self.spec.rows, self.spec.cols
+        out: list[Residuals] = []
+        with self.pinned():
+            mean = self.mean()
+            u, v = self.factors()
+            for g0, g1 in member_groups(stack.n, self.spec.numel, budget_bytes):
+                x = UnitStack(stack.spec, stack.members[g0:g1]).chunk(0, rows).reshape(-1, rows, cols)
+                xc = x - mean
+                c = u.T @ xc @ v  # (b, k1, k2)
+                fit_err = xc - u @ c @ v.T
+                raw_err = x - u @ (u.T @ x @ v) @ v.T  # x − U Uᵀ x V Vᵀ
+                sq = [t.reshape(t.shape[0], -1).pow(2).sum(dim=1) for t in (x, fit_err, xc, raw_err)]
+                out += [
+                    Residuals(c[j].clone(), float(sq[0][j]), float(sq[1][j]), float(sq[2][j]), float(sq[3][j]))
+                    for j in range(x.shape[0])
+                ]
+        return out
 
     @classmethod
     def buffer_shapes(cls, spec: UnitSpec, coef_shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:

@@ -26,17 +26,27 @@ from typing import Literal, Protocol
 import torch
 from pydantic import Field, StrictInt
 
-from weightspace.decompose._gram import GramResult, Tick, centered_chunk, centered_gram, factored_gram, tsqr_r
+from weightspace.backends import resolve_device, to_device
+from weightspace.decompose._gram import (
+    ChunkStream,
+    GramResult,
+    Tick,
+    centered_gram,
+    factored_gram,
+    tsqr_r,
+)
 from weightspace.decompose._unitfit import (
     DEFAULT_CHUNK_BYTES,
     UNIT_FITS,
     FitParams,
     Parametrisation,
+    Residuals,
     TensorStore,
     UnitFit,
     UnitRecord,
+    member_groups,
 )
-from weightspace.decompose.rank import choose_rank, explained_variance_ratio, sign_fix, zero_tolerance
+from weightspace.decompose.rank import choose_rank, explained_variance_ratio, sign_fix, sign_flips, zero_tolerance
 from weightspace.errors import ParameterError
 from weightspace.units import UnitSpec, UnitStack
 
@@ -72,10 +82,13 @@ class PCASpectrum:
     k : int
         Components kept.
     solver : str
-        ``"gram"``, ``"factored-gram"`` or ``"tsqr"``: the route that produced the spectrum.
+        ``"gram"``, ``"factored-gram"``, ``"covariance"`` or ``"tsqr"``: the route that produced the spectrum.
     gram : GramResult
         The centered Gram matrix and mean inner products the spectrum came from (``Rᵀ R`` on the TSQR route);
-        enough to evaluate leave-one-out fits without touching the data again.
+        enough to evaluate leave-one-out fits without touching the data again. On the covariance route (more
+        models than features, no Gram asked for) ``gram.gram`` is empty.
+    components : Tensor of shape (k, n_features) or None
+        The sign-fixed basis when the route already produced it (covariance route); phase 2 then reads nothing.
     """
 
     n_models: int
@@ -86,6 +99,7 @@ class PCASpectrum:
     k: int
     solver: str
     gram: GramResult
+    components: torch.Tensor | None = None
 
     @property
     def raw_sq_norm(self) -> float:
@@ -142,19 +156,57 @@ def _complement_of_ones(n: int) -> torch.Tensor:
     return h[:, 1:]
 
 
-def _spectrum_from_gram(gram: torch.Tensor, center: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _spectrum_from_gram(
+    gram: torch.Tensor, center: bool, device: torch.device | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     n = gram.shape[0]
+    dev = device if device is not None else torch.device("cpu")
+    g = to_device(gram, dev)
     if center and n > 1:
         # Centering makes 1 an exact null vector; deflating it keeps Gram rounding noise (~√eps·σ_1) from
         # showing up as a spurious N-th singular value.
-        q = _complement_of_ones(n)  # (n, n - 1)
-        evals, evecs = torch.linalg.eigh(q.T @ gram @ q)
-        evals = torch.cat([evals, torch.zeros(1, dtype=torch.float64)])
-        evecs = torch.cat([q @ evecs, torch.full((n, 1), 1.0 / n**0.5, dtype=torch.float64)], dim=1)
+        q = to_device(_complement_of_ones(n), dev)  # (n, n - 1)
+        evals, evecs = torch.linalg.eigh(q.T @ g @ q)
+        evals = torch.cat([evals.cpu(), torch.zeros(1, dtype=torch.float64)])
+        evecs = torch.cat([(q @ evecs).cpu(), torch.full((n, 1), 1.0 / n**0.5, dtype=torch.float64)], dim=1)
     else:
-        evals, evecs = torch.linalg.eigh(gram)
+        evals, evecs = (t.cpu() for t in torch.linalg.eigh(g))
     order = torch.argsort(evals, descending=True, stable=True)
     return evals[order].clamp_min(0).sqrt(), evecs[:, order]
+
+
+def _covariance_route(
+    stream: ChunkStream, n_components: int | float, device: torch.device
+) -> tuple[PCASpectrum, bool]:
+    """PCA of an ``N × D`` unit with ``N > D`` from its ``D × D`` covariance (the N × N Gram is never formed).
+
+    Returns the spectrum (with ``components``) and whether a kept component is ill-conditioned on this route.
+    """
+    stack = stream.stack
+    n, d = stack.n, stack.spec.numel
+    xc, _ = stream.whole()  # (n, d), centered
+    xd = to_device(xc, device)
+    cov = xd.T @ xd  # (d, d)
+    evals, evecs = torch.linalg.eigh((cov + cov.T) / 2)
+    order = torch.argsort(evals.cpu(), descending=True, stable=True)
+    sq = evals.cpu()[order].clamp_min(0)  # (d,)
+    sv = torch.zeros(n, dtype=torch.float64)
+    m = min(n, d)
+    sv[:m] = sq[:m].sqrt()
+    res = stream.result(torch.zeros(0, 0, dtype=torch.float64))
+    res.raw_sq_norm = float(sq.sum()) + n * stream.mean_sq  # ‖X‖² = tr(X_cᵀ X_c) + N ‖μ‖²
+    tol = zero_tolerance(sv, n, d, res.raw_sq_norm**0.5)
+    k = choose_rank(sv, n_components, tol)
+    ill = k > 0 and float(sv[k - 1]) < ILL_CONDITIONED * float(sv[0])
+    sv = torch.where(sv > tol, sv, torch.zeros_like(sv))
+    sv[max(0, min(n - int(stream.center), d)) :] = 0.0
+    k = min(k, max(0, min(n - int(stream.center), d)))
+    v = evecs[:, order[:k].to(evecs.device)]  # (d, k)
+    left = ((xd @ v) / to_device(sv[:k], device)).cpu() if k else torch.zeros(n, 0, dtype=torch.float64)
+    flips = sign_flips(left)  # the rule of every route: each column's largest-|entry| positive
+    components = (v.cpu() * flips).T.contiguous()  # (k, d)
+    spectrum = PCASpectrum(n, d, stream.center, sv, left * flips, k, "covariance", res, components)
+    return spectrum, ill
 
 
 def _spectrum_from_r(r: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -174,6 +226,9 @@ def pca_spectrum(
     svd_solver: SvdSolver = "auto",
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
     tick: Tick | None = None,
+    device: str | torch.device | None = None,
+    stream: ChunkStream | None = None,
+    need_gram: bool = True,
 ) -> PCASpectrum:
     """Phase 1: spectrum, rank and left singular vectors of one unit.
 
@@ -191,6 +246,13 @@ def pca_spectrum(
         Budget of one float64 chunk across all members.
     tick : callable, optional
         Called after each chunk (progress).
+    device : str or torch.device, optional
+        Where the Gram, the eigendecomposition and the QR run (default: cpu).
+    stream : ChunkStream, optional
+        The unit's chunk stream, shared with phase 2 (a kept unit is then read once for both phases).
+    need_gram : bool, default True
+        False lets a unit with more models than features take the covariance route (``D × D``, never ``N × N``),
+        whose ``gram.gram`` is empty.
 
     Returns
     -------
@@ -201,17 +263,25 @@ def pca_spectrum(
             f"The 'svd_solver' parameter must be one of 'auto', 'gram', 'tsqr'. Got {svd_solver!r} instead."
         )
     n, d = stack.n, stack.spec.numel
-    if svd_solver != "tsqr" and stack.all_factored():
-        res = factored_gram(stack, center=center)
+    dev = resolve_device(device)
+    factored = stack.all_factored()
+    if stream is None and not (factored and svd_solver != "tsqr"):
+        stream = ChunkStream(stack, center=center, chunk_bytes=chunk_bytes, tick=tick)
+    if svd_solver != "tsqr" and not factored and not need_gram and n > d and stream is not None and stream.kept:
+        spectrum, ill = _covariance_route(stream, n_components, dev)
+        if not (svd_solver == "auto" and ill):
+            return spectrum
+    if svd_solver != "tsqr" and factored:
+        res = factored_gram(stack, center=center, device=dev)
         solver = "factored-gram"
     elif svd_solver != "tsqr":
-        res = centered_gram(stack, center=center, chunk_bytes=chunk_bytes, tick=tick)
+        res = centered_gram(stack, center=center, chunk_bytes=chunk_bytes, tick=tick, device=dev, stream=stream)
         solver = "gram"
     else:
         res = None
         solver = "tsqr"
     if res is not None:
-        sv, u = _spectrum_from_gram(res.gram, center)
+        sv, u = _spectrum_from_gram(res.gram, center, dev)
         tol = zero_tolerance(sv, n, d, res.raw_sq_norm**0.5)
         k = choose_rank(sv, n_components, tol)
         needs_qr = k > 0 and float(sv[k - 1]) < ILL_CONDITIONED * float(sv[0])
@@ -219,7 +289,9 @@ def pca_spectrum(
             res = None
             solver = "tsqr"
     if res is None:
-        r, res = tsqr_r(stack, center=center, chunk_bytes=chunk_bytes, tick=tick)
+        if stream is None:
+            stream = ChunkStream(stack, center=center, chunk_bytes=chunk_bytes, tick=tick)
+        r, res = tsqr_r(stack, center=center, chunk_bytes=chunk_bytes, tick=tick, device=dev, stream=stream)
         sv, u = _spectrum_from_r(r, n)
         tol = zero_tolerance(sv, n, d, res.raw_sq_norm**0.5)
         k = choose_rank(sv, n_components, tol)
@@ -246,6 +318,8 @@ def pca_components(
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
     sink: Sink | None = None,
     tick: Tick | None = None,
+    device: str | torch.device | None = None,
+    stream: ChunkStream | None = None,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """Phase 2: stream the mean and the basis ``V_k = diag(1/σ_k) U_kᵀ X_c``.
 
@@ -257,6 +331,10 @@ def pca_components(
     sink : callable, optional
         ``sink(r0, r1, mean_chunk, basis_chunk)`` with ``mean_chunk`` of shape ``((r1 - r0) * cols,)`` and
         ``basis_chunk`` of shape ``(k, (r1 - r0) * cols)``. When given, nothing is kept in memory.
+    device : str or torch.device, optional
+        Where ``U_kᵀ X_c`` runs.
+    stream : ChunkStream, optional
+        The stream phase 1 used: a kept unit is not read again.
 
     Returns
     -------
@@ -265,14 +343,22 @@ def pca_components(
     basis : Tensor of shape (k, rows * cols) or None
     """
     spec, k = stack.spec, spectrum.k
+    dev = resolve_device(device)
     scale = 1.0 / spectrum.singular_values[:k] if k else torch.zeros(0, dtype=torch.float64)
     keep = sink is None
     mean = torch.empty(spec.rows * spec.cols, dtype=torch.float64) if keep else None
     basis = torch.empty(k, spec.rows * spec.cols, dtype=torch.float64) if keep else None
     cols = spec.cols
-    for r0, r1 in stack.row_chunks(chunk_bytes):
-        xc, mean_c = centered_chunk(stack.chunk(r0, r1), spectrum.center)  # (n_models, c), (c,)
-        basis_c = (spectrum.left.T @ xc) * scale[:, None]  # (k, c)
+    if stream is None:
+        stream = ChunkStream(stack, center=spectrum.center, chunk_bytes=chunk_bytes, tick=tick)
+    components = getattr(spectrum, "components", None)
+    left_t = to_device(spectrum.left.T.contiguous(), dev)  # (k, n_models)
+    scale_d = to_device(scale[:, None], dev)
+    for r0, r1, xc, mean_c in stream:  # (n_models, c), (c,)
+        if components is not None:
+            basis_c = components[:, r0 * cols : r1 * cols]  # (k, c), from the covariance route
+        else:
+            basis_c = ((left_t @ to_device(xc, dev)) * scale_d).cpu()  # (k, c)
         if keep:
             assert mean is not None
             assert basis is not None
@@ -281,8 +367,6 @@ def pca_components(
         else:
             assert sink is not None
             sink(r0, r1, mean_c, basis_c)
-        if tick is not None:
-            tick()
     if keep:
         assert mean is not None
         return mean.reshape(spec.rows, spec.cols), basis
@@ -327,6 +411,11 @@ def pca_basis(
     spectrum = pca_spectrum(stack, n_components, center=center, svd_solver=svd_solver, chunk_bytes=chunk_bytes)
     mean, basis = pca_components(stack, spectrum, chunk_bytes=chunk_bytes)
     return PCAUnitFit(**vars(spectrum), mean=mean, basis=basis)
+
+
+def _row_sq(x: torch.Tensor) -> torch.Tensor:
+    """Squared norm of every row of ``x`` (b, D), shape (b,)."""
+    return torch.linalg.vector_norm(x, dim=1) ** 2
 
 
 class PCARecord(UnitRecord):
@@ -377,6 +466,16 @@ class PCAUnit(UnitFit):
 
     @classmethod
     def fit(cls, stack: UnitStack, params: FitParams, store: TensorStore, tick: Tick | None = None) -> PCAUnit:
+        # One stream for both phases: a unit that fits params.cache_bytes is read once. Factored (LoRA) members
+        # take the factored-Gram route, after which the data is streamed only once: nothing to keep.
+        one_pass = stack.all_factored() and params.svd_solver != "tsqr"
+        chunks = ChunkStream(
+            stack,
+            center=params.center,
+            chunk_bytes=params.chunk_bytes,
+            cache_bytes=0 if one_pass else params.cache_bytes,
+            tick=tick,
+        )
         spectrum = pca_spectrum(
             stack,
             params.scalar_rank,
@@ -384,6 +483,9 @@ class PCAUnit(UnitFit):
             svd_solver=params.svd_solver,  # type: ignore[arg-type]
             chunk_bytes=params.chunk_bytes,
             tick=tick,
+            device=params.device,
+            stream=chunks,
+            need_gram=False,
         )
         spec = stack.spec
         store.declare(cls.layout(spec, (spectrum.k,)))
@@ -394,7 +496,10 @@ class PCAUnit(UnitFit):
             for j in range(basis_c.shape[0]):
                 store.write_flat("basis", j * d + r0 * cols, basis_c[j])
 
-        pca_components(stack, spectrum, chunk_bytes=params.chunk_bytes, sink=stream, tick=tick)
+        pca_components(
+            stack, spectrum, chunk_bytes=params.chunk_bytes, sink=stream, device=params.device, stream=chunks
+        )
+        chunks.close()
         record = cls.make_record(
             spec, spectrum.singular_values, spectrum.k, spectrum.solver, spectrum.mean_energy_fraction
         )
@@ -459,6 +564,43 @@ class PCAUnit(UnitFit):
         if self.coef_shape[0] == 0:
             return mean.clone()
         return mean + (coefficients.to(torch.float64) @ self.basis()).reshape(mean.shape)
+
+    def members(self, indices: Sequence[int]) -> torch.Tensor:
+        """``μ + C[indices] V``: one GEMM for the batch, shape (len(indices), rows, cols)."""
+        spec = self.spec
+        idx = torch.as_tensor(list(indices), dtype=torch.long)
+        with self.pinned():
+            mean = self.mean().reshape(1, -1)  # (1, D)
+            if self.coef_shape[0] == 0:
+                out = mean.expand(len(idx), -1).clone()
+            else:
+                out = torch.addmm(mean, self.coefficients[idx], self.basis())  # (b, D)
+        return out.reshape(len(idx), spec.rows, spec.cols)
+
+    def residuals_many(self, stack: UnitStack, *, budget_bytes: int = DEFAULT_CHUNK_BYTES) -> list[Residuals]:
+        """Residuals of unseen members in groups: ``(b, D)`` GEMMs against the basis read once; a shared base is
+        read once per group."""
+        d = self.spec.numel
+        out: list[Residuals] = []
+        with self.pinned():
+            mean = self.mean().reshape(1, d)  # (1, D)
+            basis = self.basis()  # (k, D)
+            # x − P x = (x_c − P x_c) + (μ − P μ): the basis-only residual is the mean+basis one plus a fixed vector.
+            mean_err = mean - (mean @ basis.T) @ basis  # (1, D)
+            for g0, g1 in member_groups(stack.n, d, budget_bytes):
+                x = UnitStack(stack.spec, stack.members[g0:g1]).chunk(0, stack.spec.rows)  # (b, D)
+                x_sq = _row_sq(x)
+                xc = x.sub_(mean)  # (b, D), in place: x is not needed again
+                mo_sq = _row_sq(xc)
+                c = xc @ basis.T  # (b, k)
+                fit_err = xc.sub_(c @ basis)  # x_c − P x_c
+                mb_sq = _row_sq(fit_err)
+                bo_sq = _row_sq(fit_err.add_(mean_err))  # x − P x
+                out += [
+                    Residuals(c[j].clone(), float(x_sq[j]), float(mb_sq[j]), float(mo_sq[j]), float(bo_sq[j]))
+                    for j in range(x.shape[0])
+                ]
+        return out
 
     @classmethod
     def buffer_shapes(cls, spec: UnitSpec, coef_shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:

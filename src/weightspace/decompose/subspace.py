@@ -13,14 +13,17 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 
+from weightspace._atomic import check_output
+from weightspace._progress import report
 from weightspace._validation import Interval, Kind, Options, PairOf, validate_params
+from weightspace.backends import RunOptions, Task, open_executor, resolve_device
 from weightspace.collection import Collection
 from weightspace.decompose._archive import (
     EXTRA_MEMBERS,
@@ -29,12 +32,14 @@ from weightspace.decompose._archive import (
     ArchiveWriter,
     BaseRecord,
     Manifest,
+    MemberDigest,
     ModelRecord,
     PrivateRecord,
     iter_private_specs,
     model_record,
     unit_member_name,
 )
+from weightspace.decompose._fitjobs import MemberFit, fit_member, fit_unit, hash_sources
 from weightspace.decompose._project import ProjectResult, project_models
 from weightspace.decompose._unitfit import (
     DEFAULT_CHUNK_BYTES,
@@ -192,13 +197,16 @@ class SharedSubspace:
             rules["n_components"] = [PairOf(tuple(self._parameter_constraints["n_components"]))]
         validate_params("SharedSubspace", rules, params)
 
-    def _fit_params(self) -> FitParams:
+    def _fit_params(self, run: RunOptions | None = None, cache_bytes: int | None = None) -> FitParams:
+        run = run if run is not None else RunOptions()
         return FitParams(
             n_components=self.n_components,
             center=self.center,
             svd_solver=self.svd_solver,
             modes=tuple(self.modes),
             chunk_bytes=self.chunk_bytes,
+            device=str(resolve_device(run.device)),
+            cache_bytes=run.cache_bytes if cache_bytes is None else cache_bytes,
         )
 
     # -- fitting -----------------------------------------------------------------------------------------
@@ -208,8 +216,19 @@ class SharedSubspace:
         *,
         out: PathLike | None = None,
         progress: Progress | None = None,
+        overwrite: bool = False,
+        threads: int | None = None,
+        scheduler: str | None = None,
+        client: Any = None,
+        device: str | None = None,
+        run: RunOptions | None = None,
     ) -> SharedSubspace:
         """Fit one decomposition per unit.
+
+        Units are independent: they run ``threads`` at a time on this machine (default: every core), or on Dask
+        workers (``scheduler``/``client``) that read their units from the paths they see and, with ``out``, write
+        their own archive members. Whatever the backend, each unit's maths (and float64 accumulation order) is
+        the same, so results agree to float64 rounding.
 
         Parameters
         ----------
@@ -221,38 +240,98 @@ class SharedSubspace:
             return the fit backed by it. Without ``out`` everything is held in memory (``save`` writes it).
         progress : callable, optional
             ``progress("units", done, total)`` after each unit.
+        overwrite : bool, default False
+            Let ``out`` replace a path that is not a weightspace archive (refused otherwise, before any work).
+        threads : int, optional
+            Units in flight on this machine (memory is per unit in flight); default every core.
+        scheduler : str, optional
+            ``local``, ``local:N`` (a LocalCluster of N workers) or ``tcp://HOST:PORT``: fit on Dask.
+        client : distributed.Client, optional
+            A running Dask client instead of ``scheduler``.
+        device : {"cpu", "cuda", "auto"}, optional
+            Where the linear algebra runs (default cpu).
+        run : RunOptions, optional
+            All of the above at once (keywords given here take precedence).
 
         Returns
         -------
         self
         """
         self._validate()
-        stacks, names, prov = _inputs(X)
+        if out is not None:
+            check_output(out, "archive", overwrite=overwrite)
+        opts = RunOptions.of(run, threads=threads, scheduler=scheduler, client=client, device=device)
+        self._fit_params(opts)  # a bad device fails before anything is read
+        stacks, names, prov = _inputs(X, hash_base=out is None)
         self._reset()
-        params = self._fit_params()
-        total = len(stacks)
+        coll = X if isinstance(X, Collection) else None
         if out is None:
-            for done, stack in enumerate(_drain(stacks), 1):
-                unit = unit_fit_for(self.method, stack.spec).fit(stack, params, MemoryStore())
-                self.units_[stack.spec.name] = unit
-                if progress is not None:
-                    progress("units", done, total)
+            with open_executor(opts) as ex:
+                params = self._fit_params(opts, ex.task_bytes(opts.cache_bytes))
+                shared = ex.share(coll) if coll is not None else None
+                tasks = [
+                    Task(
+                        fit_unit,
+                        (shared if coll is not None else st, st.spec.name, self.method, params),
+                        _label(st),
+                    )
+                    for st in stacks
+                ]
+                fitted: dict[int, UnitFit] = {}
+                for i, unit in ex.run(tasks):
+                    fitted[i] = unit
+                    report(progress, "units", len(fitted), len(stacks))
+            self.units_ = {st.spec.name: fitted[i] for i, st in enumerate(stacks)}
             self.n_models_ = len(names)
             self.model_names_ = list(names)
             self._prov = prov
             return self
-        with ArchiveWriter(out, self.storage_dtype) as writer:
-            units: list[UnitFit] = []
-            for i, stack in enumerate(_drain(stacks)):
-                store = writer.unit_store(i)
-                unit = unit_fit_for(self.method, stack.spec).fit(stack, params, store)
-                units.append(_with_member(unit, i))
-                if progress is not None:
-                    progress("units", i + 1, total)
-            self._write_rest(writer, units, names, prov)
+        with ArchiveWriter(out, self.storage_dtype, overwrite=overwrite) as writer, open_executor(opts) as ex:
+            params = self._fit_params(opts, ex.task_bytes(opts.cache_bytes))
+            shared = ex.share(coll) if coll is not None else None
+            # The same workers hash the sources (for the manifest), first: that also warms their page cache. A
+            # few models per task keep the per-task overhead of thousands of tiny models small.
+            todo = [] if coll is None else [-1] * (coll.base is not None) + list(range(coll.n_models))
+            step = max(1, -(-len(todo) // (4 * ex.slots)))
+            hashes = [todo[j : j + step] for j in range(0, len(todo), step)]
+            tasks = [
+                Task(hash_sources, (shared, batch), f"hashing models {batch[0]}…{batch[-1]}") for batch in hashes
+            ]
+            tasks += [
+                Task(
+                    fit_member,
+                    (
+                        shared if coll is not None else st,
+                        st.spec.name,
+                        self.method,
+                        params,
+                        str(writer.member_path(i)),
+                        self.storage_dtype,
+                    ),
+                    _label(st),
+                )
+                for i, st in enumerate(stacks)
+            ]
+            members: dict[int, MemberFit] = {}
+            hashed = 0
+            for t, result in ex.run(tasks):
+                if t < len(hashes):
+                    assert coll is not None
+                    for j, digest in zip(hashes[t], result, strict=True):
+                        (coll.base if j < 0 else coll.sources[j]).remember_sha256(digest)  # type: ignore[union-attr]
+                    hashed += len(result)
+                    report(progress, "hash", hashed, len(todo))
+                    continue
+                members[t - len(hashes)] = result
+                report(progress, "units", len(members), len(stacks))
+            units = [_from_member(stacks[i].spec, members[i], i) for i in range(len(stacks))]
+            digests = {unit_member_name(i): members[i].digest for i in range(len(stacks))}
+            if coll is not None:
+                prov.base = _base_record(coll)
+            self._write_rest(writer, units, names, prov, digests=digests)
         return self._adopt(Archive(out, verify=False))
 
-    def size_estimate(self, X: Collection) -> int:
+    def size_estimate(self, X: Collection, *, floor: bool = False) -> int:
         """Bytes of tensor data a fit of ``X`` would write at the requested ranks, from shapes alone.
 
         Each unit's stored tensors and coefficients at its method's requested coefficient shape (integer ranks
@@ -264,6 +343,9 @@ class SharedSubspace:
         Parameters
         ----------
         X : Collection
+        floor : bool, default False
+            The least any fit writes instead: every unit at zero components (a dense unit's mean, nothing of a
+            factored LoRA unit) plus the private tensors; a lower bound for the free-space check.
 
         Returns
         -------
@@ -280,6 +362,8 @@ class SharedSubspace:
             if spec.lora:  # the members' joint rank is at most the sum of their ranks
                 span = sum(src.modules[spec.name].rank for src in X.sources if isinstance(src, PeftSource))
             coef = cls.requested_coef_shape(spec, n, params, span)
+            if floor:
+                coef = tuple(0 for _ in coef)
             stored = sum(math.prod(shape) for shape in cls.layout(spec, coef).values())
             total += (stored + n * math.prod(coef)) * item
         for key in X.private:
@@ -310,6 +394,7 @@ class SharedSubspace:
                 units[rec.name] = cls.from_record(rec, coef, archive.unit_source(rec.name))
             except ShapeMismatchError as err:
                 raise ArchiveError(err.message, path=archive.path, tensor=rec.name) from None
+            archive.check_unit_layout(rec.name, units[rec.name].stored_layout())
             if units[rec.name].n_models != len(m.models):
                 raise ArchiveError(
                     f"stored coefficients have {units[rec.name].n_models} rows for {len(m.models)} models",
@@ -362,13 +447,14 @@ class SharedSubspace:
         obj._reset()
         return obj._adopt(archive)
 
-    def save(self, path: PathLike) -> Path:
+    def save(self, path: PathLike, *, overwrite: bool = False) -> Path:
         """Write this fit as an archive at ``path`` (replaced atomically); returns the path.
 
-        Unit members of an archive-backed fit are hard-linked (or copied) when nothing about them changed.
+        Unit members of an archive-backed fit are hard-linked (or copied) when nothing about them changed. An
+        existing ``path`` that is not a weightspace archive is replaced only with ``overwrite=True``.
         """
         self._check_fitted()
-        self._rewrite(Path(path))
+        self._rewrite(Path(path), overwrite=overwrite)
         return Path(path)
 
     def project(
@@ -379,8 +465,14 @@ class SharedSubspace:
         base: PathLike | None = None,
         allow_pickle: bool = False,
         progress: Progress | None = None,
+        threads: int | None = None,
+        scheduler: str | None = None,
+        client: Any = None,
     ) -> ProjectResult:
         """Residuals of unseen models against this subspace, beside the mean-only baseline.
+
+        Units run ``threads`` at a time (or on Dask); each unit's stored tensors are read once for all models,
+        and the models' members are projected in batched products.
 
         Parameters
         ----------
@@ -397,7 +489,10 @@ class SharedSubspace:
         ProjectResult
         """
         self._check_fitted()
-        return project_models(self, models, add=add, base=base, allow_pickle=allow_pickle, progress=progress)
+        run = RunOptions.of(threads=threads, scheduler=scheduler, client=client)
+        return project_models(
+            self, models, add=add, base=base, allow_pickle=allow_pickle, progress=progress, run=run
+        )
 
     def _private_reader(
         self,
@@ -412,9 +507,10 @@ class SharedSubspace:
         extra_coefficients: Mapping[str, torch.Tensor] | None = None,
         private: tuple[dict[str, tuple[torch.dtype, tuple[int, ...]]], Callable[[str], torch.Tensor]]
         | None = None,
+        overwrite: bool = False,
     ) -> None:
         """Write the fit (plus added models) as an archive at ``path`` and adopt it."""
-        with ArchiveWriter(path, self.storage_dtype) as writer:
+        with ArchiveWriter(path, self.storage_dtype, overwrite=overwrite) as writer:
             units = [self._write_unit(writer, i, unit) for i, unit in enumerate(self.units_.values())]
             coefs = {u.spec.name: u.coefficients for u in units}
             if extra_coefficients:
@@ -454,6 +550,7 @@ class SharedSubspace:
         models: Sequence[ModelRecord] | None = None,
         private: tuple[dict[str, tuple[torch.dtype, tuple[int, ...]]], Callable[[str], torch.Tensor]]
         | None = None,
+        digests: Mapping[str, MemberDigest] | None = None,
     ) -> None:
         writer.write_coefficients(coefficients or {u.spec.name: u.coefficients for u in units})
         specs, read = private or _private_plan(prov, names)
@@ -484,7 +581,8 @@ class SharedSubspace:
                 "private": prov.private,
                 "excluded": prov.excluded,
                 "extras": prov.extras,
-            }
+            },
+            digests,
         )
 
     def partial_fit(self, X: Mapping[str, torch.Tensor] | Sequence[Mapping[str, torch.Tensor]]) -> SharedSubspace:
@@ -690,12 +788,22 @@ class SharedSubspace:
         return self._prov.archive
 
 
-def _drain(items: list[UnitStack]) -> Iterator[UnitStack]:
-    """Yield each stack and drop the list's reference to it, so a fitted unit's members (and the factors they
-    cache) are freed before the next unit is read."""
-    items.reverse()
-    while items:
-        yield items.pop()
+def _label(stack: UnitStack) -> str:
+    return f"unit '{stack.spec.name}'"
+
+
+class _Unread:
+    """The tensor source of a unit fitted elsewhere, whose stored tensors are read back from its archive only."""
+
+    def read(self, name: str) -> torch.Tensor:
+        raise RuntimeError("this unit was fitted into an archive; load the archive to read its tensors")
+
+
+def _from_member(spec: UnitSpec, fit: MemberFit, index: int) -> UnitFit:
+    """The unit a worker fitted into member ``index`` (record and coefficients; tensors stay in the member)."""
+    cls = UNIT_FITS.get(fit.record.method)
+    unit = cls(spec, fit.coefficients, _Unread(), fit.record)
+    return _with_member(unit, index)
 
 
 def _with_member(unit: UnitFit, index: int) -> UnitFit:
@@ -726,13 +834,13 @@ def _check_model_keys(model: Mapping[str, torch.Tensor], shapes: Mapping[str, tu
 
 
 def _inputs(
-    X: Collection | Sequence[Mapping[str, torch.Tensor]],
+    X: Collection | Sequence[Mapping[str, torch.Tensor]], *, hash_base: bool = True
 ) -> tuple[list[UnitStack], list[str], _Provenance]:
     if isinstance(X, Collection):
         prov = _Provenance(
             kind="peft" if X.is_peft else "full",
             delta=X.is_delta,
-            base=_base_record(X),
+            base=_base_record(X) if hash_base else None,
             private=[
                 PrivateRecord(key=p.key, reason=p.reason, shapes={m: list(s) for m, s in p.shapes.items()})
                 for p in X.private.values()

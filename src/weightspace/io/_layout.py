@@ -14,7 +14,11 @@ straight into their files, in declaration order and in any write order, so that 
 * pickles cannot be streamed: they are collected and saved when the writer closes.
 
 Everything is built in a temporary sibling of the destination, fsynced and renamed into place only when the block
-completes; an error half-way (or a declared tensor never written) leaves the destination untouched.
+completes; an error half-way (or a declared tensor never written) leaves the destination untouched. Every written
+value is checked: NaN, infinity or an overflow of the declared dtype (70000 into float16) is a
+:class:`~weightspace.errors.NonFiniteError` naming the destination and the tensor, and nothing is written. File
+names come from the layout's metadata and are checked by the path policy: config names are the known config files,
+shard names plain ``*.safetensors`` names.
 
 Examples
 --------
@@ -46,15 +50,17 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from weightspace._atomic import atomic_dir, atomic_file
+from weightspace._atomic import META_KEY, atomic_dir, atomic_file, check_output, mark_dir
+from weightspace._json import parse_json
 from weightspace.errors import (
     CorruptFileError,
-    InputError,
+    OutputError,
     ShapeMismatchError,
     TensorKeyError,
     UnsupportedFormatError,
 )
-from weightspace.io._safetensors import SafetensorsWriter
+from weightspace.io._pathpolicy import check_name
+from weightspace.io._safetensors import SafetensorsWriter, check_finite_write
 
 if TYPE_CHECKING:
     from weightspace.io._sources import ModelSource
@@ -72,10 +78,8 @@ SHARD_INDEX = "model.safetensors.index.json"
 
 _WEIGHTS = {"hf-dir": "model.safetensors", "peft": "adapter_model.safetensors", "torch-dir": "pytorch_model.bin"}
 _LAST_RESORT_SHARD = "model-00001-of-00001.safetensors"
-
-
-def _plain_name(name: object) -> bool:
-    return isinstance(name, str) and bool(name) and Path(name).name == name and name not in (".", "..")
+CONFIG_NAMES = frozenset({"config.json", "generation_config.json", "adapter_config.json", SHARD_INDEX})
+"""The file names a layout may write next to the weights."""
 
 
 @dataclass(frozen=True)
@@ -106,8 +110,11 @@ class Layout:
                 f"cannot write layout {self.format!r}; expected one of {', '.join(LAYOUTS)}"
             )
         for name in self.configs:
-            if not _plain_name(name):
-                raise CorruptFileError(f"config file name {name!r} must be a plain file name")
+            check_name(name, what="config file name")
+            if name not in CONFIG_NAMES:
+                raise CorruptFileError(
+                    f"config file name {name!r} is not one of {', '.join(sorted(CONFIG_NAMES))}", path=name
+                )
 
     @classmethod
     def of(cls, source: ModelSource) -> Layout:
@@ -139,10 +146,7 @@ class Layout:
         text = self.configs.get(SHARD_INDEX)
         if not text:
             return {}, {}
-        try:
-            index = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise CorruptFileError(f"cannot parse the template's shard index ({err})", path=SHARD_INDEX) from None
+        index = parse_json(text, path=SHARD_INDEX, what="the template's shard index")
         if not isinstance(index, dict):
             raise CorruptFileError("the template's shard index is not a JSON object", path=SHARD_INDEX)
         weight_map = index.get("weight_map") or {}
@@ -150,11 +154,10 @@ class Layout:
         if not isinstance(weight_map, dict) or not isinstance(meta, dict):
             raise CorruptFileError("'weight_map' and 'metadata' must be JSON objects", path=SHARD_INDEX)
         for key, shard in weight_map.items():
-            if not _plain_name(shard):
+            name = check_name(shard, what="shard name", path=SHARD_INDEX, tensor=key)
+            if not name.endswith(".safetensors") or name in CONFIG_NAMES:
                 raise CorruptFileError(
-                    f"shard name {shard!r} must be a plain file name inside the model directory",
-                    path=SHARD_INDEX,
-                    tensor=key,
+                    f"shard name {name!r} must end in .safetensors", path=SHARD_INDEX, tensor=key
                 )
         return dict(weight_map), dict(meta)
 
@@ -178,6 +181,11 @@ class LayoutWriter:
         Format, metadata and config files, usually ``Layout.of(template_source)``.
     specs : mapping of str to (torch.dtype, shape)
         Every tensor the model will hold, in file order. Each must be written exactly once (cast to its dtype).
+    marker : str, optional
+        Mark the output as a weightspace output of this kind (see :func:`weightspace._atomic.check_output`): a
+        marker file in a directory, the ``weightspace.output`` metadata key of a safetensors file.
+    label : path, optional
+        The path errors name (default ``dest``; set it when ``dest`` lies in a temporary folder).
 
     Attributes
     ----------
@@ -212,9 +220,14 @@ class LayoutWriter:
         dest: str | os.PathLike[str],
         layout: Layout,
         specs: Mapping[str, tuple[torch.dtype, Sequence[int]]],
+        *,
+        marker: str | None = None,
+        label: str | os.PathLike[str] | None = None,
     ):
         self.dest = Path(dest)
+        self.label = Path(label) if label is not None else self.dest
         self.layout = layout
+        self.marker = marker
         self.specs = _specs(specs)
         self._configs = {n: t for n, t in layout.configs.items() if n != SHARD_INDEX}
         fmt = layout.format
@@ -253,6 +266,8 @@ class LayoutWriter:
                 paths = {name: root / name for name in self.files}
                 for name, text in self._configs.items():
                     (root / name).write_text(text, encoding="utf-8")
+                if self.marker is not None:
+                    mark_dir(root, self.marker)
             if fmt in ("torch", "torch-dir"):
                 # Pickles cannot be written in place; the tensors are collected and saved on a clean exit.
                 self._pickled = {}
@@ -260,8 +275,13 @@ class LayoutWriter:
             else:
                 meta = dict(self.layout.metadata)
                 meta.setdefault("format", "pt")
+                if self.marker is not None and fmt in FILE_LAYOUTS:
+                    meta[META_KEY] = self.marker
                 for name, keys in self.files.items():
-                    w = stack.enter_context(SafetensorsWriter(paths[name], {k: self.specs[k] for k in keys}, meta))
+                    label = self.label if fmt in FILE_LAYOUTS else self.label / name
+                    w = stack.enter_context(
+                        SafetensorsWriter(paths[name], {k: self.specs[k] for k in keys}, meta, label=label)
+                    )
                     self._writers.update(dict.fromkeys(keys, w))
         except BaseException:
             stack.__exit__(*sys.exc_info())
@@ -314,7 +334,9 @@ class LayoutWriter:
                 raise ShapeMismatchError(
                     f"expected shape {spec[1]}, got {tuple(tensor.shape)}", path=self.dest, tensor=key
                 )
-            self._pickled[key] = tensor.detach().to(device="cpu", dtype=spec[0]).contiguous()
+            stored = tensor.detach().to(device="cpu", dtype=spec[0]).contiguous()
+            check_finite_write(tensor, stored, path=self.label, tensor=key)
+            self._pickled[key] = stored
             return
         self._writers[key].write(key, tensor)
 
@@ -325,11 +347,15 @@ def check_destination(
     *,
     inputs: Iterable[str | os.PathLike[str]] = (),
     what: str = "output",
+    overwrite: bool = False,
+    required_bytes: int | None = None,
 ) -> Path:
     """Refuse a destination a :class:`LayoutWriter` must not replace; return it as a Path.
 
-    Refused: one of ``inputs`` itself; an existing directory for a file layout; an existing file for a directory
-    layout; a non-empty directory that is not a model directory (something weightspace did not write).
+    The output policy of :func:`weightspace._atomic.check_output` for a written model (kind ``model``): refused
+    are one of ``inputs`` (or a folder holding one, or a path inside one), and, unless ``overwrite``, an existing
+    path weightspace did not write as a model; an existing directory for a file layout and an existing file for a
+    directory layout are refused too (the output would change kind).
 
     Parameters
     ----------
@@ -340,10 +366,14 @@ def check_destination(
         Paths being read (models, base) that must not be overwritten.
     what : str
         Names the output in messages ("merged model").
+    overwrite : bool, default False
+        Replace an existing path weightspace did not write (``--overwrite``).
+    required_bytes : int, optional
+        Size of the output; refused when the file system has less room.
 
     Raises
     ------
-    InputError
+    OutputError
         With the destination as path and the fix in the message.
 
     Examples
@@ -355,30 +385,26 @@ def check_destination(
     True
     >>> try:
     ...     check_destination(d, "safetensors")
-    ... except InputError as err:
+    ... except OutputError as err:
     ...     print(err.message.split(";")[0])
     output is an existing directory, but the output is a single safetensors file like its template
     """
-    from weightspace.io._sources import is_model_dir
-
     fmt = layout.format if isinstance(layout, Layout) else layout
     path = Path(dest)
-    resolved = path.resolve()
-    if any(Path(p).resolve() == resolved for p in inputs):
-        raise InputError(f"refusing to write the {what} over one of its inputs; choose another -o", path=path)
-    if fmt in FILE_LAYOUTS:
-        if path.is_dir():
-            raise InputError(
+    if not overwrite:
+        if fmt in FILE_LAYOUTS and path.is_dir() and not path.is_symlink():
+            raise OutputError(
                 f"output is an existing directory, but the {what} is a single {fmt} file like its template; "
                 "name a file, e.g. -o merged.safetensors",
                 path=path,
             )
-    else:
-        if path.exists() and not path.is_dir():
-            raise InputError(f"output exists and is a file, but the {what} is a directory", path=path)
-        if path.is_dir() and any(path.iterdir()) and not is_model_dir(path):
-            raise InputError(
-                "refusing to replace a non-empty directory that is not a model directory; choose another -o",
-                path=path,
-            )
-    return path
+        if fmt not in FILE_LAYOUTS and path.exists() and not path.is_dir():
+            raise OutputError(f"output exists and is a file, but the {what} is a directory", path=path)
+    return check_output(
+        path,
+        "model",
+        overwrite=overwrite,
+        inputs=inputs,
+        required_bytes=required_bytes,
+        what=None if what == "output" else what,
+    )

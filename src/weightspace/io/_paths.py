@@ -4,19 +4,24 @@ Relative paths, including those inside an ``@list.txt``, are relative to the cur
 they would be on the command line. A spec that names no local path but has the shape of a Hugging Face Hub id
 (``org/name``, ``org/name@rev``, ``hf://org/name[/subfolder]``) is resolved through the Hub cache
 (:mod:`weightspace.io._hub`); a repo's cache root ``models--org--name/`` stands for its current snapshot.
+
+Paths the user names are taken as given. What a named folder holds is not: a checkpoint in it that is a symbolic
+link leaving the folder is refused unless links are followed (``--follow-symlinks``), and the model paths of a zoo
+folder's ``zoo.json`` must be relative paths inside the folder.
 """
 
 from __future__ import annotations
 
 import glob
-import json
 import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from weightspace.errors import InputError
+from weightspace._json import parse_json
+from weightspace.errors import InputError, UnsafeFileError
 from weightspace.io._hub import HF_SCHEME, cache_root_snapshot, is_cache_root, parse_hub_spec, resolve_hub
+from weightspace.io._pathpolicy import check_relpath, following_symlinks, read_regular, within
 from weightspace.io._pickle import PICKLE_SUFFIXES
 from weightspace.io._sources import is_model_dir
 
@@ -37,23 +42,45 @@ def natural_key(text: str) -> list[object]:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
 
 
+_MAX_ZOO_JSON_BYTES = 16 << 20
+
+
+def _zoo_children(directory: Path, zoo: Path) -> list[Path]:
+    info = parse_json(read_regular(zoo, limit=_MAX_ZOO_JSON_BYTES, root=directory, what="zoo.json"), path=zoo)
+    models = info.get("models") if isinstance(info, dict) else None
+    if not isinstance(models, list) or not all(isinstance(m, dict) for m in models):
+        raise InputError("cannot read the model list of this zoo ('models' must be a list of objects)", path=zoo)
+    out = []
+    for m in models:
+        rel = check_relpath(m.get("path"), what="zoo model path", path=zoo, error=InputError)
+        p = directory / rel
+        if not following_symlinks() and os.path.lexists(p) and not within(p, directory):
+            raise UnsafeFileError(
+                f"zoo model {rel!r} is a symbolic link out of the zoo folder (pass --follow-symlinks to read it)",
+                path=p,
+            )
+        out.append(p)
+    return out
+
+
 def _children(directory: Path) -> list[Path]:
     zoo = directory / "zoo.json"
-    if zoo.is_file():
-        try:
-            info = json.loads(zoo.read_text(encoding="utf-8"))
-            return [directory / m["path"] for m in info["models"]]
-        except (OSError, ValueError, KeyError, TypeError) as err:
-            raise InputError(
-                f"cannot read the model list of this zoo ({type(err).__name__}: {err})", path=zoo
-            ) from None
+    if os.path.lexists(zoo):
+        return _zoo_children(directory, zoo)
     found = []
     for child in directory.iterdir():
         if child.name.startswith("."):
             continue
-        # Non-regular files (FIFOs, devices) with a checkpoint suffix are listed too, so reading them fails loudly.
-        is_checkpoint = not child.is_dir() and child.suffix.lower() in (".safetensors", *PICKLE_SUFFIXES)
+        # Anything with a checkpoint suffix is listed (FIFOs, devices, a folder named x.safetensors), so reading
+        # it fails loudly instead of the model silently missing from the collection.
+        is_checkpoint = child.suffix.lower() in (".safetensors", *PICKLE_SUFFIXES)
         if is_checkpoint or (child.is_dir() and is_model_dir(child)):
+            if child.is_symlink() and not following_symlinks() and not within(child, directory):
+                raise UnsafeFileError(
+                    f"checkpoint is a symbolic link to {os.path.realpath(child)}, outside the folder {directory} "
+                    "named on the command line (pass --follow-symlinks to read it, or name it directly)",
+                    path=child,
+                )
             found.append(child)
         elif is_cache_root(child):  # a Hugging Face cache folder: every repo in it is a model
             found.append(cache_root_snapshot(child))
@@ -93,9 +120,12 @@ def _expand_one(spec: str, base_dir: Path, depth: int, allow_pickle: bool) -> li
         list_path = (base_dir / spec[1:]).expanduser()
         if depth >= _MAX_LIST_DEPTH:
             raise InputError(f"@-lists nest deeper than {_MAX_LIST_DEPTH} levels", path=list_path)
+        raw = read_regular(
+            list_path, limit=_MAX_ZOO_JSON_BYTES, what="model list", missing=InputError, error=InputError
+        )
         try:
-            lines = list_path.read_text(encoding="utf-8").splitlines()
-        except (OSError, UnicodeDecodeError) as err:
+            lines = raw.decode("utf-8").splitlines()
+        except UnicodeDecodeError as err:
             raise InputError(f"cannot read model list ({err})", path=list_path) from None
         out: list[Path] = []
         for line in lines:
@@ -189,9 +219,9 @@ def adapter_base_model(paths: Sequence[Path]) -> str | None:
         cfg = p / "adapter_config.json"
         if not cfg.is_file():
             return None
-        try:
-            raw = json.loads(cfg.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, ValueError):
+        try:  # the adapter itself is checked when it is opened; here only a readable name is looked for
+            raw = parse_json(read_regular(cfg, limit=_MAX_ZOO_JSON_BYTES, root=p, what="adapter config"), path=cfg)
+        except InputError:
             return None
         name = raw.get("base_model_name_or_path") if isinstance(raw, dict) else None
         if not isinstance(name, str) or not name.strip():

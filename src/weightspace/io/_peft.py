@@ -7,6 +7,15 @@ and ``lora_alpha`` may be overridden per module by the first matching regex of `
 ``alpha_pattern`` (matched as ``(.*\\.)?(pattern)$`` against the module name, as PEFT does). With
 ``fan_in_fan_out`` the base weight is stored transposed (GPT-2 ``Conv1D``) and ``ΔW = s · (B A)ᵀ``.
 
+``adapter_config.json`` is untrusted: it is read through the path policy and the bounded JSON parser and checked
+as PEFT's ``LoraConfig`` would type it, with PEFT's defaults — ``r`` a positive int (not ``2.0``, ``"2"`` or
+``true``), ``lora_alpha`` a finite number in ``(0, 1e6]`` defaulting to 8 when absent (PEFT's default, not ``r``),
+``rank_pattern`` / ``alpha_pattern`` mapping patterns to positive ranks / alphas, ``target_modules`` a list of
+names (a module matches when it equals one or ends with ``.name``), a regex (``re.fullmatch``) or
+``"all-linear"``; every LoRA module in the weights must be one ``target_modules`` selects. Regexes are checked by
+:func:`weightspace.io._regex.safe_pattern` before use, so matching cannot backtrack catastrophically. Keys PEFT's
+``LoraConfig`` does not know are reported in a warning (PEFT ignores them too).
+
 Features whose update is not ``s · B A`` (DoRA, embedding LoRA, LoRA biases, token/parameter targeting,
 layer replication, other PEFT types) are refused with an :class:`UnsupportedFormatError` rather than dropped.
 Other tensors in the adapter (``modules_to_save`` copies, trained biases) are full weights, not deltas; they are
@@ -25,10 +34,10 @@ Writing adapters and mapping them onto a base model:
 from __future__ import annotations
 
 import copy
-import json
 import math
 import os
 import re
+import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -36,7 +45,10 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from weightspace._json import parse_json
 from weightspace.errors import CorruptFileError, ShapeMismatchError, TensorKeyError, UnsupportedFormatError
+from weightspace.io._pathpolicy import read_regular
+from weightspace.io._regex import MAX_NAME_CHARS, safe_pattern
 from weightspace.io._safetensors import dtype_from_tag
 
 if TYPE_CHECKING:
@@ -56,6 +68,61 @@ __all__ = [
 ]
 
 PREFIX = "base_model.model."
+MAX_ADAPTER_CONFIG_BYTES = 16 << 20
+DEFAULT_LORA_ALPHA = 8
+"""PEFT's ``LoraConfig.lora_alpha`` default, used when a config has no ``lora_alpha``."""
+MAX_LORA_ALPHA = 1e6
+MAX_RANK = 1 << 16
+# Every field of peft.LoraConfig (0.17-0.21) and a few older ones; other keys are reported in a warning.
+_KNOWN_KEYS = frozenset(
+    {
+        "alora_invocation_tokens",
+        "alpha_pattern",
+        "arrow_config",
+        "auto_mapping",
+        "base_model_name_or_path",
+        "bias",
+        "corda_config",
+        "ensure_weight_tying",
+        "eva_config",
+        "exclude_modules",
+        "fan_in_fan_out",
+        "inference_mode",
+        "init_lora_weights",
+        "kasa_config",
+        "layer_replication",
+        "layers_pattern",
+        "layers_to_transform",
+        "loftq_config",
+        "lora_alpha",
+        "lora_bias",
+        "lora_dropout",
+        "lora_ga_config",
+        "megatron_config",
+        "megatron_core",
+        "modules_to_save",
+        "monteclora_config",
+        "peft_type",
+        "peft_version",
+        "qalora_group_size",
+        "r",
+        "rank_pattern",
+        "revision",
+        "runtime_config",
+        "target_modules",
+        "target_parameters",
+        "task_type",
+        "trainable_token_indices",
+        "use_bdlora",
+        "use_dora",
+        "use_qalora",
+        "use_rslora",
+        "velora_config",
+        "enable_lora",
+        "merge_weights",
+        "use_original_module",
+    }
+)
 _LORA_KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<which>A|B)(?:\.(?P<adapter>[^.]+))?\.weight$")
 _UNSUPPORTED_KEYS = (
     ("lora_embedding_A", "embedding LoRA (lora_embedding_A/B)"),
@@ -67,7 +134,22 @@ _UNSUPPORTED_KEYS = (
 
 @dataclass(frozen=True)
 class LoraConfig:
-    """The parts of ``adapter_config.json`` that define ``ΔW``; ``raw`` keeps the whole file for round trips."""
+    """The parts of ``adapter_config.json`` that define ``ΔW``; ``raw`` keeps the whole file for round trips.
+
+    Attributes
+    ----------
+    r : int
+    lora_alpha : float
+    use_rslora, fan_in_fan_out : bool
+    rank_pattern : dict of str to int
+    alpha_pattern : dict of str to float
+    raw : dict
+        The parsed file (written back as ``adapter_config.json``).
+    target_modules : list of str, str or None
+        As in the file: names, one regex, ``"all-linear"``, or None (not recorded).
+    text : str
+        The file verbatim ("" for a config built in memory).
+    """
 
     r: int
     lora_alpha: float
@@ -76,6 +158,8 @@ class LoraConfig:
     rank_pattern: dict[str, int]
     alpha_pattern: dict[str, float]
     raw: dict[str, Any]
+    target_modules: list[str] | str | None = None
+    text: str = ""
 
     def rank_for(self, module: str) -> int:
         return int(self.rank_pattern.get(_pattern_key(self.rank_pattern, module), self.r))
@@ -87,6 +171,22 @@ class LoraConfig:
         r = self.rank_for(module)
         alpha = self.alpha_for(module)
         return alpha / math.sqrt(r) if self.use_rslora else alpha / r
+
+    def targets(self, module: str) -> bool:
+        """Whether ``target_modules`` selects ``module`` (PEFT's rules; True when it is not recorded).
+
+        Examples
+        --------
+        >>> cfg = LoraConfig(2, 4.0, False, False, {}, {}, {}, target_modules=["q_proj"])
+        >>> cfg.targets("model.layers.0.self_attn.q_proj"), cfg.targets("model.layers.0.mlp.up_proj")
+        (True, False)
+        """
+        t = self.target_modules
+        if t is None or t == "all-linear":
+            return True
+        if isinstance(t, str):
+            return re.fullmatch(t, module[:MAX_NAME_CHARS]) is not None
+        return module in t or any(module.endswith(f".{name}") for name in t)
 
     def with_rank(self, rank: int, **raw_overrides: Any) -> LoraConfig:
         """The config of the same adapter at one rank ``rank`` for every module.
@@ -106,28 +206,104 @@ class LoraConfig:
         raw["r"] = rank
         raw["rank_pattern"] = {}
         raw.update(raw_overrides)
-        return replace(self, r=rank, rank_pattern={}, raw=raw)
+        return replace(self, r=rank, rank_pattern={}, raw=raw, text="")
 
 
 def _pattern_key(patterns: dict[str, Any], module: str) -> str:
+    """PEFT's ``get_pattern_key``: the first pattern ``p`` with ``re.match(rf"(.*\\.)?({p})$", module)``."""
+    name = module[:MAX_NAME_CHARS]
     for key in patterns:
-        if re.match(rf"(.*\.)?({key})$", module):
+        if re.match(rf"(.*\.)?({key})$", name):
             return key
     return module
 
 
-def read_adapter_config(path: Path) -> LoraConfig:
-    """Parse and check ``adapter_config.json``; unsupported features raise :class:`UnsupportedFormatError`."""
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise CorruptFileError(f"cannot read adapter config ({err})", path=path) from None
+def _bad(path: Path, message: str) -> CorruptFileError:
+    return CorruptFileError(message, path=path)
+
+
+def _positive_int(value: object, field: str, path: Path) -> int:
+    if type(value) is not int or not 1 <= value <= MAX_RANK:
+        raise _bad(
+            path, f"adapter config field '{field}' must be an int in [1, {MAX_RANK}], got {str(value)[:40]!r}"
+        )
+    return value
+
+
+def _alpha(value: object, field: str, path: Path) -> float:
+    if type(value) not in (int, float) or not (0 < value <= MAX_LORA_ALPHA):  # type: ignore[operator]
+        raise _bad(
+            path,
+            f"adapter config field '{field}' must be a finite number in (0, {MAX_LORA_ALPHA:g}], got {str(value)[:40]!r}",
+        )
+    return float(value)  # type: ignore[arg-type]
+
+
+def _flag(raw: dict[str, Any], field: str, path: Path) -> bool:
+    value = raw.get(field)
+    if value is None:
+        return False
+    if type(value) is not bool:
+        raise _bad(path, f"adapter config field '{field}' must be true or false, got {str(value)[:40]!r}")
+    return value
+
+
+def _patterns(raw: dict[str, Any], field: str, path: Path, check: Any) -> dict[str, Any]:
+    value = raw.get(field)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise _bad(
+            path,
+            f"adapter config field '{field}' must be an object (pattern -> value), got {type(value).__name__}",
+        )
+    out = {}
+    for key, v in value.items():
+        try:
+            safe_pattern(key, what=field, max_unbounded=2)  # PEFT's wrapper adds one more
+        except ValueError as err:
+            raise _bad(path, f"adapter config field {err}") from None
+        out[key] = check(v, f"{field}[{key!r}]", path)
+    return out
+
+
+def _target_modules(raw: dict[str, Any], path: Path) -> list[str] | str | None:
+    value = raw.get("target_modules")
+    if value is None or value == "all-linear":
+        return value
+    if isinstance(value, str):
+        try:
+            safe_pattern(value, what="target_modules")
+        except ValueError as err:
+            raise _bad(path, f"adapter config field {err}") from None
+        return value
+    if isinstance(value, list) and all(isinstance(v, str) and v for v in value):
+        return list(value)
+    raise _bad(
+        path,
+        f"adapter config field 'target_modules' must be a list of module names or a regex, got {str(value)[:60]!r}",
+    )
+
+
+def read_adapter_config(path: Path, *, root: str | os.PathLike[str] | None = None) -> LoraConfig:
+    """Parse and check ``adapter_config.json`` (see the module docstring); unsupported features raise
+    :class:`UnsupportedFormatError`, malformed values :class:`CorruptFileError` naming the field.
+
+    Parameters
+    ----------
+    path : Path
+    root : path, optional
+        The adapter directory (a link out of it is refused).
+    """
+    text_bytes = read_regular(path, limit=MAX_ADAPTER_CONFIG_BYTES, root=root, what="adapter config")
+    raw = parse_json(text_bytes, path=path, what="adapter config", max_depth=16)
     if not isinstance(raw, dict):
         raise CorruptFileError("adapter config is not a JSON object", path=path)
     peft_type = raw.get("peft_type")
     if peft_type != "LORA":
         raise UnsupportedFormatError(
-            f"peft_type {peft_type!r} is not supported; only LORA adapters are", path=path
+            f"adapter config field 'peft_type' is {str(peft_type)[:40]!r}; only LORA adapters are supported",
+            path=path,
         )
     refusals = {
         "use_dora": "DoRA (use_dora=true) scales the whole weight, so its update is not s·B·A",
@@ -140,41 +316,24 @@ def read_adapter_config(path: Path) -> LoraConfig:
     for field, why in refusals.items():
         if raw.get(field):
             raise UnsupportedFormatError(f"{why}; convert the adapter to plain LoRA first", path=path)
-    try:
-        r = int(raw["r"])
-        alpha = float(raw.get("lora_alpha", r))
-    except (KeyError, TypeError, ValueError):
-        raise CorruptFileError(
-            "adapter config needs an integer 'r' and a numeric 'lora_alpha'", path=path
-        ) from None
-    if r < 1:
-        raise CorruptFileError(f"adapter config has r={r}; r must be >= 1", path=path)
-    rank_pattern = raw.get("rank_pattern") or {}
-    alpha_pattern = raw.get("alpha_pattern") or {}
-    if not isinstance(rank_pattern, dict) or not isinstance(alpha_pattern, dict):
-        raise CorruptFileError("rank_pattern and alpha_pattern must be JSON objects", path=path)
-    try:
-        ranks = {str(k): int(v) for k, v in rank_pattern.items()}
-        alphas = {str(k): float(v) for k, v in alpha_pattern.items()}
-    except (TypeError, ValueError):
-        raise CorruptFileError(
-            "rank_pattern values must be ints and alpha_pattern values numbers", path=path
-        ) from None
-    for pattern in [*ranks, *alphas]:
-        try:
-            re.compile(pattern)
-        except re.error as err:
-            raise CorruptFileError(
-                f"pattern {pattern!r} is not a valid regular expression ({err})", path=path
-            ) from None
+    r = _positive_int(raw.get("r"), "r", path)
+    alpha = _alpha(raw.get("lora_alpha", DEFAULT_LORA_ALPHA), "lora_alpha", path)
+    unknown = sorted(k for k in raw if k not in _KNOWN_KEYS)
+    if unknown:
+        listing = ", ".join(repr(k[:40]) for k in unknown[:5])
+        warnings.warn(
+            f"{path}: adapter config keys PEFT does not know are ignored: {listing}", UserWarning, stacklevel=2
+        )
     return LoraConfig(
         r=r,
         lora_alpha=alpha,
-        use_rslora=bool(raw.get("use_rslora", False)),
-        fan_in_fan_out=bool(raw.get("fan_in_fan_out", False)),
-        rank_pattern=ranks,
-        alpha_pattern=alphas,
+        use_rslora=_flag(raw, "use_rslora", path),
+        fan_in_fan_out=_flag(raw, "fan_in_fan_out", path),
+        rank_pattern=_patterns(raw, "rank_pattern", path, _positive_int),
+        alpha_pattern=_patterns(raw, "alpha_pattern", path, _alpha),
         raw=raw,
+        target_modules=_target_modules(raw, path),
+        text=text_bytes.decode("utf-8"),
     )
 
 
@@ -235,6 +394,13 @@ def parse_adapter_keys(
         factors.setdefault(m["module"], {})[m["which"]] = key
     modules: dict[str, LoraModule] = {}
     for module, pair in sorted(factors.items()):
+        if not config.targets(module):
+            raise CorruptFileError(
+                f"LoRA module '{module}' is not selected by the config's target_modules "
+                f"({str(config.target_modules)[:120]}); the weights and adapter_config.json disagree",
+                path=path,
+                tensor=next(iter(pair.values())),
+            )
         if set(pair) != {"A", "B"}:
             missing = "lora_B" if "A" in pair else "lora_A"
             raise TensorKeyError(

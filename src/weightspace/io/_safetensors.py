@@ -1,9 +1,14 @@
 """Safetensors reading and writing with our own checks in front of the parser.
 
 Reading validates the header before anything else touches the file: the path must be a regular file (a FIFO
-named ``x.safetensors`` would otherwise block ``open``), the declared header length must fit in the file and
-be at most 16 MiB, the JSON must have no duplicate keys, and every tensor's byte range must match its dtype and
-shape, lie inside the data buffer and tile it with no overlap or hole. Tensor bytes are then read with
+named ``x.safetensors`` would otherwise block ``open``) inside its model directory (see
+:mod:`weightspace.io._pathpolicy`), it must not be sparse (a file whose declared bytes are mostly holes is a
+decoy, never a checkpoint), the declared header length must fit in the file and be at most 16 MiB, the JSON is
+parsed by the bounded parser (:func:`weightspace._json.parse_json`: no duplicate keys, no deep nesting, no
+oversized integers), there are at most :data:`MAX_TENSORS` tensors with names of at most
+:data:`MAX_TENSOR_NAME_CHARS` printable characters, and every tensor's dtype is a known tag, its shape a list of
+non-negative ints and its byte range matches dtype and shape, lies inside the data buffer and tiles it with no
+overlap or hole. Tensor bytes are then read with
 ``pread`` into a fresh buffer (never ``mmap``), so a file truncated underneath the reader yields an error,
 not a SIGBUS; each read also checks that the file's size and mtime are those seen when it was indexed.
 
@@ -16,7 +21,7 @@ from __future__ import annotations
 import json
 import math
 import os
-import stat
+import re
 import struct
 import sys
 from collections.abc import Iterator, Mapping, Sequence
@@ -26,21 +31,40 @@ from typing import Any
 
 import torch
 
-from weightspace.errors import CorruptFileError, ShapeMismatchError, UnsafeFileError, UnsupportedFormatError
+from weightspace._json import parse_json
+from weightspace.errors import (
+    CorruptFileError,
+    InputError,
+    NonFiniteError,
+    ShapeMismatchError,
+    UnsupportedFormatError,
+)
+from weightspace.io._pathpolicy import following_symlinks, open_regular
 
 __all__ = [
     "DTYPES",
     "FLOAT_DTYPES",
     "MAX_HEADER_BYTES",
+    "MAX_TENSORS",
+    "MAX_TENSOR_NAME_CHARS",
     "SafetensorsFile",
     "SafetensorsWriter",
     "TensorInfo",
+    "available_memory",
+    "check_allocation",
+    "check_finite_write",
     "dtype_from_tag",
     "open_regular_file",
     "save_safetensors",
 ]
 
 MAX_HEADER_BYTES = 16 * 1024 * 1024
+MAX_TENSORS = 1 << 17
+"""Most tensors one file may declare (real shards hold a few thousand; archives one per unit or private key)."""
+MAX_TENSOR_NAME_CHARS = 1024
+_MAX_NDIM = 16
+_SPARSE_MIN_BYTES = 64 * 1024 * 1024
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 # safetensors dtype tag -> (torch dtype or None where torch has none, item size in bytes)
 DTYPES: dict[str, tuple[torch.dtype | None, int]] = {
@@ -104,43 +128,13 @@ class TensorInfo:
         return DTYPES[self.dtype][1]
 
 
-def open_regular_file(path: Path) -> int:
-    """Open ``path`` read-only, refusing anything that is not a regular file.
+def open_regular_file(path: str | os.PathLike[str], *, root: str | os.PathLike[str] | None = None) -> int:
+    """Open ``path`` read-only, refusing anything that is not a regular file (inside ``root``, when given).
 
     ``O_NONBLOCK`` keeps ``open`` from hanging on a FIFO swapped in after the ``stat`` check; ``fstat`` on the
-    descriptor then decides.
+    descriptor then decides. See :func:`weightspace.io._pathpolicy.open_regular`.
     """
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        raise CorruptFileError("file does not exist", path=path) from None
-    except OSError as err:
-        raise CorruptFileError(f"cannot stat file ({err.strerror})", path=path) from None
-    if not stat.S_ISREG(st.st_mode):
-        raise UnsafeFileError(
-            f"not a regular file ({_file_kind(st.st_mode)}); only regular files are read", path=path
-        )
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    except OSError as err:
-        raise CorruptFileError(f"cannot open file ({err.strerror})", path=path) from None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise UnsafeFileError("not a regular file; only regular files are read", path=path)
-    return fd
-
-
-def _file_kind(mode: int) -> str:
-    for test, name in (
-        (stat.S_ISFIFO, "a FIFO"),
-        (stat.S_ISDIR, "a directory"),
-        (stat.S_ISCHR, "a character device"),
-        (stat.S_ISBLK, "a block device"),
-        (stat.S_ISSOCK, "a socket"),
-    ):
-        if test(mode):
-            return name
-    return "not a regular file"
+    return open_regular(path, root=root, what="file")
 
 
 def _pread_exact(fd: int, buf: memoryview, offset: int, path: Path, what: str) -> None:
@@ -157,42 +151,53 @@ def _pread_exact(fd: int, buf: memoryview, offset: int, path: Path, what: str) -
         done += n
 
 
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in pairs:
-        if k in out:
-            raise _DuplicateKey(k)
-        out[k] = v
-    return out
-
-
-class _DuplicateKey(Exception):
-    def __init__(self, key: str):
-        self.key = key
-
-
 def _parse_header(raw: bytes, path: Path) -> dict[str, Any]:
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise CorruptFileError("safetensors header is not valid UTF-8", path=path) from None
-    if not text.startswith("{"):
+    if not raw.lstrip(b" ").startswith(b"{"):
         raise CorruptFileError("safetensors header does not start with '{'", path=path)
-    try:
-        obj = json.loads(text, object_pairs_hook=_no_duplicates)
-    except _DuplicateKey as dup:
+    declared = raw.count(b'"data_offsets"')
+    if declared > MAX_TENSORS:  # refuse before spending time parsing a header of a million empty tensors
         raise CorruptFileError(
-            "safetensors header lists this key twice; a file must name each tensor once", path=path, tensor=dup.key
-        ) from None
-    except RecursionError:
-        raise CorruptFileError("safetensors header nests too deeply to be a tensor index", path=path) from None
-    except json.JSONDecodeError as err:
-        raise CorruptFileError(
-            f"safetensors header is not valid JSON ({err.msg} at {err.pos})", path=path
-        ) from None
+            f"header declares {declared} tensors, more than the {MAX_TENSORS} weightspace reads from one file",
+            path=path,
+        )
+    # The entry checks below visit every node of the (shallow) header schema, so the parser's tree walk is skipped.
+    obj = parse_json(
+        raw, path=path, what="safetensors header", max_depth=4, keys_are_tensors=True, check_tree=False
+    )
     if not isinstance(obj, dict):
         raise CorruptFileError("safetensors header is not a JSON object", path=path)
     return obj
+
+
+def _is_sparse(st: os.stat_result) -> bool:
+    """A large file with most of its bytes unallocated (holes): its declared tensors are not on disk."""
+    blocks = getattr(st, "st_blocks", None)
+    return blocks is not None and st.st_size >= _SPARSE_MIN_BYTES and blocks * 512 < st.st_size // 8
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (``MemAvailable``), or None where unknown."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def check_allocation(nbytes: int, *, path: str | os.PathLike[str] | None, tensor: str | None, what: str) -> None:
+    """Refuse (exit 2) to allocate ``nbytes`` when that is more memory than is available."""
+    if nbytes < (1 << 30):
+        return
+    avail = available_memory()
+    if avail is not None and nbytes > avail:
+        raise InputError(
+            f"{what} needs {nbytes / 1e9:,.1f} GB of memory but {avail / 1e9:,.1f} GB is available",
+            path=path,
+            tensor=tensor,
+        )
 
 
 class SafetensorsFile:
@@ -211,14 +216,22 @@ class SafetensorsFile:
         The ``__metadata__`` block (empty if absent).
     """
 
-    def __init__(self, path: str | os.PathLike[str]):
+    def __init__(self, path: str | os.PathLike[str], *, root: str | os.PathLike[str] | None = None):
         self.path = Path(path)
+        # Decided once: reads may happen on worker threads or processes that do not share --follow-symlinks.
+        self._root = None if root is None or following_symlinks() else Path(root)
         if sys.byteorder != "little":
             raise UnsupportedFormatError("safetensors data is little-endian; big-endian hosts are not supported")
-        fd = open_regular_file(self.path)
+        fd = open_regular_file(self.path, root=self._root)
         try:
             st = os.fstat(fd)
             self._size, self._mtime, self._ino = st.st_size, st.st_mtime_ns, st.st_ino
+            if _is_sparse(st):
+                raise CorruptFileError(
+                    f"file is sparse: {self._size} bytes long but only {st.st_blocks * 512} are on disk; its "
+                    "declared tensors are holes, not weights",
+                    path=path,
+                )
             if self._size < 8:
                 raise CorruptFileError(
                     f"file is {self._size} bytes, shorter than the 8-byte safetensors length prefix", path=path
@@ -248,6 +261,11 @@ class SafetensorsFile:
         ):
             raise CorruptFileError("__metadata__ must map strings to strings", path=path)
         self.metadata: dict[str, str] = dict(meta)
+        if len(header) > MAX_TENSORS:
+            raise CorruptFileError(
+                f"header declares {len(header)} tensors, more than the {MAX_TENSORS} weightspace reads from one file",
+                path=path,
+            )
         self.tensors: dict[str, TensorInfo] = {}
         for key, entry in header.items():
             self.tensors[key] = self._validate_entry(key, entry)
@@ -257,21 +275,32 @@ class SafetensorsFile:
         p = self.path
         if not key:
             raise CorruptFileError("safetensors header has an empty tensor name", path=p)
+        if len(key) > MAX_TENSOR_NAME_CHARS or _CONTROL.search(key):
+            raise CorruptFileError(
+                f"tensor name is not a printable name of at most {MAX_TENSOR_NAME_CHARS} characters",
+                path=p,
+                tensor=key[:80],
+            )
         if not isinstance(entry, dict):
             raise CorruptFileError("header entry is not an object", path=p, tensor=key)
         dtype, shape, offs = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
-        if dtype not in DTYPES:
+        if not isinstance(dtype, str) or dtype not in DTYPES:
+            shown = dtype if isinstance(dtype, str | None) else type(dtype).__name__
             raise UnsupportedFormatError(
-                f"unknown dtype {dtype!r}; known: {', '.join(sorted(DTYPES))}", path=p, tensor=key
+                f"unknown dtype {shown!r}; known: {', '.join(sorted(DTYPES))}", path=p, tensor=key
             )
-        if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
-            raise CorruptFileError(f"shape must be a list of non-negative ints, got {shape!r}", path=p, tensor=key)
         if (
-            not isinstance(offs, list)
-            or len(offs) != 2
-            or not all(isinstance(o, int) and not isinstance(o, bool) for o in offs)
+            not isinstance(shape, list)
+            or len(shape) > _MAX_NDIM
+            or not all(type(d) is int and d >= 0 for d in shape)
         ):
-            raise CorruptFileError(f"data_offsets must be [begin, end], got {offs!r}", path=p, tensor=key)
+            raise CorruptFileError(
+                f"shape must be a list of at most {_MAX_NDIM} non-negative ints, got {str(shape)[:80]}",
+                path=p,
+                tensor=key,
+            )
+        if not isinstance(offs, list) or len(offs) != 2 or not all(type(o) is int for o in offs):
+            raise CorruptFileError(f"data_offsets must be [begin, end], got {str(offs)[:80]}", path=p, tensor=key)
         begin, end = offs
         info = TensorInfo(key, dtype, tuple(shape), begin, end)
         if not 0 <= begin <= end:
@@ -350,8 +379,9 @@ class SafetensorsFile:
                 (r1 - r0) * row_len,
                 (r1 - r0, row_len),
             )
+        check_allocation(count * info.itemsize, path=self.path, tensor=key, what="reading this tensor")
         buf = torch.empty(count * info.itemsize, dtype=torch.uint8)
-        fd = open_regular_file(self.path)
+        fd = open_regular_file(self.path, root=self._root)
         try:
             st = os.fstat(fd)
             if (st.st_size, st.st_mtime_ns, st.st_ino) != (self._size, self._mtime, self._ino):
@@ -406,6 +436,14 @@ class SafetensorsWriter:
         Every tensor the file will hold; the header is laid out from these before any data is written.
     metadata : mapping of str to str, optional
         The ``__metadata__`` block.
+    label : path, optional
+        The path named in errors (the destination, when ``path`` is a temporary file).
+
+    Raises
+    ------
+    NonFiniteError
+        When a written value is NaN or infinite, or overflows the tensor's dtype (e.g. 70000 into float16);
+        naming ``label`` and the tensor.
 
     Examples
     --------
@@ -423,8 +461,11 @@ class SafetensorsWriter:
         path: str | os.PathLike[str],
         specs: Mapping[str, tuple[torch.dtype, Sequence[int]]],
         metadata: Mapping[str, str] | None = None,
+        *,
+        label: str | os.PathLike[str] | None = None,
     ):
         self.path = Path(path)
+        self.label = Path(label) if label is not None else self.path
         header: dict[str, Any] = {}
         if metadata:
             header["__metadata__"] = dict(metadata)
@@ -468,6 +509,7 @@ class SafetensorsWriter:
         if elem_offset < 0 or elem_offset + flat.numel() > numel:
             raise ValueError(f"write of {flat.numel()} elements at {elem_offset} overruns {key} ({numel})")
         data = flat.detach().to(device="cpu", dtype=dtype).contiguous()
+        check_finite_write(flat, data, path=self.label, tensor=key)
         raw = data.view(torch.uint8).numpy().tobytes() if data.numel() else b""
         itemsize = DTYPES[_tag(dtype)][1]
         self._fh.seek(self._data_start + base + elem_offset * itemsize)
@@ -495,6 +537,44 @@ class SafetensorsWriter:
             self.close()
         else:
             self._fh.close()
+
+
+def check_finite_write(
+    value: torch.Tensor, stored: torch.Tensor, *, path: str | os.PathLike[str] | None, tensor: str
+) -> None:
+    """Refuse to write NaN or infinity, or a finite ``value`` that became infinite in its storage dtype.
+
+    Parameters
+    ----------
+    value : Tensor
+        What was computed.
+    stored : Tensor
+        ``value`` cast to the dtype it is written in.
+
+    Examples
+    --------
+    >>> check_finite_write(torch.tensor([7e4]), torch.tensor([7e4]).half(), path="m.safetensors", tensor="w")
+    ... # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    weightspace.errors.NonFiniteError: m.safetensors: tensor 'w': 1 value(s) overflow float16 (largest |x| = 7e+04, ...
+    """
+    if not stored.is_floating_point() or not stored.numel() or bool(torch.isfinite(stored).all()):
+        return
+    if not bool(torch.isfinite(value).all()):
+        bad = int((~torch.isfinite(value)).sum())
+        raise NonFiniteError(
+            f"{bad} value(s) to be written are NaN or infinite; nothing was written", path=path, tensor=tensor
+        )
+    bad = int((~torch.isfinite(stored)).sum())
+    big = float(value.detach().abs().max())
+    name = str(stored.dtype).replace("torch.", "")
+    raise NonFiniteError(
+        f"{bad} value(s) overflow {name} (largest |x| = {big:.3g}, the largest finite {name} is "
+        f"{torch.finfo(stored.dtype).max:.3g}); nothing was written. Store it in a wider dtype (e.g. float32)",
+        path=path,
+        tensor=tensor,
+    )
 
 
 def save_safetensors(

@@ -12,27 +12,37 @@ peft        a PEFT LoRA adapter directory (``adapter_config.json`` + ``adapter_m
 torch       a pickled state dict (``.bin``/``.pt``/``.pth``/``.ckpt`` or a directory with
             ``pytorch_model.bin``), read only with ``allow_pickle=True`` and ``weights_only=True``
 ========== ============================================================================
+
+Every file of a directory model (weights, shards, index, configs) is opened through the path policy
+(:mod:`weightspace.io._pathpolicy`): a regular file inside the model directory, never a FIFO or device, never a
+link that leaves the directory (unless ``--follow-symlinks``). Every JSON file is parsed by the bounded parser and
+checked against a schema. The shard index is authoritative: a shard tensor the index does not list is ignored
+with a warning (as ``transformers`` ignores it); a listed tensor missing from its shard is an error.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import torch
 
-from weightspace.errors import CorruptFileError, TensorKeyError, UnsupportedFormatError
+from weightspace._json import parse_json
+from weightspace.errors import CorruptFileError, NonFiniteError, TensorKeyError, UnsupportedFormatError
+from weightspace.io._pathpolicy import check_name, following_symlinks, open_regular, read_regular
 from weightspace.io._peft import LoraConfig, LoraModule, parse_adapter_keys, read_adapter_config
 from weightspace.io._pickle import PICKLE_SUFFIXES, load_pickled_state_dict
 from weightspace.io._safetensors import DTYPES, SafetensorsFile
 
 __all__ = [
     "CONFIG_FILES",
+    "MAX_CONFIG_BYTES",
+    "MAX_INDEX_BYTES",
     "Entry",
     "ModelSource",
     "PeftSource",
@@ -45,7 +55,10 @@ __all__ = [
 EntryKind = Literal["dense", "lora", "extra"]
 # Small files copied through an archive so that `reconstruct` can rebuild a loadable directory.
 CONFIG_FILES = ("config.json", "generation_config.json")
-_MAX_CONFIG_BYTES = 1 << 20
+MAX_CONFIG_BYTES = 16 << 20
+"""Largest ``config.json`` (or other small JSON file of a model) weightspace reads and copies."""
+MAX_INDEX_BYTES = 64 << 20
+"""Largest ``model.safetensors.index.json`` weightspace reads."""
 _TAGS = {v[0]: k for k, v in DTYPES.items() if v[0] is not None}
 
 
@@ -106,6 +119,9 @@ class ModelSource:
 
     def __init__(self, path: Path):
         self.path = path
+        # Files of a directory model must resolve inside this root (see weightspace.io._pathpolicy). The choice is
+        # made once, here: later reads may run on worker threads or processes that do not share the setting.
+        self.root: Path | None = model_root(path) if path.is_dir() and not following_symlinks() else None
         self.entries: dict[str, Entry] = {}
         self.metadata: dict[str, str] = {}
         self.configs: dict[str, str] = {}
@@ -141,9 +157,13 @@ class ModelSource:
                 h = hashlib.sha256()
                 for f in files:
                     h.update(f.relative_to(self.path).as_posix().encode() + b"\0")
-                    h.update(bytes.fromhex(file_sha256(f)))
+                    h.update(bytes.fromhex(file_sha256(f, root=self.root)))
                 self._sha256 = h.hexdigest()
         return self._sha256
+
+    def remember_sha256(self, digest: str) -> None:
+        """Adopt a content hash that :meth:`sha256` computed elsewhere for the same files (e.g. on a worker)."""
+        self._sha256 = digest
 
     @property
     def adapter_config(self) -> dict | None:
@@ -151,30 +171,59 @@ class ModelSource:
         return None
 
     def nbytes_on_disk(self) -> int:
-        return sum(f.stat().st_size for f in self.files())
+        return sum(f.stat().st_size for f in self.files())  # every file was opened (checked) when indexed
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({str(self.path)!r}, {len(self.entries)} tensors)"
 
 
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    """Hex sha256 of a file's bytes, read in 4 MiB blocks."""
+def file_sha256(path: str | os.PathLike[str], *, root: str | os.PathLike[str] | None = None) -> str:
+    """Hex sha256 of a regular file's bytes (refusing FIFOs, devices, links out of ``root``), read into one reused
+    1 MiB buffer (no new bytes object per block)."""
     h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            h.update(block)
+    buf = memoryview(bytearray(1 << 20))
+    fd = open_regular(path, root=root)
+    with os.fdopen(fd, "rb", buffering=0) as fh:
+        while n := fh.readinto(buf):
+            h.update(buf[:n])
     return h.hexdigest()
 
 
-def _read_configs(directory: Path, names: tuple[str, ...]) -> dict[str, str]:
+def read_json_file(
+    path: Path, *, root: Path | None, what: str, limit: int = MAX_CONFIG_BYTES
+) -> tuple[object, str]:
+    """A small JSON file of a model, read by the path policy and the bounded parser: (parsed, verbatim text)."""
+    raw = read_regular(path, limit=limit, root=root, what=what)
+    obj = parse_json(raw, path=path, what=what)
+    return obj, raw.decode("utf-8")
+
+
+def model_root(directory: Path) -> Path:
+    """The folder a directory model's files must stay inside: the directory itself, or for a snapshot in the
+    Hugging Face cache (``models--org--name/snapshots/<rev>[/sub]``, whose files link to ``../../blobs``) the
+    repo's cache folder ``models--org--name``.
+
+    Examples
+    --------
+    >>> model_root(Path("/c/hub/models--org--tiny/snapshots/0123abcd/sub")).name
+    'models--org--tiny'
+    >>> model_root(Path("/data/my-model")).name
+    'my-model'
+    """
+    real = Path(os.path.realpath(directory))
+    for d in (real, *real.parents):
+        if d.parent.name == "snapshots" and d.parent.parent.name.startswith("models--"):
+            return d.parent.parent
+    return directory
+
+
+def _read_configs(directory: Path, names: tuple[str, ...], root: Path | None = None) -> dict[str, str]:
+    """Config files present in ``directory``, verbatim; each must be a regular JSON file inside ``root``."""
     out = {}
     for name in names:
         p = directory / name
-        if p.is_file() and p.stat().st_size <= _MAX_CONFIG_BYTES:
-            try:
-                out[name] = p.read_text(encoding="utf-8")
-            except (OSError, UnicodeDecodeError) as err:
-                raise CorruptFileError(f"cannot read config file ({err})", path=p) from None
+        if os.path.lexists(p):
+            _, out[name] = read_json_file(p, root=root or directory, what=name)
     return out
 
 
@@ -222,9 +271,9 @@ class HFDirSource(_SafetensorsBacked):
 
     def __init__(self, path: Path):
         super().__init__(path)
-        st = SafetensorsFile(path / "model.safetensors")
+        st = SafetensorsFile(path / "model.safetensors", root=self.root)
         self.metadata = dict(st.metadata)
-        self.configs = _read_configs(path, CONFIG_FILES)
+        self.configs = _read_configs(path, CONFIG_FILES, self.root)
         self._add_file(st)
 
 
@@ -235,28 +284,22 @@ class ShardedSource(_SafetensorsBacked):
     def __init__(self, path: Path):
         super().__init__(path)
         index_path = path / self.INDEX
-        try:
-            index = json.loads(index_path.read_text(encoding="utf-8"))
-            weight_map = index["weight_map"]
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as err:
-            raise CorruptFileError(
-                f"cannot read the shard index ({type(err).__name__}: {err})", path=index_path
-            ) from None
+        index, text = read_json_file(index_path, root=self.root, what="shard index", limit=MAX_INDEX_BYTES)
+        if not isinstance(index, dict):
+            raise CorruptFileError("the shard index is not a JSON object", path=index_path)
+        weight_map = index.get("weight_map")
         if not isinstance(weight_map, dict) or not weight_map:
-            raise CorruptFileError("'weight_map' must be a non-empty object", path=index_path)
+            raise CorruptFileError("'weight_map' must be a non-empty object (tensor -> shard)", path=index_path)
+        if not isinstance(index.get("metadata", {}), dict | None):
+            raise CorruptFileError("'metadata' must be an object", path=index_path)
         by_shard: dict[str, list[str]] = {}
         for key, shard in weight_map.items():
-            if not isinstance(shard, str) or not shard or Path(shard).name != shard or shard in (".", ".."):
-                raise CorruptFileError(
-                    f"shard name {shard!r} must be a plain file name inside the model directory",
-                    path=index_path,
-                    tensor=key,
-                )
+            check_shard_name(shard, path=index_path, tensor=key)
             by_shard.setdefault(shard, []).append(key)
-        self.configs = _read_configs(path, CONFIG_FILES)
-        self.configs[self.INDEX] = index_path.read_text(encoding="utf-8")
+        self.configs = _read_configs(path, CONFIG_FILES, self.root)
+        self.configs[self.INDEX] = text
         for shard in sorted(by_shard):
-            st = SafetensorsFile(path / shard)
+            st = SafetensorsFile(path / shard, root=self.root)
             if not self.metadata:
                 self.metadata = dict(st.metadata)
             keys = by_shard[shard]
@@ -268,10 +311,27 @@ class ShardedSource(_SafetensorsBacked):
                     )
             stray = sorted(present - set(keys))
             if stray:
-                raise CorruptFileError(
-                    "shard holds a tensor the index does not list", path=st.path, tensor=stray[0]
+                warnings.warn(
+                    f"{st.path}: {len(stray)} tensor(s) the shard index does not list are ignored (the index is "
+                    f"authoritative, as in transformers), e.g. '{stray[0]}'",
+                    UserWarning,
+                    stacklevel=2,
                 )
             self._add_file(st, keys)
+
+
+def check_shard_name(shard: object, *, path: str | os.PathLike[str], tensor: str | None = None) -> str:
+    """A shard name from an index: one plain ``*.safetensors`` file name (never a path, never a config file).
+
+    Examples
+    --------
+    >>> check_shard_name("model-00001-of-00002.safetensors", path="index.json")
+    'model-00001-of-00002.safetensors'
+    """
+    name = check_name(shard, what="shard name", path=path, tensor=tensor)
+    if not name.endswith(".safetensors"):
+        raise CorruptFileError(f"shard name {name!r} must end in .safetensors", path=path, tensor=tensor)
+    return name
 
 
 class TorchSource(ModelSource):
@@ -281,9 +341,9 @@ class TorchSource(ModelSource):
         super().__init__(path)
         weight_file = path / "pytorch_model.bin" if path.is_dir() else path
         if path.is_dir():
-            self.configs = _read_configs(path, CONFIG_FILES)
+            self.configs = _read_configs(path, CONFIG_FILES, self.root)
         self._weight_file = weight_file
-        self._tensors = load_pickled_state_dict(weight_file, allow_pickle=allow_pickle)
+        self._tensors = load_pickled_state_dict(weight_file, allow_pickle=allow_pickle, root=self.root)
         for key, t in self._tensors.items():
             if t.dtype not in _TAGS:
                 raise UnsupportedFormatError(f"dtype {t.dtype} is not supported", path=weight_file, tensor=key)
@@ -309,20 +369,20 @@ class PeftSource(ModelSource):
     def __init__(self, path: Path, *, allow_pickle: bool):
         super().__init__(path)
         cfg_path = path / "adapter_config.json"
-        self.config: LoraConfig = read_adapter_config(cfg_path)
-        self.configs = {"adapter_config.json": cfg_path.read_text(encoding="utf-8")}
+        self.config: LoraConfig = read_adapter_config(cfg_path, root=self.root)
+        self.configs = {"adapter_config.json": self.config.text}
         st_path = path / "adapter_model.safetensors"
         self._st: SafetensorsFile | None = None
         self._tensors: dict[str, torch.Tensor] | None = None
-        if st_path.exists():
-            self._st = SafetensorsFile(st_path)
+        if os.path.lexists(st_path):
+            self._st = SafetensorsFile(st_path, root=self.root)
             self.metadata = dict(self._st.metadata)
             shapes = {k: self._st.info(k).shape for k in self._st}
             dtypes = {k: self._st.info(k).dtype for k in self._st}
             self._weight_file = st_path
-        elif (path / "adapter_model.bin").exists():
+        elif os.path.lexists(path / "adapter_model.bin"):
             self._weight_file = path / "adapter_model.bin"
-            self._tensors = load_pickled_state_dict(self._weight_file, allow_pickle=allow_pickle)
+            self._tensors = load_pickled_state_dict(self._weight_file, allow_pickle=allow_pickle, root=self.root)
             shapes = {k: tuple(t.shape) for k, t in self._tensors.items()}
             dtypes = {k: _TAGS.get(t.dtype, str(t.dtype)) for k, t in self._tensors.items()}
         else:
@@ -358,7 +418,16 @@ class PeftSource(ModelSource):
         mod = self.modules.get(key)
         if mod is None:
             raise TensorKeyError("not a LoRA-adapted weight of this adapter", path=self._weight_file, tensor=key)
-        return self._raw(mod.b_key), self._raw(mod.a_key), mod
+        b, a = self._raw(mod.b_key), self._raw(mod.a_key)
+        for file_key, t in ((mod.b_key, b), (mod.a_key, a)):
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                bad = int((~torch.isfinite(t)).sum())
+                raise NonFiniteError(
+                    f"{bad} non-finite value(s) (NaN or inf) in a LoRA factor; weights must be finite",
+                    path=self._weight_file,
+                    tensor=file_key,
+                )
+        return b, a, mod
 
     @property
     def adapter_config(self) -> dict:
@@ -386,7 +455,7 @@ class PeftSource(ModelSource):
 def is_model_dir(path: Path) -> bool:
     """True if ``path`` is a directory holding one model (not a folder of models)."""
     return path.is_dir() and any(
-        (path / n).exists()
+        os.path.lexists(path / n)
         for n in (
             "adapter_config.json",
             "model.safetensors",
@@ -413,13 +482,13 @@ def open_source(path: str | os.PathLike[str], *, allow_pickle: bool = False) -> 
     """
     p = Path(path)
     if p.is_dir():
-        if (p / "adapter_config.json").exists():
+        if os.path.lexists(p / "adapter_config.json"):
             return PeftSource(p, allow_pickle=allow_pickle)
-        if (p / ShardedSource.INDEX).exists():
+        if os.path.lexists(p / ShardedSource.INDEX):
             return ShardedSource(p)
-        if (p / "model.safetensors").exists():
+        if os.path.lexists(p / "model.safetensors"):
             return HFDirSource(p)
-        if (p / "pytorch_model.bin").exists():
+        if os.path.lexists(p / "pytorch_model.bin"):
             return TorchSource(p, allow_pickle=allow_pickle)
         raise UnsupportedFormatError(
             "directory is not a model (no adapter_config.json, model.safetensors, "

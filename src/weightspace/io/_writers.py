@@ -33,6 +33,7 @@ def write_model(
     *,
     metadata: Mapping[str, str] | None = None,
     configs: Mapping[str, str] | None = None,
+    label: str | os.PathLike[str] | None = None,
 ) -> Path:
     """Write ``tensors`` to ``dest`` in layout ``fmt``, in their order and dtypes.
 
@@ -50,6 +51,8 @@ def write_model(
     configs : mapping of str to str, optional
         Small text files written next to the weights (``config.json``, ``adapter_config.json``); for
         ``hf-sharded``, the template's shard index, whose shard map the output follows.
+    label : path, optional
+        The path named in errors (when ``dest`` is inside a temporary folder).
 
     Returns
     -------
@@ -67,7 +70,7 @@ def write_model(
     """
     layout = Layout(fmt, dict(metadata or {}), dict(configs or {}))
     specs = {k: (v.dtype, tuple(v.shape)) for k, v in tensors.items()}
-    with LayoutWriter(dest, layout, specs) as writer:
+    with LayoutWriter(dest, layout, specs, label=label) as writer:
         for key, tensor in tensors.items():
             writer.write(key, tensor)
     return Path(dest)

@@ -35,13 +35,14 @@ import torch
 from torch import Tensor
 
 from weightspace._progress import Progress, report
+from weightspace.backends import RunOptions, Task, open_executor, resolve_device, to_device
 from weightspace.decompose import SharedSubspace
 from weightspace.errors import InputError, NonFiniteError
 from weightspace.io import LayoutWriter, check_destination
 from weightspace.merge._plan import FormatChoice, MergePlan, Models, PathLike, plan_merge
 from weightspace.merge._registry import MergeMethod, MethodFn, merge_deltas
 from weightspace.merge._result import MergeResult, UnitStats
-from weightspace.units import UnitSpec
+from weightspace.units import UnitSpec, all_finite
 
 __all__ = ["merge", "unit_seed"]
 
@@ -109,24 +110,28 @@ def _unit_params(plan: MergePlan, spec: UnitSpec) -> dict[str, Any]:
     return kwargs
 
 
-def _merge_unit(plan: MergePlan, spec: UnitSpec, put: Callable[[str, Tensor], None]) -> tuple[UnitStats, float]:
-    """Merge one unit, hand its output tensors to ``put``; return its statistics and ``‖merged − mean‖``."""
+def _merge_unit(plan: MergePlan, name: str, device: str = "cpu") -> tuple[dict[str, Tensor], UnitStats, float]:
+    """Merge one unit (a task: it reads the unit from paths its worker sees); return its output tensors by file
+    key, its statistics and ``‖merged − mean‖``."""
     coll = plan.coll
+    spec = coll.unit(name)
     view = _view(spec.shape)
+    dev = resolve_device(device)
     stack = coll.stack(spec.name).chunk(0, spec.rows)  # (n_models, D), the base read once
+    stack = to_device(stack, dev)
     deltas = [stack[i].reshape(view) for i in range(coll.n_models)]  # N × view
     kwargs = _unit_params(plan, spec)
+    if isinstance(kwargs.get("basis"), Tensor):
+        kwargs["basis"] = to_device(kwargs["basis"], dev)
     try:
-        merged = merge_deltas(plan.method, deltas, weights=plan.weights, **kwargs)  # float64, view
+        merged = merge_deltas(plan.method, deltas, weights=plan.weights, **kwargs).cpu()  # float64, view
     except InputError as err:
         raise _wrap(err, spec.name, f"merging with {plan.method_name!r}") from err
-    # The plain average, for the comparison column; accumulated in place rather than stacked, so that it costs one
-    # unit of memory, not N.
-    mean = deltas[0].clone()
-    for d in deltas[1:]:
-        mean += d
-    mean /= len(deltas)
-    del deltas
+    # The plain average, for the comparison column: a row mean of the stack already in memory.
+    mean = stack.mean(dim=0).reshape(view).cpu()
+    del deltas, stack
+    outputs: dict[str, Tensor] = {}
+    put = outputs.__setitem__
     mean_norm = _norm(mean)
     diff = _norm(merged - mean)
     extra: dict[str, Any] = {}
@@ -141,7 +146,7 @@ def _merge_unit(plan: MergePlan, spec: UnitSpec, put: Callable[[str, Tensor], No
         dtype, shape = plan.specs[bkey]
         full = base.read(bkey).to(torch.float64).reshape(view) + merged if plan.add_base else merged
         out = full.reshape(shape).to(dtype)
-        if not bool(torch.isfinite(out).all()):
+        if not all_finite(out):
             raise NonFiniteError(
                 f"the merged weight is not finite in {dtype} (overflow when casting); scale the merge down "
                 "(--param lam=...) or write a wider dtype (--dtype float32)",
@@ -168,22 +173,28 @@ def _merge_unit(plan: MergePlan, spec: UnitSpec, put: Callable[[str, Tensor], No
         rel_diff_from_mean=_rel(diff, mean_norm),
         **extra,
     )
-    return stats, diff
+    return outputs, stats, diff
 
 
 def _run(
-    plan: MergePlan, put: Callable[[str, Tensor], None], progress: Progress | None
+    plan: MergePlan, put: Callable[[str, Tensor], None], progress: Progress | None, run: RunOptions
 ) -> tuple[list[UnitStats], float | None]:
     """Merge every unit into ``put`` (then copy the base's other tensors); the stats and the overall relative
-    difference from the mean."""
-    units = []
-    diff_sq = mean_sq = 0.0
-    for done, spec in enumerate(plan.coll.units, 1):
-        stats, diff = _merge_unit(plan, spec, put)
-        units.append(stats)
-        diff_sq += diff**2
-        mean_sq += stats.mean_delta_norm**2
-        report(progress, "merge", done, len(plan.coll.units))
+    difference from the mean. Units run on ``run``'s executor; their outputs are written here as they arrive."""
+    specs = plan.coll.units
+    device = str(resolve_device(run.device))
+    done: dict[int, tuple[UnitStats, float]] = {}
+    with open_executor(run) as ex:
+        shared = ex.share(plan)
+        tasks = [Task(_merge_unit, (shared, spec.name, device), f"unit '{spec.name}'") for spec in specs]
+        for i, (outputs, stats, diff) in ex.run(tasks):
+            for key, tensor in outputs.items():
+                put(key, tensor)
+            done[i] = (stats, diff)
+            report(progress, "merge", len(done), len(specs))
+    units = [done[i][0] for i in range(len(specs))]
+    diff_sq = sum(done[i][1] ** 2 for i in range(len(specs)))
+    mean_sq = sum(u.mean_delta_norm**2 for u in units)
     if plan.format == "full":
         assert plan.template is not None  # the full plan has a template
         for key in plan.copies:
@@ -207,6 +218,11 @@ def merge(
     private: Sequence[str] = (),
     exclude: Sequence[str] = (),
     progress: Progress | None = None,
+    overwrite: bool = False,
+    threads: int | None = None,
+    scheduler: str | None = None,
+    client: Any = None,
+    device: str | None = None,
 ) -> MergeResult:
     """Merge N checkpoints (or LoRA adapters) in ΔW space; write the result in the source layout, or return it.
 
@@ -255,6 +271,13 @@ def merge(
         excluded keys are still copied into a full output).
     progress : callable, optional
         ``progress(stage, done, total)`` after each unit.
+    overwrite : bool, default False
+        Replace an existing ``out`` that weightspace did not write as a merged model (``--overwrite``); without
+        it such a path is refused before any work.
+    threads, scheduler, client, device
+        Where the units run (see :class:`~weightspace.backends.RunOptions`): ``threads`` units at once here
+        (default every core) or on Dask workers, which send back each merged unit for this process to write;
+        ``device`` for the merge's linear algebra. The result does not depend on them.
 
     Returns
     -------
@@ -292,6 +315,7 @@ def merge(
     tensor([1.5000, 1.0000, 2.0000])
     """
     t0 = time.perf_counter()
+    run = RunOptions.of(threads=threads, scheduler=scheduler, client=client, device=device)
     plan = plan_merge(
         models,
         base=base,
@@ -310,14 +334,19 @@ def merge(
     tensors: dict[str, Tensor] | None = None
     if out is None:
         collected: dict[str, Tensor] = {}
-        units, rel_diff = _run(plan, collected.__setitem__, progress)
+        units, rel_diff = _run(plan, collected.__setitem__, progress, run)
         tensors = {k: collected[k] for k in plan.specs if k in collected}
         dest = None
     else:
         inputs = [s.path for s in coll.sources] + ([coll.base.path] if coll.base is not None else [])
-        dest = check_destination(out, plan.layout, inputs=inputs, what="merged model")
-        with LayoutWriter(dest, plan.layout, plan.specs) as writer:
-            units, rel_diff = _run(plan, writer.write, progress)
+        size = sum(
+            math.prod(shape) * torch.empty((), dtype=dt).element_size() for dt, shape in plan.specs.values()
+        )
+        dest = check_destination(
+            out, plan.layout, inputs=inputs, what="merged model", overwrite=overwrite, required_bytes=size
+        )
+        with LayoutWriter(dest, plan.layout, plan.specs, marker="model") as writer:
+            units, rel_diff = _run(plan, writer.write, progress, run)
     peft = plan.format == "peft"
     # The first module with the largest error (max keeps the first of equals).
     worst = max(units, key=lambda u: u.truncation_error or 0.0, default=None) if peft else None

@@ -48,6 +48,7 @@ from torch import Tensor
 from weightspace._registry import Registry
 from weightspace._validation import Rule, coerce, describe
 from weightspace.errors import NonFiniteError, ParameterError, ShapeMismatchError
+from weightspace.units import all_finite
 
 __all__ = ["MERGE_METHODS", "MergeMethod", "Param", "list_methods", "merge_deltas", "merge_method"]
 
@@ -363,7 +364,7 @@ def _checked_deltas(deltas: Sequence[Tensor]) -> list[Tensor]:
             )
         if delta.device != first.device:
             raise ParameterError(f"delta {i} is on {delta.device} but delta 0 is on {first.device}.")
-        if not bool(torch.isfinite(delta).all()):
+        if not all_finite(delta):
             raise NonFiniteError(f"delta {i} contains NaN or infinity.")
     return deltas
 
@@ -483,6 +484,6 @@ def merge_deltas(
         raise ShapeMismatchError(
             f"{label} returned shape {_shape_str(out.shape)}; expected {_shape_str(first.shape)}."
         )
-    if not bool(torch.isfinite(out).all()):
+    if not all_finite(out):
         raise NonFiniteError(f"{label} produced NaN or infinity (inputs were finite; check the parameters).")
     return out.to(torch.float64)

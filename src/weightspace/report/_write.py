@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from weightspace._atomic import atomic_dir
+from weightspace._atomic import atomic_dir, check_output
 from weightspace.errors import InputError
 from weightspace.report._html import render_html
 from weightspace.report._plots import make_plots
@@ -17,7 +17,9 @@ from weightspace.report._schema import validate_report
 __all__ = ["load_report", "write_report"]
 
 
-def write_report(data: Mapping[str, Any], report_dir: str | os.PathLike[str], *, plots: bool = True) -> Path:
+def write_report(
+    data: Mapping[str, Any], report_dir: str | os.PathLike[str], *, plots: bool = True, overwrite: bool = False
+) -> Path:
     """Validate ``data``, render everything in memory, then swap ``report_dir`` into place in one step.
 
     Parameters
@@ -29,6 +31,9 @@ def write_report(data: Mapping[str, Any], report_dir: str | os.PathLike[str], *,
     plots : bool, default True
         Render the PNGs (needs matplotlib: a :class:`~weightspace.errors.DependencyError` is raised before
         anything is written when it is missing).
+    overwrite : bool, default False
+        Replace an existing ``report_dir`` that is not a weightspace report (refused otherwise, see
+        :func:`weightspace._atomic.check_output`).
 
     Returns
     -------
@@ -36,11 +41,12 @@ def write_report(data: Mapping[str, Any], report_dir: str | os.PathLike[str], *,
         ``report_dir``.
     """
     validate_report(data)
+    check_output(report_dir, "report", overwrite=overwrite)
     pngs = make_plots(dict(data)) if plots else {}
     page = render_html(data, pngs)
     text = json.dumps(data, indent=1, allow_nan=False, ensure_ascii=False)
     out = Path(report_dir)
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, kind="report") as tmp:
         (tmp / "report.json").write_text(text + "\n", encoding="utf-8")
         for name, png in pngs.items():
             (tmp / name).write_bytes(png)
@@ -59,12 +65,16 @@ def load_report(path: str | os.PathLike[str]) -> dict[str, Any]:
     -------
     dict
     """
+    from weightspace._json import parse_json
+    from weightspace.io import read_regular
+
     p = Path(path)
     if p.is_dir():
         p = p / "report.json"
     try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as err:
-        raise InputError(f"cannot read the report ({type(err).__name__}: {err})", path=p) from None
+        raw = read_regular(p, limit=1 << 28, what="report", missing=InputError, error=InputError)
+        data = parse_json(raw, path=p, what="report", error=InputError)
+    except InputError as err:
+        raise InputError(f"cannot read the report ({err.message})", path=p) from None
     validate_report(data, path=p)
     return data

@@ -6,7 +6,6 @@ accepts is a complete build.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -132,10 +131,15 @@ def load_zoo_info(dir: str | os.PathLike[str]) -> ZooInfo:
         raise InputError(
             f"not a zoo directory: {ZOO_JSON} is missing (build one with: weightspace zoo NAME -o DIR)", path=path
         )
+    from weightspace._json import parse_json
+    from weightspace.io import check_relpath, read_regular
+
+    # zoo.json may come with a downloaded zoo: read bounded, parsed strictly, model paths kept inside the zoo.
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise _bad(path, f"cannot be parsed ({exc})") from None
+        raw = read_regular(path, limit=64 << 20, root=root, what=ZOO_JSON, missing=InputError, error=InputError)
+        doc = parse_json(raw, path=path, what=ZOO_JSON, error=InputError)
+    except InputError as err:
+        raise _bad(path, f"cannot be parsed ({err.message})") from None
     if not isinstance(doc, dict):
         raise _bad(path, "top level must be an object")
 
@@ -169,7 +173,7 @@ def load_zoo_info(dir: str | os.PathLike[str]) -> ZooInfo:
         if not isinstance(m, dict):
             raise _bad(path, f"models[{i}] must be an object")
         where = f"models[{i}]."
-        mpath = root / req(m, "path", str, where)
+        mpath = root / check_relpath(req(m, "path", str, where), what=f"{where}path", path=path, error=InputError)
         if not mpath.exists():
             raise _bad(path, f"checkpoint {mpath} of model {i} does not exist")
         acc = {}

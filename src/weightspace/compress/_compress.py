@@ -210,14 +210,17 @@ def compress(
         chunk_bytes=chunk_bytes,
         storage_dtype=storage_dtype,
     )
-    estimate = ss.size_estimate(coll)
+    estimates = ss.size_estimates(coll)
+    estimate = sum(estimates.values())
     source_bytes = sum(src.nbytes_on_disk() for src in coll.sources)
     if coll.is_peft and estimate > source_bytes and not allow_larger:
+        big = max(estimates, key=estimates.__getitem__)
         raise InputError(
             f"method {method!r} would write about {estimate / 1e6:,.2f} MB of tensors for {source_bytes / 1e6:,.2f} "
             f"MB of adapters ({ratio_words(source_bytes, estimate)}; estimated from the shapes at the requested ranks, "
-            f"nothing written). Fewer components, or the default method {AutoUnit.method!r} (LoRA units stored "
-            "factored), keep it smaller; pass allow_larger=True (--allow-larger) to write it anyway"
+            f"nothing written; the largest part is '{big}', {estimates[big] / 1e6:,.2f} MB). Fewer components, or "
+            f"the default method {AutoUnit.method!r} (LoRA units stored factored), keep it smaller; pass "
+            "allow_larger=True (--allow-larger) to write it anyway"
         )
     inputs = [s.path for s in coll.sources] + ([coll.base.path] if coll.base is not None else [])
     largest = max(coll.units, key=lambda u: u.numel)

@@ -334,11 +334,8 @@ class SharedSubspace:
     def size_estimate(self, X: Collection, *, floor: bool = False) -> int:
         """Bytes of tensor data a fit of ``X`` would write at the requested ranks, from shapes alone.
 
-        Each unit's stored tensors and coefficients at its method's requested coefficient shape (integer ranks
-        capped by the unit's shape, the number of models and, for LoRA units, the sum of the adapters' ranks; a
-        variance fraction counted as one component, the least it keeps), in the storage dtype, plus the private
-        tensors. Headers and the manifest come on top. Nothing is read, so it can refuse an archive before
-        anything is written.
+        The sum of :meth:`size_estimates`. Headers and the manifest come on top. Nothing is read, so it can
+        refuse an archive before anything is written.
 
         Parameters
         ----------
@@ -351,11 +348,32 @@ class SharedSubspace:
         -------
         int
         """
+        return sum(self.size_estimates(X, floor=floor).values())
+
+    def size_estimates(self, X: Collection, *, floor: bool = False) -> dict[str, int]:
+        """Per unit (and per private tensor), the bytes a fit of ``X`` would write, from shapes alone.
+
+        Each unit's stored tensors and coefficients at its method's requested coefficient shape (integer ranks
+        capped by the unit's shape, the number of models and, for LoRA units, the sum of the adapters' ranks; a
+        variance fraction counted as one component, the least it keeps), in the storage dtype; each private
+        tensor at its source size summed over the models.
+
+        Parameters
+        ----------
+        X : Collection
+        floor : bool, default False
+            As in :meth:`size_estimate`.
+
+        Returns
+        -------
+        dict of str to int
+            Unit or private key → bytes, in the collection's order.
+        """
         self._validate()
         params = self._fit_params()
         item = STORAGE_DTYPES[self.storage_dtype].itemsize
         n = X.n_models
-        total = 0
+        out: dict[str, int] = {}
         for spec in X.units:
             cls = unit_fit_for(self.method, spec)
             span = None
@@ -365,13 +383,14 @@ class SharedSubspace:
             if floor:
                 coef = tuple(0 for _ in coef)
             stored = sum(math.prod(shape) for shape in cls.layout(spec, coef).values())
-            total += (stored + n * math.prod(coef)) * item
+            out[spec.name] = (stored + n * math.prod(coef)) * item
         for key in X.private:
-            for src in X.sources:
-                entry = src.entries.get(key)
-                if entry is not None:
-                    total += math.prod(entry.shape) * DTYPES[entry.dtype][1]
-        return total
+            out[key] = sum(
+                math.prod(entry.shape) * DTYPES[entry.dtype][1]
+                for entry in (src.entries.get(key) for src in X.sources)
+                if entry is not None
+            )
+        return out
 
     def _reset(self) -> None:
         self.units_: dict[str, UnitFit] = {}

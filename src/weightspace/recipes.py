@@ -165,14 +165,22 @@ def _default_method() -> str:
     return PCAUnit.method
 
 
+def _default_compress_method() -> str:
+    """``compress``'s default decomposition: LoRA units factored, other units model-axis PCA."""
+    from weightspace.decompose import AutoUnit
+
+    return AutoUnit.method
+
+
 class CompressRecipe(_Recipe):
     """``job: compress``: the options of ``weightspace compress``."""
 
     job: Literal["compress"]
-    method: str = Field(default_factory=_default_method)
+    method: str = Field(default_factory=_default_compress_method)
     rank: int | None = Field(default=None, ge=1)
     variance: float | None = Field(default=None, gt=0, lt=1)
     clip_rank: bool = False
+    allow_larger: bool = False
     center: bool = True
     solver: Literal["auto", "gram", "tsqr"] = "auto"
     dtype: Literal["float32", "float16", "bfloat16", "float64"] = "float32"

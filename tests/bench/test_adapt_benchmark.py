@@ -116,7 +116,7 @@ def test_benchmark_parameter_errors(fake_cnn_zoo: Path, fake_cnn_zoo_archive: tu
         ({"k": -1}, "The 'k' parameter of adaptation_benchmark must be an int >= 0 or None. Got -1 instead."),
         (
             {"variant": "svd"},
-            "The 'variant' parameter of adaptation_benchmark must be one of 'hosvd', 'pca' or None",
+            "The 'variant' parameter of adaptation_benchmark must be one of 'auto', 'hosvd', 'lora-hosvd', 'pca' or None",
         ),
         ({"steps": 0}, "The 'steps' parameter of adaptation_benchmark must be an int >= 1. Got 0 instead."),
         ({"steps": True}, "The 'steps' parameter of adaptation_benchmark must be an int >= 1. Got True instead."),
@@ -203,7 +203,7 @@ def test_cli_bad_zoo_and_variant_exit_2(
         "--variant",
         "svd",
     ]
-    _assert_exit_2_nothing_written(argv, out, capsys, "--variant must be one of hosvd, pca")
+    _assert_exit_2_nothing_written(argv, out, capsys, "--variant must be one of auto, hosvd, lora-hosvd, pca")
 
 
 def test_cli_json_run(

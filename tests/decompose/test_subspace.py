@@ -31,7 +31,8 @@ def test_init_stores_params_only() -> None:
         ({"n_components": 1.5}, "Got 1.5 instead"),
         (
             {"method": "svd"},
-            r"The 'method' parameter of SharedSubspace must be one of 'hosvd', 'pca'\. Got 'svd' instead\.",
+            r"The 'method' parameter of SharedSubspace must be one of 'auto', 'hosvd', 'lora-hosvd', 'pca'\. "
+            r"Got 'svd' instead\.",
         ),
         ({"center": 1}, "must be a bool"),
         ({"svd_solver": "arpack"}, "'svd_solver'"),

@@ -125,10 +125,11 @@ def test_adapt_claim_uses_intervals_over_test_examples() -> None:
     assert d["lo"] < 0.02 < d["hi"]
 
 
-def test_ratio_words() -> None:
-    assert ratio_words(19.0) == "19.0× smaller"
-    assert ratio_words(0.05) == "20.0× larger"
-    assert "smaller" not in ratio_words(0.5)
+def test_ratio_words_of_a_ratio() -> None:
+    # The demo passes a ratio (checkpoints ÷ archive) as ``ratio_words(ratio, 1)``.
+    assert ratio_words(19.0, 1) == "19× smaller"
+    assert ratio_words(0.05, 1) == "20× larger"
+    assert ratio_words(0.5, 1) == "2.0× larger"
 
 
 def test_paper_table_quotes_sources_and_points_at_measured_claims() -> None:

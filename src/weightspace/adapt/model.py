@@ -31,7 +31,7 @@ from weightspace._atomic import atomic_dir
 from weightspace._version import __version__
 from weightspace.adapt.config import ADAPTER_TYPE, SubspaceAdapterConfig, matches_module
 from weightspace.adapt.layer import SubspaceLayer, supports, wrap_layer
-from weightspace.decompose import UNIT_FITS, Parametrisation, SharedSubspace
+from weightspace.decompose import UNIT_FITS, Parametrisation, SharedSubspace, unit_fit_for
 from weightspace.errors import (
     ArchiveError,
     InputError,
@@ -201,7 +201,12 @@ def _unit_basis(
             path=archive.path_,
             tensor=unit,
         )
-    if role == "weight" and config.variant is not None and fit.method != config.variant:
+    # The variant names a method; the registry says which fit it gives this unit (e.g. auto → pca for full weights).
+    if (
+        role == "weight"
+        and config.variant is not None
+        and fit.method != unit_fit_for(config.variant, fit.spec).method
+    ):
         raise ParameterError(
             f"archive unit '{unit}' was fitted with {fit.method}, but the adapter variant is {config.variant!r}; "
             f"pass variant={fit.method!r} or leave variant unset (or recompress the archive with --method "

@@ -59,7 +59,9 @@ UNIT_ANALYZERS: Registry[UnitAnalyzer] = Registry("analysis method")
 def analyzer_for(method: str, spec: UnitSpec) -> UnitAnalyzer:
     """The analyzer for ``spec`` under ``method`` (units the method cannot fit use its fallback's analyzer)."""
     UNIT_ANALYZERS.get(method)  # an unknown method lists the analyzable ones
-    return UNIT_ANALYZERS.get(unit_fit_for(method, spec).method)
+    # A fit that specialises another (LoRA units under hosvd are fitted factored) is analyzed as its parent class.
+    fits = unit_fit_for(method, spec).__mro__
+    return UNIT_ANALYZERS.get(next(c.method for c in fits if getattr(c, "method", None) in UNIT_ANALYZERS))
 
 
 def _pca(stack: UnitStack, plan: Plan, generator: torch.Generator, chunk_bytes: int) -> dict[str, Any]:

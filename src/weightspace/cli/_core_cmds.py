@@ -133,7 +133,13 @@ def compress(
     models: ModelsArg,
     out: Annotated[Path, typer.Option("--out", "-o", help="Archive directory to write (*.wsz).")],
     base: BaseOpt = None,
-    method: Annotated[str, typer.Option(help="pca (model axis) or hosvd (Tucker on weight axes).")] = "pca",
+    method: Annotated[
+        str,
+        typer.Option(
+            help="auto (LoRA units factored, others PCA), pca (model axis) or hosvd (Tucker on weight axes; LoRA "
+            "units factored)."
+        ),
+    ] = "auto",
     rank: Annotated[
         int | None,
         typer.Option("--rank", "-k", help="Components per unit (default 16); above what the data allows: error."),
@@ -153,6 +159,13 @@ def compress(
     ] = "auto",
     no_center: Annotated[bool, typer.Option("--no-center", help="Do not subtract the mean model.")] = False,
     solver: Annotated[str, typer.Option(help="auto, gram or tsqr.")] = "auto",
+    allow_larger: Annotated[
+        bool,
+        typer.Option(
+            "--allow-larger",
+            help="Write a PEFT archive even if, estimated from the shapes, it is larger than the adapters.",
+        ),
+    ] = False,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
     allow_pickle: AllowPickle = False,
@@ -196,6 +209,7 @@ def compress(
             svd_solver=solver,
             storage_dtype=dtype,
             align=opts,
+            allow_larger=allow_larger,
             progress=cb,
             overwrite=overwrite,
             **where,

@@ -101,6 +101,7 @@ def run(
                 center=r.center,
                 svd_solver=r.solver,
                 storage_dtype=r.dtype,
+                allow_larger=r.allow_larger,
                 progress=cb,
                 overwrite=overwrite,
             )

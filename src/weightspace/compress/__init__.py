@@ -6,6 +6,7 @@ archive is: ``compress`` = ``fit(..., out=)``, ``project`` = ``load(...).project
 """
 
 from weightspace._callable import make_callable
+from weightspace._words import ratio_words
 from weightspace.compress._compress import CompressResult, UnitSummary, compress
 from weightspace.compress._project import project
 from weightspace.compress._reconstruct import ReconstructedModel, reconstruct, reconstruct_tensors
@@ -20,6 +21,7 @@ __all__ = [
     "UnitSummary",
     "compress",
     "project",
+    "ratio_words",
     "reconstruct",
     "reconstruct_tensors",
 ]

@@ -2,12 +2,17 @@
 
 ``compress(models, out, ...)`` is ``SharedSubspace(...).fit(collection, out=out)``: each unit is fitted and its
 stored tensors streamed straight into its own archive member, so peak memory is about ``N² + one chunk`` per
-unit on top of the interpreter. What it returns is measured on disk.
+unit on top of the interpreter. What it returns is measured on disk, with the ratio in honest words.
+
+For PEFT adapters the default method (``auto``) stores every LoRA unit factored (shared ``U``, ``V`` and
+per-adapter cores, no dense update). Before anything is written, the archive's size is estimated from the shapes at
+the requested ranks; for LoRA inputs an archive estimated larger than the adapters is refused unless
+``allow_larger=True``.
 
 Before any work, the output is checked (:func:`weightspace._atomic.check_output`): an existing path that is not a
 weightspace archive is refused unless ``overwrite``, an output that is or holds an input is always refused, the
-file system must accept writes and have room for at least the archive's unavoidable part (each unit's mean and the
-private tensors, in the storage dtype) — so a collection whose headers declare terabytes fails in a second, not
+file system must accept writes and have room for at least the archive's unavoidable part (each dense unit's mean,
+and the private tensors, in the storage dtype) — so a collection whose headers declare terabytes fails in a second, not
 after hours.
 """
 
@@ -19,17 +24,15 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import torch
-
 from weightspace._atomic import check_output
 from weightspace._progress import Progress
+from weightspace._words import ratio_words
 from weightspace.align import AlignOptions, align_collection
 from weightspace.collection import Collection, as_collection
-from weightspace.decompose import DEFAULT_CHUNK_BYTES, STORAGE_DTYPES, PCAUnit, SharedSubspace
-from weightspace.errors import ParameterError
-from weightspace.io import DTYPES
+from weightspace.decompose import DEFAULT_CHUNK_BYTES, STORAGE_DTYPES, AutoUnit, SharedSubspace
+from weightspace.errors import InputError, ParameterError
 
-__all__ = ["CompressResult", "UnitSummary", "compress", "min_archive_bytes", "storage_dtype_for"]
+__all__ = ["CompressResult", "UnitSummary", "compress", "storage_dtype_for"]
 
 PathLike = str | os.PathLike[str]
 
@@ -70,6 +73,11 @@ class CompressResult:
         Size of the archive and of the source checkpoints on disk.
     ratio : float
         ``models_bytes / archive_bytes``: above 1 the archive is smaller.
+    ratio_words : str
+        The same in words: ``"21.3× smaller"`` or ``"4.20× larger"``.
+    estimated_bytes : int
+        Tensor bytes estimated from the shapes before fitting, at the requested ranks (see
+        :meth:`~weightspace.decompose.SharedSubspace.size_estimate`).
     units : list of UnitSummary
     wall_s : float
     duplicates : list of list of str
@@ -88,6 +96,8 @@ class CompressResult:
     units: list[UnitSummary]
     n_private: int
     wall_s: float
+    ratio_words: str = ""
+    estimated_bytes: int = 0
     duplicates: list[list[str]] = field(default_factory=list)
     alignment: dict[str, Any] | None = None
 
@@ -110,24 +120,12 @@ def storage_dtype_for(coll: Collection, choice: str = "auto") -> str:
     return "float64" if wide else "float32"
 
 
-def min_archive_bytes(coll: Collection, storage_dtype: str) -> int:
-    """A lower bound of the archive's size: every unit's mean in the storage dtype plus the private tensors."""
-    item = torch.empty((), dtype=STORAGE_DTYPES[storage_dtype]).element_size()
-    total = sum(u.numel for u in coll.units) * item
-    for src in coll.sources:
-        for key in coll.private:
-            entry = src.entries.get(key)
-            if entry is not None:
-                total += entry.numel * DTYPES[entry.dtype][1]
-    return total
-
-
 def compress(
     models: Collection | Sequence[PathLike],
     out: PathLike,
     *,
     base: PathLike | None = None,
-    method: str = PCAUnit.method,
+    method: str = AutoUnit.method,
     n_components: int | float | tuple[int | float, int | float] = 16,
     center: bool = True,
     svd_solver: str = "auto",
@@ -138,6 +136,7 @@ def compress(
     private: Sequence[str] = (),
     exclude: Sequence[str] = (),
     align: AlignOptions | bool | None = None,
+    allow_larger: bool = False,
     progress: Progress | None = None,
     overwrite: bool = False,
     threads: int | None = None,
@@ -155,7 +154,7 @@ def compress(
     out : path
         Archive directory (conventionally ``*.wsz``); a previous archive there is replaced atomically.
     method, n_components, center, svd_solver, modes, chunk_bytes
-        As in :class:`~weightspace.decompose.SharedSubspace`.
+        As in :class:`~weightspace.decompose.SharedSubspace` (default ``auto``: LoRA units factored, others PCA).
     storage_dtype : str, default "auto"
         One of :data:`~weightspace.decompose.STORAGE_DTYPES`, or ``auto``: ``float64`` when a source tensor is
         F64, else ``float32`` (see :func:`storage_dtype_for`).
@@ -164,6 +163,9 @@ def compress(
         stores every model's permutations (``align.safetensors``) and the alignment (manifest
         ``extras["alignment"]``), so :func:`~weightspace.compress.reconstruct` returns each model in its
         original unit order (``aligned=True`` for the aligned one).
+    allow_larger : bool, default False
+        Write the archive of PEFT adapters even when, estimated from the shapes, it would be larger than the
+        adapters (otherwise an :class:`~weightspace.errors.InputError` says both sizes, before anything is written).
     progress : callable, optional
         ``progress(stage, done, total)``.
     overwrite : bool, default False
@@ -188,6 +190,8 @@ def compress(
     >>> res = compress([d], f"{d}/a.wsz", n_components=2)
     >>> res.n_models, res.units[0].k
     (4, 2)
+    >>> res.ratio_words == ratio_words(res.models_bytes, res.archive_bytes)
+    True
     """
     t0 = time.perf_counter()
     coll = as_collection(models, base=base, allow_pickle=allow_pickle, private=private, exclude=exclude)
@@ -197,22 +201,6 @@ def compress(
             f"The 'storage_dtype' parameter of compress must be one of 'auto', "
             f"{', '.join(repr(d) for d in STORAGE_DTYPES)}. Got {storage_dtype!r} instead."
         )
-    inputs = [s.path for s in coll.sources] + ([coll.base.path] if coll.base is not None else [])
-    largest = max(coll.units, key=lambda u: u.numel)
-    check_output(
-        out,
-        "archive",
-        overwrite=overwrite,
-        inputs=inputs,
-        required_bytes=min_archive_bytes(coll, storage_dtype),
-        detail=f"the largest unit is '{largest.name}' of shape {tuple(largest.shape)} ({largest.numel:,} values)",
-    )
-    alignment = None
-    if align:
-        coll, result = align_collection(
-            coll, align if isinstance(align, AlignOptions) else None, progress=progress
-        )
-        alignment = result.to_dict()
     ss = SharedSubspace(
         n_components=n_components,
         method=method,
@@ -222,6 +210,34 @@ def compress(
         chunk_bytes=chunk_bytes,
         storage_dtype=storage_dtype,
     )
+    estimates = ss.size_estimates(coll)
+    estimate = sum(estimates.values())
+    source_bytes = sum(src.nbytes_on_disk() for src in coll.sources)
+    if coll.is_peft and estimate > source_bytes and not allow_larger:
+        big = max(estimates, key=estimates.__getitem__)
+        raise InputError(
+            f"method {method!r} would write about {estimate / 1e6:,.2f} MB of tensors for {source_bytes / 1e6:,.2f} "
+            f"MB of adapters ({ratio_words(source_bytes, estimate)}; estimated from the shapes at the requested ranks, "
+            f"nothing written; the largest part is '{big}', {estimates[big] / 1e6:,.2f} MB). Fewer components, or "
+            f"the default method {AutoUnit.method!r} (LoRA units stored factored), keep it smaller; pass "
+            "allow_larger=True (--allow-larger) to write it anyway"
+        )
+    inputs = [s.path for s in coll.sources] + ([coll.base.path] if coll.base is not None else [])
+    largest = max(coll.units, key=lambda u: u.numel)
+    check_output(
+        out,
+        "archive",
+        overwrite=overwrite,
+        inputs=inputs,
+        required_bytes=ss.size_estimate(coll, floor=True),
+        detail=f"the largest unit is '{largest.name}' of shape {tuple(largest.shape)} ({largest.numel:,} values)",
+    )
+    alignment = None
+    if align:
+        coll, result = align_collection(
+            coll, align if isinstance(align, AlignOptions) else None, progress=progress
+        )
+        alignment = result.to_dict()
     ss.fit(
         coll,
         out=out,
@@ -256,4 +272,6 @@ def compress(
         n_private=len(coll.private),
         wall_s=time.perf_counter() - t0,
         alignment=alignment,
+        ratio_words=ratio_words(model_bytes, archive_bytes),
+        estimated_bytes=estimate,
     )

@@ -3,7 +3,8 @@
 Full checkpoints get back every key in the original order and dtype (units from ``μ + c V``, plus the base for
 task-vector archives; private tensors verbatim). PEFT adapters become rank-r adapters again: the reconstructed
 ``ΔW`` of each module is truncated by SVD to the module's source rank with its ``lora_alpha`` semantics kept, and
-the truncation error is reported. Everything is checked (names, base identity) before anything is written.
+the truncation error is reported. Factored LoRA units give that SVD from their k1 × k2 core (``U (M + C_i) Vᵀ``,
+rank ≤ min(k1, k2)) without forming ``ΔW``. Everything is checked (names, base identity) before anything is written.
 
 The output folder is one output: every requested model is written into a temporary sibling, which is then swapped
 into place in one rename, so a kill or an error leaves the previous folder or the new one, never a mix (models
@@ -39,6 +40,7 @@ from weightspace.io import (
     ModelSource,
     check_finite_write,
     lora_factors_from_delta,
+    lora_factors_from_svd,
     output_name,
 )
 
@@ -112,15 +114,7 @@ def reconstruct_tensors(
         for key, rec in model.lora.items():
             if key not in units:
                 raise ArchiveError("LoRA record names a unit the archive lacks", tensor=key)
-            member = units[key].member(i)  # (rows, cols) in the base weight's layout
-            a_shape = tuple(rec.a_shape)
-            b, a, err = lora_factors_from_delta(
-                member,
-                rec.rank,
-                rec.scaling,
-                fan_in_fan_out=rec.fan_in_fan_out,
-                a_shape=a_shape if len(a_shape) > 2 else None,
-            )
+            b, a, err = _lora_factors(units[key], i, rec)
             worst = max(worst, err)
             dt = _torch_dtype(model.dtypes.get(key, "F32"), name)
             by_file_key[rec.a_key] = a.to(dt)
@@ -348,6 +342,33 @@ def reconstruct(
     return results
 
 
+def _lora_factors(
+    unit: Any, i: int, rec: Any, delta: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Rank-r factors ``(B, A, relative error)`` of model ``i``'s module: from a factored unit's k1 × k2 core (no
+    dense ΔW), else from ``delta`` (its dense update in the base weight's layout, read when not given)."""
+    a_shape = tuple(rec.a_shape)
+    ffo, conv_a = rec.fan_in_fan_out, (a_shape if len(a_shape) > 2 else None)
+    svd = unit.inverse_transform_svd(unit.coefficients[i])
+    if svd is not None:
+        return lora_factors_from_svd(*svd, rec.rank, rec.scaling, fan_in_fan_out=ffo, a_shape=conv_a)
+    member = unit.member(i) if delta is None else delta
+    return lora_factors_from_delta(member, rec.rank, rec.scaling, fan_in_fan_out=ffo, a_shape=conv_a)
+
+
+def _write_lora(
+    writer: LayoutWriter, model: ModelRecord, key: str, factors: tuple[torch.Tensor, torch.Tensor, float]
+) -> float:
+    """Write model ``model``'s factors of module ``key`` in its source dtype; return the relative error."""
+    assert model.lora is not None
+    rec = model.lora[key]
+    b, a, err = factors
+    dt = _torch_dtype(model.dtypes.get(key, "F32"), model.name)
+    writer.write(rec.a_key, a.to(dt))
+    writer.write(rec.b_key, b.reshape(rec.b_shape).to(dt))
+    return err
+
+
 def _write_unit(
     ss: SharedSubspace,
     key: str,
@@ -369,6 +390,13 @@ def _write_unit(
         assert base is not None
         raise NonFiniteError("base tensor holds NaN or infinity", path=base.path, tensor=key)
     with unit.pinned():
+        if peft and unit.inverse_transform_svd(unit.coefficients[batch[wanted[0]][0]]) is not None:
+            for j in wanted:  # factored: each adapter's SVD from its k1 × k2 core, no dense ΔW
+                model = batch[j][1]
+                assert model.lora is not None
+                factors = _lora_factors(unit, batch[j][0], model.lora[key])
+                worst[j] = max(worst[j], _write_lora(writers[j], model, key, factors))
+            return
         for g0, g1 in member_groups(len(wanted), unit.spec.numel, chunk_bytes):
             group = wanted[g0:g1]
             members = unit.members([batch[j][0] for j in group])  # (b, rows, cols), float64
@@ -376,19 +404,8 @@ def _write_unit(
                 model = batch[j][1]
                 if peft:
                     assert model.lora is not None
-                    rec = model.lora[key]
-                    a_shape = tuple(rec.a_shape)
-                    b, a, err = lora_factors_from_delta(
-                        m,
-                        rec.rank,
-                        rec.scaling,
-                        fan_in_fan_out=rec.fan_in_fan_out,
-                        a_shape=a_shape if len(a_shape) > 2 else None,
-                    )
-                    worst[j] = max(worst[j], err)
-                    dt = _torch_dtype(model.dtypes.get(key, "F32"), model.name)
-                    writers[j].write(rec.a_key, a.to(dt))
-                    writers[j].write(rec.b_key, b.reshape(rec.b_shape).to(dt))
+                    factors = _lora_factors(unit, batch[j][0], model.lora[key], delta=m)
+                    worst[j] = max(worst[j], _write_lora(writers[j], model, key, factors))
                     continue
                 w = m.reshape(shape)
                 if base_w is not None:

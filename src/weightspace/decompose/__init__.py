@@ -1,5 +1,5 @@
-"""Shared-subspace extraction: the unit-fit registry (model-axis PCA, HOSVD), streaming passes, and the one
-fitted object, :class:`SharedSubspace`, whose saved form is the ``.wsz`` archive."""
+"""Shared-subspace extraction: the unit-fit registry (model-axis PCA, HOSVD, factored LoRA HOSVD), streaming
+passes, and the one fitted object, :class:`SharedSubspace`, whose saved form is the ``.wsz`` archive."""
 
 from weightspace.decompose._archive import (
     FORMAT,
@@ -29,6 +29,7 @@ from weightspace.decompose._unitfit import (
     unit_fit_for,
 )
 from weightspace.decompose.hosvd import HOSVDUnitFit, TuckerRecord, TuckerUnit, hosvd, hosvd_cores, hosvd_factors
+from weightspace.decompose.lora import AutoUnit, LoraHOSVDFit, LoraTuckerRecord, LoraTuckerUnit, lora_hosvd
 from weightspace.decompose.pca import (
     PCARecord,
     PCASpectrum,
@@ -49,12 +50,16 @@ __all__ = [
     "VERSION",
     "Archive",
     "ArchiveWriter",
+    "AutoUnit",
     "BaseRecord",
     "ChunkStream",
     "FitParams",
     "GramResult",
     "HOSVDUnitFit",
+    "LoraHOSVDFit",
     "LoraRecord",
+    "LoraTuckerRecord",
+    "LoraTuckerUnit",
     "Manifest",
     "MemberReader",
     "MemoryStore",
@@ -82,6 +87,7 @@ __all__ = [
     "hosvd_cores",
     "hosvd_factors",
     "k_for_fraction",
+    "lora_hosvd",
     "member_groups",
     "model_record",
     "open_base",

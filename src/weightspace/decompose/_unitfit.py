@@ -12,7 +12,9 @@ that owns all of its maths and its storage:
   adapters train through.
 
 No code outside a unit-fit class branches on the method name: callers look the class up in :data:`UNIT_FITS`
-(:func:`unit_fit_for` applies each class's fallback for units it cannot fit, e.g. 1-D vectors under HOSVD).
+(:func:`unit_fit_for` applies each class's fallback for units it cannot fit, e.g. 1-D vectors under HOSVD, and
+lets a class that :attr:`UnitFit.specialises` a method take the units it supports, e.g. LoRA units under
+``hosvd`` go to the factored LoRA fit).
 """
 
 from __future__ import annotations
@@ -280,6 +282,9 @@ class UnitFit(abc.ABC):
     fallback: ClassVar[type[UnitFit] | None] = None
     #: Number of axes of one model's coefficients (1: a vector of k; 2: a k1 × k2 core).
     coef_axes: ClassVar[int] = 1
+    #: Registry names of methods whose units this class fits instead, wherever :meth:`supports` holds (e.g. the
+    #: factored LoRA fit specialises ``hosvd`` for LoRA units). :func:`unit_fit_for` consults it.
+    specialises: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, spec: UnitSpec, coefficients: torch.Tensor, source: TensorSource, record: UnitRecord):
         self.spec = spec
@@ -402,6 +407,41 @@ class UnitFit(abc.ABC):
     def inverse_transform(self, coefficients: torch.Tensor) -> torch.Tensor:
         """The member, float64 of shape (rows, cols), from coefficients of shape :attr:`coef_shape`."""
 
+    def inverse_transform_svd(
+        self, coefficients: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """The member of ``coefficients`` as a thin SVD from the stored pieces, or None where that needs it dense.
+
+        Returns
+        -------
+        left : Tensor of shape (rows, m), s : Tensor of shape (m,), right : Tensor of shape (cols, m)
+            Orthonormal columns and decreasing singular values with ``member = left diag(s) rightᵀ`` (float64).
+        """
+        return None
+
+    def shared_factors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """Every fitted member as ``U · core_i · Vᵀ`` with one shared ``U``, ``V``, or None if not of that form.
+
+        Returns
+        -------
+        U : Tensor of shape (rows, k1), cores : Tensor of shape (n_models, k1, k2), V : Tensor of shape (cols, k2)
+            float64; ``cores[i]`` includes the mean's part, so ``member(i) = U cores[i] Vᵀ``.
+        """
+        return None
+
+    @classmethod
+    def requested_coef_shape(
+        cls, spec: UnitSpec, n_models: int, params: FitParams, span: int | None = None
+    ) -> tuple[int, ...]:
+        """The coefficient shape a fit of ``spec`` over ``n_models`` models gets at the requested ranks, from shapes.
+
+        Integer ranks are capped by the unit's shape, the number of models and ``span`` (the joint rank the members
+        can have at most, e.g. the sum of LoRA ranks); a variance fraction counts as one component, the least it
+        keeps. With :meth:`layout` it estimates the stored size before anything is fitted (used to refuse archives
+        larger than their inputs).
+        """
+        raise NotImplementedError(f"{cls.__name__} does not estimate its coefficient shape")
+
     def transform_member(self, member: UnitMember) -> torch.Tensor:
         """Coefficients of a lazily read member (a method may use LoRA factors instead of the dense update)."""
         return self.transform(member.full())
@@ -511,8 +551,16 @@ UNIT_FITS: Registry[type[UnitFit]] = Registry("decomposition method")
 
 
 def unit_fit_for(method: str, spec: UnitSpec) -> type[UnitFit]:
-    """The unit-fit class that fits ``spec`` under ``method`` (following fallbacks)."""
+    """The unit-fit class that fits ``spec`` under ``method``.
+
+    A registered class that :attr:`~UnitFit.specialises` ``method`` and :meth:`~UnitFit.supports` ``spec`` wins;
+    otherwise ``method``'s own class, following :attr:`~UnitFit.fallback` for units it cannot fit.
+    """
     cls = UNIT_FITS.get(method)
+    for name in UNIT_FITS.names():
+        special = UNIT_FITS.get(name)
+        if method in special.specialises and special.supports(spec):
+            return special
     seen: list[type[UnitFit]] = []
     while not cls.supports(spec):
         if cls.fallback is None or cls in seen:

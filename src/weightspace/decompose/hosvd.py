@@ -325,6 +325,16 @@ class TuckerUnit(UnitFit):
     def coef_shape(self) -> tuple[int, ...]:
         return (int(self._record.k1), int(self._record.k2))  # type: ignore[attr-defined]
 
+    @classmethod
+    def requested_coef_shape(
+        cls, spec: UnitSpec, n_models: int, params: FitParams, span: int | None = None
+    ) -> tuple[int, ...]:
+        out = []
+        for mode, rank, dim in zip((1, 2), _ranks(params.n_components), (spec.rows, spec.cols), strict=True):
+            want = int(rank) if isinstance(rank, int) else 1  # a fraction keeps at least one component
+            out.append(min(want, dim, dim if span is None else span) if mode in params.modes else dim)
+        return tuple(out)
+
     @property
     def modes(self) -> tuple[int, ...]:
         return tuple(self._record.modes)  # type: ignore[attr-defined]

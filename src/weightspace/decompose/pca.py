@@ -531,6 +531,14 @@ class PCAUnit(UnitFit):
     def coef_shape(self) -> tuple[int, ...]:
         return (int(self._record.k),)  # type: ignore[attr-defined]
 
+    @classmethod
+    def requested_coef_shape(
+        cls, spec: UnitSpec, n_models: int, params: FitParams, span: int | None = None
+    ) -> tuple[int, ...]:
+        cap = max(0, min(n_models - int(params.center), spec.numel))
+        rank = params.scalar_rank
+        return (min(int(rank) if isinstance(rank, int) else 1, cap),)
+
     @property
     def singular_values(self) -> torch.Tensor:
         return torch.tensor(self._record.singular_values, dtype=torch.float64)  # type: ignore[attr-defined]

@@ -11,6 +11,7 @@ one rank rule, one zero tolerance and one projection.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -46,11 +47,14 @@ from weightspace.decompose._unitfit import (
     FitParams,
     MemoryStore,
     UnitFit,
+    unit_fit_for,
 )
 from weightspace.decompose.hosvd import TuckerUnit
+from weightspace.decompose.lora import AutoUnit
 from weightspace.decompose.pca import PCAUnit
-from weightspace.decompose.rank import choose_rank, explained_variance_ratio, sign_flips, zero_tolerance
+from weightspace.decompose.rank import choose_rank, sign_flips, zero_tolerance
 from weightspace.errors import ArchiveError, NotFittedError, ParameterError, ShapeMismatchError, TensorKeyError
+from weightspace.io import DTYPES, PeftSource
 from weightspace.units import UnitSpec, UnitStack
 
 __all__ = ["SharedSubspace"]
@@ -84,10 +88,11 @@ class SharedSubspace:
     n_components : int, float or pair, default 16
         Components per unit: an int count (capped by the unit's numerical rank), or a float in (0, 1) read as
         the fraction of centered variance to keep. Two-mode methods (``hosvd``) take a pair ``(k1, k2)`` too.
-    method : str, default ``pca``
+    method : str, default ``auto``
         A registered decomposition (:data:`~weightspace.decompose.UNIT_FITS`): ``pca`` is model-axis PCA
         (basis of flattened weights), ``hosvd`` zero-centered Tucker on the weight axes (``μ + U C_i Vᵀ``; 1-D
-        units fall back to PCA).
+        units fall back to PCA; LoRA units get the factored fit, ``lora-hosvd``, which never forms a dense
+        update). ``auto`` fits LoRA units factored and every other unit with PCA.
     center : bool, default True
         Subtract the mean model. Without centering the first component mostly re-discovers the mean.
     svd_solver : {``auto``, ``gram``, ``tsqr``}, default ``auto``
@@ -154,7 +159,7 @@ class SharedSubspace:
         self,
         *,
         n_components: int | float | tuple[int | float, int | float] = 16,
-        method: str = PCAUnit.method,
+        method: str = AutoUnit.method,
         center: bool = True,
         svd_solver: str = "auto",
         modes: tuple[int, ...] = (1, 2),
@@ -325,6 +330,67 @@ class SharedSubspace:
                 prov.base = _base_record(coll)
             self._write_rest(writer, units, names, prov, digests=digests)
         return self._adopt(Archive(out, verify=False))
+
+    def size_estimate(self, X: Collection, *, floor: bool = False) -> int:
+        """Bytes of tensor data a fit of ``X`` would write at the requested ranks, from shapes alone.
+
+        The sum of :meth:`size_estimates`. Headers and the manifest come on top. Nothing is read, so it can
+        refuse an archive before anything is written.
+
+        Parameters
+        ----------
+        X : Collection
+        floor : bool, default False
+            The least any fit writes instead: every unit at zero components (a dense unit's mean, nothing of a
+            factored LoRA unit) plus the private tensors; a lower bound for the free-space check.
+
+        Returns
+        -------
+        int
+        """
+        return sum(self.size_estimates(X, floor=floor).values())
+
+    def size_estimates(self, X: Collection, *, floor: bool = False) -> dict[str, int]:
+        """Per unit (and per private tensor), the bytes a fit of ``X`` would write, from shapes alone.
+
+        Each unit's stored tensors and coefficients at its method's requested coefficient shape (integer ranks
+        capped by the unit's shape, the number of models and, for LoRA units, the sum of the adapters' ranks; a
+        variance fraction counted as one component, the least it keeps), in the storage dtype; each private
+        tensor at its source size summed over the models.
+
+        Parameters
+        ----------
+        X : Collection
+        floor : bool, default False
+            As in :meth:`size_estimate`.
+
+        Returns
+        -------
+        dict of str to int
+            Unit or private key → bytes, in the collection's order.
+        """
+        self._validate()
+        params = self._fit_params()
+        item = STORAGE_DTYPES[self.storage_dtype].itemsize
+        n = X.n_models
+        out: dict[str, int] = {}
+        for spec in X.units:
+            cls = unit_fit_for(self.method, spec)
+            span = None
+            if spec.lora:  # the members' joint rank is at most the sum of their ranks
+                span = sum(src.modules[spec.name].rank for src in X.sources if isinstance(src, PeftSource))
+            coef = cls.requested_coef_shape(spec, n, params, span)
+            if floor:
+                coef = tuple(0 for _ in coef)
+            stored = sum(math.prod(shape) for shape in cls.layout(spec, coef).values())
+            out[spec.name] = (stored + n * math.prod(coef)) * item
+        for key in X.private:
+            out[key] = sum(
+                math.prod(entry.shape) * DTYPES[entry.dtype][1]
+                for entry in (src.entries.get(key) for src in X.sources)
+                if entry is not None
+            )
+        return out
 
     def _reset(self) -> None:
         self.units_: dict[str, UnitFit] = {}
@@ -550,15 +616,16 @@ class SharedSubspace:
         Ross et al., "Incremental Learning for Robust Visual Tracking", IJCV 2008 (mean-corrected update).
         """
         self._validate()
-        if UNIT_FITS.get(self.method) is not PCAUnit:
-            raise ParameterError(f"partial_fit supports method={PCAUnit.method!r} only")
         batch = [X] if isinstance(X, Mapping) else list(X)
         if not batch:
             return self
         if not hasattr(self, "_ipca"):
+            shapes = {k: tuple(v.shape) for k, v in batch[0].items()}
+            if any(unit_fit_for(self.method, UnitSpec(k, s)) is not PCAUnit for k, s in shapes.items()):
+                raise ParameterError(f"partial_fit supports method={PCAUnit.method!r} only")
             self._reset()
             self._ipca: dict[str, _IPCAState] = {}
-            self._shapes: dict[str, tuple[int, ...]] = {k: tuple(v.shape) for k, v in batch[0].items()}
+            self._shapes: dict[str, tuple[int, ...]] = shapes
             self._prov = _Provenance()
         for i, model in enumerate(batch):
             _check_model_keys(model, self._shapes, f"partial_fit batch item {i}")
@@ -701,7 +768,7 @@ class SharedSubspace:
 
     @property
     def explained_variance_ratio_(self) -> dict[str, torch.Tensor]:
-        return {k: explained_variance_ratio(u.singular_values) for k, u in self.units_.items()}
+        return {k: u.explained_variance_ratio for k, u in self.units_.items()}
 
     @property
     def n_components_(self) -> dict[str, int | tuple[int, ...]]:

@@ -18,6 +18,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from weightspace._words import ratio_words
+
 __all__ = [
     "ACC_TOL",
     "ALIGN_RULE",
@@ -87,23 +89,6 @@ RULES = {
     "if below LoRA",
     "alignment": ALIGN_RULE,
 }
-
-
-def ratio_words(ratio: float) -> str:
-    """Size of the checkpoints ÷ size of the archive, in words that cannot be misread.
-
-    Examples
-    --------
-    >>> ratio_words(21.04), ratio_words(0.25), ratio_words(1.0)
-    ('21.0× smaller', '4.00× larger', 'the same size')
-    """
-    if not math.isfinite(ratio) or ratio <= 0:
-        return "n/a"
-    if abs(ratio - 1.0) < 5e-3:
-        return "the same size"
-    value = ratio if ratio > 1 else 1.0 / ratio
-    text = f"{value:.1f}" if value >= 10 else f"{value:.2f}"
-    return f"{text}× {'smaller' if ratio > 1 else 'larger'}"
 
 
 def _ok(iv: Iv | None) -> bool:
@@ -227,7 +212,7 @@ def compression_claim(
     """
     claim = "the shared basis compresses the collection"
     text = (
-        f"archive at k = {min(k, n - 1)} is {ratio_words(ratio)} than the {n} checkpoints; accuracy "
+        f"archive at k = {min(k, n - 1)} is {ratio_words(ratio, 1)} than the {n} checkpoints; accuracy "
         f"{fmt_interval(d_rebuilt, pt=True)} (rebuilt) vs {fmt_interval(d_mean, pt=True)} (mean alone)"
     )
     if d_head is not None:

@@ -11,7 +11,7 @@ import html
 import io
 from typing import Any
 
-from weightspace.demo._claims import ratio_words
+from weightspace._words import ratio_words
 
 __all__ = ["format_value", "pointer", "render_html", "render_plots", "resolve"]
 
@@ -50,7 +50,7 @@ def _fmt(value: Any, spec: str) -> str:
     if spec == "pct":
         return f"{float(value) * 100:.1f}"
     if spec == "ratio":
-        return ratio_words(float(value))
+        return ratio_words(float(value), 1)
     if spec == "bytes":
         return f"{float(value) / 1e6:.3f} MB"
     if spec == "int":

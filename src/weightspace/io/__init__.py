@@ -28,6 +28,7 @@ from weightspace.io._peft import (
     adapter_base_keys,
     base_key_for,
     lora_factors_from_delta,
+    lora_factors_from_svd,
     lora_targets,
     read_adapter_config,
 )
@@ -100,6 +101,7 @@ __all__ = [
     "is_model_dir",
     "looks_like_hub_id",
     "lora_factors_from_delta",
+    "lora_factors_from_svd",
     "lora_targets",
     "natural_key",
     "open_regular",

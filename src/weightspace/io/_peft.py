@@ -61,6 +61,7 @@ __all__ = [
     "adapter_base_keys",
     "base_key_for",
     "lora_factors_from_delta",
+    "lora_factors_from_svd",
     "lora_targets",
     "parse_adapter_keys",
     "read_adapter_config",
@@ -491,19 +492,58 @@ def lora_factors_from_delta(
     >>> b.shape, a.shape, round(err, 4)
     (torch.Size([2, 1]), torch.Size([1, 2]), 0.3162)
     """
-    m = delta.to(torch.float64)
+    u, s, vh = torch.linalg.svd(delta.to(torch.float64), full_matrices=False)
+    return lora_factors_from_svd(u, s, vh.T, rank, scaling, fan_in_fan_out=fan_in_fan_out, a_shape=a_shape)
+
+
+def lora_factors_from_svd(
+    left: torch.Tensor,
+    singular_values: torch.Tensor,
+    right: torch.Tensor,
+    rank: int,
+    scaling: float,
+    *,
+    fan_in_fan_out: bool = False,
+    a_shape: tuple[int, ...] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Best rank-``rank`` LoRA factors of an update given as a thin SVD ``left diag(s) rightᵀ`` (never formed).
+
+    The same balanced factors as :func:`lora_factors_from_delta` (whose update this SVD is), for updates that are
+    cheaper to keep factored, e.g. ``U (M + C_i) Vᵀ`` from a factored archive. Components beyond ``rank`` are
+    dropped (zero-padded when there are fewer); the error is that of the dropped singular values.
+
+    Parameters
+    ----------
+    left : Tensor of shape (rows, m)
+    singular_values : Tensor of shape (m,)
+        Decreasing.
+    right : Tensor of shape (cols, m)
+        In the base weight's 2-D layout (for ``fan_in_fan_out``, the transposed layout).
+    rank, scaling, fan_in_fan_out, a_shape
+        As in :func:`lora_factors_from_delta`.
+
+    Returns
+    -------
+    B : Tensor, A : Tensor, rel_error : float
+
+    Examples
+    --------
+    >>> import torch
+    >>> b, a, err = lora_factors_from_svd(torch.eye(2), torch.tensor([3.0, 1.0]), torch.eye(2), 1, 2.0)
+    >>> b.shape, a.shape, round(err, 4)
+    (torch.Size([2, 1]), torch.Size([1, 2]), 0.3162)
+    """
+    u, s, v = left.to(torch.float64), singular_values.to(torch.float64), right.to(torch.float64)
     if fan_in_fan_out:
-        m = m.T  # (d_out, d_in): the orientation in which ΔW = s·B·A
-    u, s, vh = torch.linalg.svd(m, full_matrices=False)
+        u, v = v, u  # (d_out, d_in): the orientation in which ΔW = s·B·A
     k = min(rank, s.numel())
     root = s[:k].sqrt()
-    b = torch.zeros(m.shape[0], rank, dtype=torch.float64)
-    a = torch.zeros(rank, m.shape[1], dtype=torch.float64)
+    b = torch.zeros(u.shape[0], rank, dtype=torch.float64)
+    a = torch.zeros(rank, v.shape[0], dtype=torch.float64)
     b[:, :k] = u[:, :k] * root / scaling**0.5
-    a[:k] = root[:, None] * vh[:k] / scaling**0.5
-    approx = scaling * (b @ a)
-    norm = float(torch.linalg.norm(m))
-    rel = float(torch.linalg.norm(m - approx)) / norm if norm > 0 else 0.0
+    a[:k] = root[:, None] * v[:, :k].T / scaling**0.5
+    total = float((s * s).sum())
+    rel = (float((s[k:] * s[k:]).sum()) / total) ** 0.5 if total > 0 else 0.0
     if a_shape is not None:
         a = a.reshape(a_shape)
         b = b.reshape(b.shape[0], rank, *([1] * (len(a_shape) - 2)))

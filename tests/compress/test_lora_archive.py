@@ -159,3 +159,19 @@ def test_mixed_adapter_ranks_round_trip(tmp_path: Path) -> None:
     for p, o in zip(paths, out, strict=True):
         _, _, mod = open_source(o.path).lora("enc.q.weight")
         assert mod.rank == open_source(p).lora("enc.q.weight")[2].rank
+
+
+def test_randomized_route_archive_writes_strict_json_and_reads_back(tmp_path: Path) -> None:
+    # 40 adapters of rank 4: a span 160 wide, over four blocks at k = 4, so the fit takes the randomized route,
+    # which does not compute ‖μ‖² — the manifest must stay strict JSON (null) and read back as NaN.
+    paths = _adapters(tmp_path, 40)
+    compress([str(p) for p in paths], tmp_path / "a.wsz", n_components=4)
+    text = (tmp_path / "a.wsz" / "manifest.json").read_text()
+    json.loads(text, parse_constant=lambda c: pytest.fail(f"manifest holds {c}"))
+    arc = Archive(tmp_path / "a.wsz")
+    recs = arc.manifest.units
+    assert {r.solver for r in recs} == {"randomized"}
+    assert all(r.mean_energy_fraction != r.mean_energy_fraction for r in recs)  # NaN: not computed
+    assert all(0 < r.evr_at_k <= 1 for r in recs)
+    ss = SharedSubspace.load(tmp_path / "a.wsz")
+    assert ss.n_models_ == 40

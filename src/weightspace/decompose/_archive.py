@@ -358,12 +358,25 @@ class Manifest(_Record):
         return self
 
     def to_json(self) -> str:
-        """The manifest as written to disk."""
-        return json.dumps(self.model_dump(mode="json", exclude_none=True), indent=1)
+        """The manifest as written to disk (strict JSON: a number that is not finite, e.g. a statistic a fit did
+        not compute, is written as null and read back as NaN)."""
+        return json.dumps(
+            _finite_or_null(self.model_dump(mode="json", exclude_none=True)), indent=1, allow_nan=False
+        )
 
     @property
     def unit_index(self) -> dict[str, UnitRecord]:
         return {u.name: u for u in self.units}
+
+
+def _finite_or_null(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite_or_null(v) for v in value]
+    return value
 
 
 def _parse_manifest(path: Path) -> Manifest:

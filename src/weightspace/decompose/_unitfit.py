@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import ClassVar, Protocol
 
 import torch
-from pydantic import BaseModel, ConfigDict, StrictBool, StrictInt
+from pydantic import BaseModel, ConfigDict, StrictBool, StrictInt, model_validator
 
 from weightspace._registry import Registry
 from weightspace.backends import DEFAULT_CACHE_BYTES
@@ -180,6 +180,15 @@ class UnitRecord(BaseModel):
     member: str | None = None
     evr_at_k: float = float("nan")
     mean_energy_fraction: float = float("nan")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_nan(cls, data: object) -> object:
+        """A float statistic written as null (not computed; the manifest is strict JSON) reads back as NaN."""
+        if isinstance(data, dict):
+            floats = {name for name, f in cls.model_fields.items() if f.annotation in (float, "float")}
+            return {k: float("nan") if v is None and k in floats else v for k, v in data.items()}
+        return data
 
     def spec(self) -> UnitSpec:
         """The :class:`~weightspace.units.UnitSpec` this record describes."""

@@ -15,7 +15,8 @@ imports included; peak RSS from ``getrusage(RUSAGE_SELF)`` of that process, take
    ``peft.PeftModel`` with the same N adapters loaded: adapter memory, RSS added, switch time, tokens/s with one
    adapter per batch and with a mixed batch (one adapter per row).
 
-The peers run in their own venv (``--peers-python``; created with ``pip install torch==2.13.0`` first, then
+The peers run in their own venv (``--peers-python``, default ``$WEIGHTSPACE_PEERS_PYTHON`` or ``.venv-peers/bin/python``;
+created with ``python3 -m venv .venv-peers``, ``pip install torch==2.13.0`` first, then
 ``pip install vlora-dev==1.0.0 lorashare==0.1.3``) through ``benchmarks/_lora_peers.py``; a peer that is missing
 is skipped with a message.
 
@@ -48,7 +49,7 @@ from safetensors.torch import load_file, save_file
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))  # measure this checkout's weightspace, here and in every child
 PEERS_SCRIPT = Path(__file__).resolve().parent / "_lora_peers.py"
-DEFAULT_PEERS = "/work/venvs/lora-peers/bin/python"
+DEFAULT_PEERS = os.environ.get("WEIGHTSPACE_PEERS_PYTHON", str(REPO / ".venv-peers" / "bin" / "python"))
 MB = 1e6
 ENV = {
     **os.environ,

@@ -25,11 +25,14 @@ MB = 1e6
 
 _CHILD = textwrap.dedent(
     """
-    import atexit, json, resource, sys, time
+    import atexit, json, sys, time
     t0 = time.perf_counter()
+    def _peak_rss():
+        # VmHWM: this process's own high-water mark (ru_maxrss keeps the parent's across fork + exec)
+        with open("/proc/self/status") as f:
+            return next(int(ln.split()[1]) * 1024 for ln in f if ln.startswith("VmHWM:"))
     def _report():
-        print(json.dumps({"peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-                          "wall_s": time.perf_counter() - t0}), file=sys.__stderr__)
+        print(json.dumps({"peak_rss": _peak_rss(), "wall_s": time.perf_counter() - t0}), file=sys.__stderr__)
     atexit.register(_report)
     {body}
     """

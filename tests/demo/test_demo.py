@@ -201,3 +201,29 @@ def test_second_seed_verdicts_sit_beside_the_first(
             assert text == (
                 value if attrs.get("data-fmt") is None else format_value(value, attrs["data-fmt"] or "")
             )
+
+
+def test_unit_ks_reads_factored_lora_units() -> None:
+    # A LoRA archive's units report (k1, k2); the demo's archive table must not drop them (it crashed on a zoo
+    # whose units were all factored).
+    from weightspace.compress import CompressResult, UnitSummary
+    from weightspace.demo._run import unit_ks
+
+    units = [
+        UnitSummary(name="q", shape=[8, 6], method="lora-hosvd", k=[5, 3], evr_at_k=0.9),
+        UnitSummary(name="fc", shape=[4, 4], method="pca", k=2, evr_at_k=0.8),
+    ]
+    res = CompressResult(
+        archive="a.wsz",
+        n_models=3,
+        n_units=2,
+        method="auto",
+        archive_bytes=10,
+        models_bytes=20,
+        ratio=2.0,
+        units=units,
+        n_private=0,
+        wall_s=0.1,
+    )
+    assert unit_ks(res) == [5, 2]
+    assert unit_ks(CompressResult(**{**res.__dict__, "units": units[:1]})) == [5]

@@ -359,6 +359,10 @@ def render_html(data: dict[str, Any], plots: dict[str, bytes]) -> str:
             ".</p>"
         )
         p.append(
+            "<p>k is the number of components a unit keeps (for a LoRA unit stored factored, the larger of its two "
+            "mode ranks k1, k2); mean and max are over the units.</p>"
+        )
+        p.append(
             "<table><tr><th class='l'>archive</th><th>mean k</th><th>max k</th><th>archive</th>"
             "<th>N checkpoints</th><th>base</th><th>archive vs checkpoints</th></tr>"
         )

@@ -24,7 +24,7 @@ import torch
 from weightspace._atomic import atomic_write_bytes, atomic_write_text
 from weightspace._version import __version__
 from weightspace.collection import Collection
-from weightspace.compress import compress
+from weightspace.compress import CompressResult, compress
 from weightspace.decompose import SharedSubspace
 from weightspace.demo._align import ALIGN_KINDS, alignment_section
 from weightspace.demo._claims import (
@@ -124,6 +124,11 @@ def _accuracy_subset(n: int, m: int | None, seed: int) -> list[int]:
     return sorted(torch.randperm(n, generator=g)[:m].tolist())
 
 
+def unit_ks(summary: CompressResult) -> list[int]:
+    """Components kept per unit of a compress result: ``k``, or for a factored unit the larger of ``(k1, k2)``."""
+    return [max(u.k) if isinstance(u.k, list | tuple) else int(u.k) for u in summary.units]
+
+
 def run_zoo(
     name: str,
     out: Path,
@@ -186,7 +191,7 @@ def run_zoo(
         path = out / tag / "archives" / f"{label}.wsz"
         # The demo measures every setting, full rank included, and reports the measured ratio in words.
         summary = compress(coll, path, n_components=n_comp, allow_larger=True)
-        ks = [u.k for u in summary.units if isinstance(u.k, int)]
+        ks = unit_ks(summary)
         size = _dir_bytes(path)
         archives[label] = {
             "path": str(path),

@@ -175,3 +175,15 @@ def test_randomized_route_archive_writes_strict_json_and_reads_back(tmp_path: Pa
     assert all(0 < r.evr_at_k <= 1 for r in recs)
     ss = SharedSubspace.load(tmp_path / "a.wsz")
     assert ss.n_models_ == 40
+
+
+def test_size_guard_advice_fits_the_method(tmp_path: Path) -> None:
+    paths = [str(p) for p in _adapters(tmp_path, 2)]  # 2 adapters of rank 4: k = 8 factored is no saving
+    with pytest.raises(InputError) as auto:
+        compress(paths, tmp_path / "a.wsz", n_components=8)
+    assert "Fewer components (--rank)" in str(auto.value)
+    assert "the default method" not in str(auto.value)
+    with pytest.raises(InputError) as pca:
+        compress(paths, tmp_path / "p.wsz", method=PCAUnit.method, n_components=1)
+    assert "the default method 'auto'" in str(pca.value)
+    assert not (tmp_path / "a.wsz").exists() and not (tmp_path / "p.wsz").exists()

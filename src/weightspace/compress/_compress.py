@@ -74,7 +74,7 @@ class CompressResult:
     ratio : float
         ``models_bytes / archive_bytes``: above 1 the archive is smaller.
     ratio_words : str
-        The same in words: ``"21.3× smaller"`` or ``"4.20× larger"``.
+        The same in words: ``"21× smaller"`` or ``"4.2× larger"``.
     estimated_bytes : int
         Tensor bytes estimated from the shapes before fitting, at the requested ranks (see
         :meth:`~weightspace.decompose.SharedSubspace.size_estimate`).
@@ -215,11 +215,17 @@ def compress(
     source_bytes = sum(src.nbytes_on_disk() for src in coll.sources)
     if coll.is_peft and estimate > source_bytes and not allow_larger:
         big = max(estimates, key=estimates.__getitem__)
+        advice = (
+            "Fewer components (--rank) keep it smaller; a factored archive pays off when the adapters outnumber the "
+            "components"
+            if method == AutoUnit.method
+            else f"Fewer components, or the default method {AutoUnit.method!r} (LoRA units stored factored), keep it "
+            "smaller"
+        )
         raise InputError(
             f"method {method!r} would write about {estimate / 1e6:,.2f} MB of tensors for {source_bytes / 1e6:,.2f} "
             f"MB of adapters ({ratio_words(source_bytes, estimate)}; estimated from the shapes at the requested ranks, "
-            f"nothing written; the largest part is '{big}', {estimates[big] / 1e6:,.2f} MB). Fewer components, or "
-            f"the default method {AutoUnit.method!r} (LoRA units stored factored), keep it smaller; pass "
+            f"nothing written; the largest part is '{big}', {estimates[big] / 1e6:,.2f} MB). {advice}; pass "
             "allow_larger=True (--allow-larger) to write it anyway"
         )
     inputs = [s.path for s in coll.sources] + ([coll.base.path] if coll.base is not None else [])

@@ -24,7 +24,7 @@ def demo(
         typer.Option(
             "--scale",
             help="quick | default (96 models per small zoo, ≤ 10 min on 2 cores) | paper (480 models, a second seed; "
-            "up to an hour).",
+            "over an hour on 2 cores).",
         ),
     ] = None,
     cache_dir: Annotated[

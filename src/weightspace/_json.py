@@ -36,7 +36,7 @@ from typing import Any
 
 from weightspace.errors import CorruptFileError, InputError
 
-__all__ = ["MAX_DEPTH", "MAX_INT_DIGITS", "MAX_YAML_NODES", "parse_json", "parse_yaml", "yaml_nodes"]
+__all__ = ["MAX_DEPTH", "MAX_INT_DIGITS", "MAX_YAML_NODES", "json_safe", "parse_json", "parse_yaml", "yaml_nodes"]
 
 MAX_DEPTH = 64
 MAX_INT_DIGITS = 32
@@ -239,3 +239,34 @@ def parse_yaml(
         raise error(f"{what} nests too deeply", path=path) from None
     except ValueError as err:  # an integer longer than Python converts
         raise error(f"{what} is not valid YAML ({str(err)[:120]})", path=path) from None
+
+
+def json_safe(obj: Any, *, inf_as_null: bool = False) -> Any:
+    """A copy of ``obj`` that strict JSON (``allow_nan=False``) writes, and :func:`parse_json` reads back.
+
+    NaN becomes null (a number that was not measured); ±inf becomes ``"inf"``/``"-inf"``, or null with
+    ``inf_as_null``; tuples and objects with ``tolist`` (tensors) become lists; paths become strings; mapping
+    keys become strings.
+
+    Examples
+    --------
+    >>> json_safe({"a": float("nan"), 1: (float("inf"), 2.5)})
+    {'a': None, '1': ['inf', 2.5]}
+    >>> json_safe([float("-inf")], inf_as_null=True)
+    [None]
+    """
+    if isinstance(obj, float):
+        if math.isnan(obj):
+            return None
+        if math.isinf(obj):
+            return None if inf_as_null else ("inf" if obj > 0 else "-inf")
+        return obj
+    if isinstance(obj, dict):
+        return {str(k): json_safe(v, inf_as_null=inf_as_null) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [json_safe(v, inf_as_null=inf_as_null) for v in obj]
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    if not isinstance(obj, str | bytes) and hasattr(obj, "tolist"):
+        return json_safe(obj.tolist(), inf_as_null=inf_as_null)
+    return obj

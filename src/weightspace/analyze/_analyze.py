@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from weightspace._json import json_safe
 from weightspace._progress import Progress, report
 from weightspace._validation import Interval, Kind, Options, validate_params
 from weightspace._version import __version__
@@ -59,23 +60,6 @@ KFOLD_DEFAULT = 10
 REPORT_VERSION = 1
 
 _KS_RULE = [Kind((list, tuple), "a non-empty sequence of ints >= 1")]
-
-
-def _clean(obj: Any) -> Any:
-    """JSON-safe copy: NaN → None, ±inf → "inf"/"-inf", tuples → lists, tensors → lists."""
-    if isinstance(obj, float):
-        if math.isnan(obj):
-            return None
-        if math.isinf(obj):
-            return "inf" if obj > 0 else "-inf"
-        return obj
-    if isinstance(obj, torch.Tensor):
-        return _clean(obj.tolist())
-    if isinstance(obj, dict):
-        return {str(k): _clean(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_clean(v) for v in obj]
-    return obj
 
 
 def _unit_seed(seed: int, name: str) -> int:
@@ -654,4 +638,4 @@ def analyze(
             "spec, reference rule, target and seed, so alignment alone cannot pass for shared structure. The "
             "reference (or mean) is chosen with every model, held-out ones included, in the data and the null alike."
         )
-    return AnalysisReport(_clean(data))
+    return AnalysisReport(json_safe(data))

@@ -10,16 +10,15 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import sys
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
+from weightspace._json import json_safe
 from weightspace._progress import ProgressLines
 from weightspace._validation import Interval, validate_params
 from weightspace.backends import RUN_OPTIONS_HELP  # torch-free: the CLI's --help imports no torch
@@ -145,21 +144,9 @@ def run_options(threads: int | None, scheduler: str | None, device: str = "cpu")
     return {"threads": opts.threads, "scheduler": opts.scheduler, "device": opts.device}
 
 
-def _clean(obj: Any) -> Any:
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None if math.isnan(obj) else ("inf" if obj > 0 else "-inf")
-    if isinstance(obj, dict):
-        return {str(k): _clean(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_clean(v) for v in obj]
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
-
-
 def emit_json(obj: Any) -> None:
     """Write ``obj`` as one JSON object on stdout (non-finite floats become null/"inf")."""
-    sys.stdout.write(json.dumps(_clean(obj), indent=1) + "\n")
+    sys.stdout.write(json.dumps(json_safe(obj), indent=1) + "\n")
     sys.stdout.flush()
 
 

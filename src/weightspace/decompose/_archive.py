@@ -54,7 +54,7 @@ from pydantic import (
 )
 
 from weightspace._atomic import atomic_dir, check_output
-from weightspace._json import parse_json
+from weightspace._json import json_safe, parse_json
 from weightspace._version import __version__
 from weightspace.decompose._unitfit import UNIT_FITS, UnitRecord
 from weightspace.decompose.pca import PCAUnit
@@ -361,22 +361,12 @@ class Manifest(_Record):
         """The manifest as written to disk (strict JSON: a number that is not finite, e.g. a statistic a fit did
         not compute, is written as null and read back as NaN)."""
         return json.dumps(
-            _finite_or_null(self.model_dump(mode="json", exclude_none=True)), indent=1, allow_nan=False
+            json_safe(self.model_dump(mode="json", exclude_none=True), inf_as_null=True), indent=1, allow_nan=False
         )
 
     @property
     def unit_index(self) -> dict[str, UnitRecord]:
         return {u.name: u for u in self.units}
-
-
-def _finite_or_null(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite_or_null(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite_or_null(v) for v in value]
-    return value
 
 
 def _parse_manifest(path: Path) -> Manifest:

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from weightspace._atomic import atomic_write_bytes, atomic_write_text
+from weightspace._json import json_safe
 from weightspace._version import __version__
 from weightspace.collection import Collection
 from weightspace.compress import CompressResult, compress
@@ -546,7 +547,7 @@ def write_demo(out: Path, result: dict[str, Any]) -> None:
     """Write demo.json, the plots and demo.html (rendered from the JSON alone), each atomically."""
     from weightspace.demo._html import render_html, render_plots
 
-    text = json.dumps(_clean(result), indent=1, allow_nan=False, default=_json_default)
+    text = json.dumps(json_safe(result, inf_as_null=True), indent=1, allow_nan=False, default=_json_default)
     atomic_write_text(out / "demo.json", text)
     data = json.loads(text)  # the page is rendered from exactly what demo.json holds
     plots = render_plots(data)
@@ -561,14 +562,3 @@ def write_demo(out: Path, result: dict[str, Any]) -> None:
 
 def _json_default(obj: Any) -> Any:
     return str(obj)
-
-
-def _clean(obj: Any) -> Any:
-    """JSON-safe copy: non-finite floats become null (an interval that could not be measured)."""
-    if isinstance(obj, float):
-        return obj if obj == obj and obj not in (float("inf"), float("-inf")) else None
-    if isinstance(obj, dict):
-        return {k: _clean(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_clean(v) for v in obj]
-    return obj

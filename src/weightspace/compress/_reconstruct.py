@@ -114,7 +114,9 @@ def reconstruct_tensors(
         for key, rec in model.lora.items():
             if key not in units:
                 raise ArchiveError("LoRA record names a unit the archive lacks", tensor=key)
-            b, a, err = _lora_factors(units[key], i, rec)
+            unit = units[key]
+            svd = unit.inverse_transform_svd(unit.coefficients[i])
+            b, a, err = _lora_factors(rec, svd=svd, delta=None if svd is not None else unit.member(i))
             worst = max(worst, err)
             dt = _torch_dtype(model.dtypes.get(key, "F32"), name)
             by_file_key[rec.a_key] = a.to(dt)
@@ -343,17 +345,20 @@ def reconstruct(
 
 
 def _lora_factors(
-    unit: Any, i: int, rec: Any, delta: torch.Tensor | None = None
+    rec: Any,
+    *,
+    svd: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+    delta: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """Rank-r factors ``(B, A, relative error)`` of model ``i``'s module: from a factored unit's k1 × k2 core (no
-    dense ΔW), else from ``delta`` (its dense update in the base weight's layout, read when not given)."""
+    """Rank-r factors ``(B, A, relative error)`` of the module ``rec`` describes, from the update's thin SVD (a
+    factored unit's, from its k1 × k2 core: no dense ΔW) or else from ``delta``, the dense update in the base
+    weight's layout."""
     a_shape = tuple(rec.a_shape)
     ffo, conv_a = rec.fan_in_fan_out, (a_shape if len(a_shape) > 2 else None)
-    svd = unit.inverse_transform_svd(unit.coefficients[i])
     if svd is not None:
         return lora_factors_from_svd(*svd, rec.rank, rec.scaling, fan_in_fan_out=ffo, a_shape=conv_a)
-    member = unit.member(i) if delta is None else delta
-    return lora_factors_from_delta(member, rec.rank, rec.scaling, fan_in_fan_out=ffo, a_shape=conv_a)
+    assert delta is not None
+    return lora_factors_from_delta(delta, rec.rank, rec.scaling, fan_in_fan_out=ffo, a_shape=conv_a)
 
 
 def _write_lora(
@@ -390,13 +395,18 @@ def _write_unit(
         assert base is not None
         raise NonFiniteError("base tensor holds NaN or infinity", path=base.path, tensor=key)
     with unit.pinned():
-        if peft and unit.inverse_transform_svd(unit.coefficients[batch[wanted[0]][0]]) is not None:
-            for j in wanted:  # factored: each adapter's SVD from its k1 × k2 core, no dense ΔW
+        if peft:  # factored units give each adapter's SVD from its k1 × k2 core, with no dense ΔW
+            dense = []
+            for j in wanted:
                 model = batch[j][1]
                 assert model.lora is not None
-                factors = _lora_factors(unit, batch[j][0], model.lora[key])
+                svd = unit.inverse_transform_svd(unit.coefficients[batch[j][0]])
+                if svd is None:
+                    dense.append(j)
+                    continue
+                factors = _lora_factors(model.lora[key], svd=svd)
                 worst[j] = max(worst[j], _write_lora(writers[j], model, key, factors))
-            return
+            wanted = dense
         for g0, g1 in member_groups(len(wanted), unit.spec.numel, chunk_bytes):
             group = wanted[g0:g1]
             members = unit.members([batch[j][0] for j in group])  # (b, rows, cols), float64
@@ -404,7 +414,7 @@ def _write_unit(
                 model = batch[j][1]
                 if peft:
                     assert model.lora is not None
-                    factors = _lora_factors(unit, batch[j][0], model.lora[key], delta=m)
+                    factors = _lora_factors(model.lora[key], delta=m)
                     worst[j] = max(worst[j], _write_lora(writers[j], model, key, factors))
                     continue
                 w = m.reshape(shape)
